@@ -1,0 +1,50 @@
+-- coupon_issue: first-come issue of one coupon to one member.
+-- KEYS[1] coupon hash           fs:coupon:{c:ID}
+-- KEYS[2] coupon holders set    fs:coupon:{c:ID}:holders
+-- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
+-- KEYS[4] idempotency key       fs:idem:{m:ID}:SHA (ignored when ARGV[3] is '0')
+-- KEYS[5] outbox stream         fs:outbox:{outbox}
+-- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] '1' when an Idempotency-Key was sent
+-- ARGV[4] member id   ARGV[5] now (ms)   ARGV[6] now (RFC 3339)   ARGV[7] event id
+-- Returns (prelude protocol):
+--   ok 201 {coupon_id, issued_at}     issued (or this very call resent: same event id)
+--   err 404 NOT_FOUND                 no such coupon
+--   err 422 COUPON_NOT_ACTIVE         outside valid_from .. valid_until
+--   err 409 COUPON_ALREADY_ISSUED     the member holds it already
+--   err 409 COUPON_SOLD_OUT           none left
+--   replay / reused                   see prelude
+-- Member coupons entry: "issued_ms|used_order_id (0 = unused)|issue_event_id|issued_at"
+-- Event: coupon.issued
+if ARGV[3] == '1' then
+  local early = idem_begin(KEYS[4], ARGV[1], ARGV[2])
+  if early then return early end
+end
+
+local c = redis.call('HMGET', KEYS[1], 'id', 'remaining', 'valid_from_ms', 'valid_until_ms')
+if not c[1] then
+  return fail(404, 'NOT_FOUND', 'coupon not found')
+end
+local now = tonumber(ARGV[5])
+if now < tonumber(c[3]) or now > tonumber(c[4]) then
+  return fail(422, 'COUPON_NOT_ACTIVE', 'coupon is not valid at this time')
+end
+local held = redis.call('HGET', KEYS[3], c[1])
+if held then
+  local _, _, _, _, event_id, issued_at = string.find(held, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if event_id == ARGV[7] then
+    -- The client resent this very command after a reconnect: answer as the first run did.
+    return ok(201, { coupon_id = tonumber(c[1]), issued_at = issued_at })
+  end
+  return fail(409, 'COUPON_ALREADY_ISSUED', 'this member already holds the coupon')
+end
+if tonumber(c[2]) <= 0 then
+  return fail(409, 'COUPON_SOLD_OUT', 'no coupons left')
+end
+
+local remaining = redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[3], c[1], ARGV[5] .. '|0|' .. ARGV[7] .. '|' .. ARGV[6])
+outbox(KEYS[5], ARGV[7], 'coupon.issued', 'coupon:' .. c[1], ARGV[6], {
+  coupon_id = tonumber(c[1]), member_id = tonumber(ARGV[4]), issued_at = ARGV[6], remaining_after = remaining,
+})
+return ok(201, { coupon_id = tonumber(c[1]), issued_at = ARGV[6] })

@@ -1,0 +1,118 @@
+-- Shared prelude: the engine prepends this file to every script in lua/ before SCRIPT LOAD, so each
+-- operation stays ONE atomic script while the reply protocol, idempotency records and outbox appends
+-- are written once. Everything here is `local` (Redis 7 forbids script globals).
+--
+-- Reply protocol of every HTTP-facing script: { outcome, status, kind, body, detail }
+--   outcome "ok"     : executed; status = HTTP status; kind "ok"; body = response JSON
+--   outcome "err"    : refused by a business rule, nothing written but the idempotency record;
+--                      kind "problem"; body = problem code (e.g. COUPON_SOLD_OUT); detail = human text
+--   outcome "replay" : the idempotency key was seen with the same fingerprint; status/kind/body/detail
+--                      are the stored first result, to be sent back byte for byte
+--   outcome "reused" : the idempotency key was seen with a different fingerprint (HTTP 422)
+
+local IDEM = nil       -- idempotency record key of this call, or nil when the request carries none
+local IDEM_FP = nil    -- request fingerprint (sha256 of method, path and body, computed by the engine)
+local IDEM_TTL = 0     -- seconds to keep the record
+
+local function int(n)
+  return string.format('%d', n)
+end
+
+local function hgetall(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for i = 1, #flat, 2 do
+    t[flat[i]] = flat[i + 1]
+  end
+  return t
+end
+
+-- Returns a reply when the call must not execute (replay or key reuse), nil otherwise.
+local function idem_begin(key, fp, ttl)
+  if key == nil or key == '' then
+    return nil
+  end
+  IDEM, IDEM_FP, IDEM_TTL = key, fp, tonumber(ttl)
+  local rec = redis.call('HMGET', key, 'fp', 'status', 'kind', 'body', 'detail')
+  if not rec[1] then
+    return nil
+  end
+  if rec[1] ~= fp then
+    return { 'reused', 422, 'problem', 'IDEMPOTENCY_KEY_REUSED', '' }
+  end
+  return { 'replay', tonumber(rec[2]), rec[3], rec[4], rec[5] or '' }
+end
+
+local function idem_store(status, kind, body, detail)
+  if IDEM then
+    redis.call('HSET', IDEM, 'fp', IDEM_FP, 'status', status, 'kind', kind, 'body', body, 'detail', detail)
+    redis.call('EXPIRE', IDEM, IDEM_TTL)
+  end
+end
+
+local function ok(status, body_table)
+  local body = cjson.encode(body_table)
+  idem_store(status, 'ok', body, '')
+  return { 'ok', status, 'ok', body, '' }
+end
+
+local function fail(status, code, detail)
+  idem_store(status, 'problem', code, detail)
+  return { 'err', status, 'problem', code, detail }
+end
+
+local function outbox(stream, event_id, event_type, aggregate, at, payload)
+  redis.call('XADD', stream, '*', 'event_id', event_id, 'type', event_type, 'aggregate', aggregate,
+    'at', at, 'payload', cjson.encode(payload))
+end
+
+local function num_or_null(v)
+  if v == nil or v == '' then
+    return cjson.null
+  end
+  return tonumber(v)
+end
+
+local function str_or_null(v)
+  if v == nil or v == '' then
+    return cjson.null
+  end
+  return v
+end
+
+-- The order as the API and the events show it, from the order hash.
+local function order_snapshot(h)
+  return {
+    id = tonumber(h.id),
+    member_id = tonumber(h.member_id),
+    status = h.status,
+    items = cjson.decode(h.items),
+    total_amount = tonumber(h.total_amount),
+    discount_amount = tonumber(h.discount_amount),
+    paid_amount = tonumber(h.paid_amount),
+    coupon_id = num_or_null(h.coupon_id),
+    expires_at = h.expires_at,
+    created_at = h.created_at,
+    paid_at = str_or_null(h.paid_at),
+    closed_at = str_or_null(h.closed_at),
+  }
+end
+
+local function product_view(h)
+  return { id = tonumber(h.id), name = h.name, price = tonumber(h.price), stock = tonumber(h.stock) }
+end
+
+-- Checks that the product ids the engine pre-read (ARGV from `first`) still match the order's items.
+local function items_match(items, first)
+  if #items ~= (#ARGV - first + 1) then
+    return false
+  end
+  for i, item in ipairs(items) do
+    if tonumber(ARGV[first + i - 1]) ~= tonumber(item.product_id) then
+      return false
+    end
+  end
+  return true
+end
+
+-- End of prelude; the operation follows.

@@ -1,0 +1,66 @@
+-- order_cancel: cancels a reserved or paid order, giving everything back: stock always; for a paid
+-- order also the points, the coupon (unused again) and the units counted in the popular ranking.
+-- KEYS[1] order hash            fs:order:{o:ID}
+-- KEYS[2] member hash           fs:member:{m:ID}
+-- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
+-- KEYS[4] reservations zset     fs:reservations:{reservations}
+-- KEYS[5] popular day zset      fs:popular:{popular}:YYYYMMDD of the day it was paid (any key if unpaid)
+-- KEYS[6] idempotency key       fs:idem:{m:ID}:SHA
+-- KEYS[7] outbox stream         fs:outbox:{outbox}
+-- KEYS[8..] product hashes      one per order item, in item order
+-- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] now (RFC 3339)
+-- ARGV[5] event id   ARGV[6] paid day the engine read ('' if it read the order unpaid)
+-- ARGV[7..] product id per item, as the engine read them
+-- Returns (prelude protocol):
+--   ok 200 order                       cancelled; status CANCELLED
+--   err 404 NOT_FOUND                  no such order, or another member's
+--   err 409 ORDER_NOT_CANCELLABLE      already cancelled or expired
+--   stale {'stale'}                    the order changed since the engine read it: read again and retry
+--   replay / reused                    see prelude
+-- Event: order.cancelled
+local early = idem_begin(KEYS[6], ARGV[1], ARGV[2])
+if early then return early end
+
+local o = hgetall(KEYS[1])
+if not o.id or o.member_id ~= ARGV[3] then
+  return fail(404, 'NOT_FOUND', 'order not found')
+end
+if o.status ~= 'RESERVED' and o.status ~= 'PAID' then
+  return fail(409, 'ORDER_NOT_CANCELLABLE', 'order is ' .. o.status)
+end
+local items = cjson.decode(o.items)
+if not items_match(items, 7) or (o.paid_day or '') ~= ARGV[6] or #items ~= #KEYS - 7 then
+  return { 'stale' }
+end
+
+local previous = o.status
+for i, item in ipairs(items) do
+  redis.call('HINCRBY', KEYS[7 + i], 'stock', int(item.quantity))
+end
+local refunded, balance_after = 0, cjson.null
+if previous == 'PAID' then
+  refunded = tonumber(o.paid_amount)
+  balance_after = redis.call('HINCRBY', KEYS[2], 'balance', int(refunded))
+  if o.coupon_id ~= '' then
+    local held = redis.call('HGET', KEYS[3], o.coupon_id)
+    if held then
+      local _, _, issued_ms, _, event_id, issued_at = string.find(held, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+      redis.call('HSET', KEYS[3], o.coupon_id, issued_ms .. '|0|' .. event_id .. '|' .. issued_at)
+    end
+  end
+  for _, item in ipairs(items) do
+    local left = tonumber(redis.call('ZINCRBY', KEYS[5], int(-item.quantity), int(item.product_id)))
+    if left <= 0 then
+      redis.call('ZREM', KEYS[5], int(item.product_id))
+    end
+  end
+else
+  redis.call('ZREM', KEYS[4], o.id)
+end
+o.status, o.closed_at = 'CANCELLED', ARGV[4]
+redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
+local snapshot = order_snapshot(o)
+outbox(KEYS[7], ARGV[5], 'order.cancelled', 'order:' .. o.id, ARGV[4], {
+  order = snapshot, previous_status = previous, refunded_amount = refunded, balance_after = balance_after,
+})
+return ok(200, snapshot)

@@ -1,0 +1,85 @@
+-- order_pay: pays a reserved order with points, optionally using a held coupon, and counts the units
+-- in the popular ranking: all or nothing.
+-- KEYS[1] order hash            fs:order:{o:ID}
+-- KEYS[2] member hash           fs:member:{m:ID}
+-- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
+-- KEYS[4] coupon hash           fs:coupon:{c:ID} (any key when no coupon is given; then untouched)
+-- KEYS[5] reservations zset     fs:reservations:{reservations}
+-- KEYS[6] popular day zset      fs:popular:{popular}:YYYYMMDD (today, UTC)
+-- KEYS[7] idempotency key       fs:idem:{m:ID}:SHA
+-- KEYS[8] outbox stream         fs:outbox:{outbox}
+-- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] coupon id or ''
+-- ARGV[5] now (ms)   ARGV[6] now (RFC 3339)   ARGV[7] today YYYYMMDD   ARGV[8] popular day TTL (s)
+-- ARGV[9] event id
+-- Returns (prelude protocol):
+--   ok 200 order                      paid; status PAID
+--   err 404 NOT_FOUND                 no such order, or another member's
+--   err 409 ORDER_EXPIRED             expired, or past its expiry and not yet swept
+--   err 409 ORDER_NOT_PAYABLE         already paid or cancelled
+--   err 409 COUPON_NOT_USABLE         coupon not held, already used, unknown or outside its validity
+--   err 409 INSUFFICIENT_POINTS       balance below the amount due; nothing changed
+--   replay / reused                   see prelude
+-- Event: order.paid
+local early = idem_begin(KEYS[7], ARGV[1], ARGV[2])
+if early then return early end
+
+local o = hgetall(KEYS[1])
+if not o.id or o.member_id ~= ARGV[3] then
+  return fail(404, 'NOT_FOUND', 'order not found')
+end
+local now = tonumber(ARGV[5])
+if o.status == 'EXPIRED' or (o.status == 'RESERVED' and now >= tonumber(o.expires_at_ms)) then
+  return fail(409, 'ORDER_EXPIRED', 'the reservation expired before payment')
+end
+if o.status ~= 'RESERVED' then
+  return fail(409, 'ORDER_NOT_PAYABLE', 'order is ' .. o.status)
+end
+
+local total = tonumber(o.total_amount)
+local discount = 0
+local coupon_id = ARGV[4]
+local coupon_entry = nil
+if coupon_id ~= '' then
+  local held = redis.call('HGET', KEYS[3], coupon_id)
+  local c = redis.call('HMGET', KEYS[4], 'id', 'discount_type', 'discount_value', 'valid_from_ms', 'valid_until_ms')
+  if not held or not c[1] or c[1] ~= coupon_id then
+    return fail(409, 'COUPON_NOT_USABLE', 'the member does not hold this coupon')
+  end
+  local _, _, issued_ms, used, event_id, issued_at = string.find(held, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  if used ~= '0' then
+    return fail(409, 'COUPON_NOT_USABLE', 'the coupon was already used')
+  end
+  if now < tonumber(c[4]) or now > tonumber(c[5]) then
+    return fail(409, 'COUPON_NOT_USABLE', 'the coupon is not valid at this time')
+  end
+  local value = tonumber(c[3])
+  if c[2] == 'PERCENT' then
+    discount = math.floor(total * value / 100)
+  else
+    discount = value
+  end
+  if discount > total then discount = total end
+  coupon_entry = issued_ms .. '|' .. o.id .. '|' .. event_id .. '|' .. issued_at
+end
+local paid = total - discount
+local balance = tonumber(redis.call('HGET', KEYS[2], 'balance') or '0')
+if balance < paid then
+  return fail(409, 'INSUFFICIENT_POINTS', 'order needs ' .. int(paid) .. ' points, balance is ' .. int(balance))
+end
+
+local balance_after = redis.call('HINCRBY', KEYS[2], 'balance', int(-paid))
+if coupon_entry then
+  redis.call('HSET', KEYS[3], coupon_id, coupon_entry)
+end
+o.status, o.discount_amount, o.paid_amount = 'PAID', int(discount), int(paid)
+o.coupon_id, o.paid_at, o.paid_day = coupon_id, ARGV[6], ARGV[7]
+redis.call('HSET', KEYS[1], 'status', o.status, 'discount_amount', o.discount_amount, 'paid_amount', o.paid_amount,
+  'coupon_id', o.coupon_id, 'paid_at', o.paid_at, 'paid_day', o.paid_day)
+redis.call('ZREM', KEYS[5], o.id)
+for _, item in ipairs(cjson.decode(o.items)) do
+  redis.call('ZINCRBY', KEYS[6], int(item.quantity), int(item.product_id))
+end
+redis.call('EXPIRE', KEYS[6], ARGV[8])
+local snapshot = order_snapshot(o)
+outbox(KEYS[8], ARGV[9], 'order.paid', 'order:' .. o.id, ARGV[6], { order = snapshot, balance_after = balance_after })
+return ok(200, snapshot)
