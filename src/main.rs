@@ -1,1 +1,116 @@
-fn main() {}
+//! The `flashsale` command: the engine (`serve`, default), a standalone relay, and the operator tools.
+
+use clap::{Parser, Subcommand};
+use flashsale::app::{connect_mysql, connect_redis, shutdown_signal, Application};
+use flashsale::config::{ConnectionSettings, LogFormat, RelaySettings, ServeSettings};
+use flashsale::keys::Keys;
+
+#[derive(Parser)]
+#[command(name = "flashsale", version, about = "Redis-first flash-sale engine")]
+struct Cli {
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    settings: ServeSettings,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (with the expiry task and, unless RUN_RELAY=false, the outbox relay).
+    Serve(Box<ServeSettings>),
+    /// Run only the outbox relay (Redis stream -> Kafka).
+    Relay {
+        #[command(flatten)]
+        connections: ConnectionSettings,
+        #[command(flatten)]
+        relay: RelaySettings,
+    },
+    /// Compare Redis with MySQL and print the report as JSON; exits 1 when not in sync.
+    Reconcile {
+        #[command(flatten)]
+        connections: ConnectionSettings,
+    },
+    /// Rebuild Redis from MySQL (after a Redis loss). Refuses while events are in flight unless --force.
+    RebuildRedis {
+        #[command(flatten)]
+        connections: ConnectionSettings,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        connections: ConnectionSettings,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    flashsale::telemetry::init_logs(cli.log_format);
+    let command = match cli.command {
+        Some(c) => c,
+        // No subcommand: serve with settings from the environment.
+        None => Command::Serve(Box::new(ServeOnly::parse_from(["flashsale"]).settings)),
+    };
+    match command {
+        Command::Serve(settings) => {
+            let app = Application::build(*settings).await?;
+            println!("flashsale listening on http://{}", app.local_addr());
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Relay { connections, relay } => {
+            flashsale::telemetry::metrics_handle();
+            let redis = connect_redis(&connections).await?;
+            flashsale::app::ensure_outbox_group(&redis, &Keys::new(connections.key_prefix.clone()))
+                .await?;
+            let producer = flashsale::kafka::producer(&connections.kafka_brokers)?;
+            let relay = flashsale::relay::Relay::new(&connections, &relay, producer).await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(relay.run(stop_rx));
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+            task.await?;
+            Ok(())
+        }
+        Command::Reconcile { connections } => {
+            let redis = connect_redis(&connections).await?;
+            let db = connect_mysql(&connections).await?;
+            let keys = Keys::new(connections.key_prefix.clone());
+            let report = flashsale::reconcile::reconcile(&redis, &db, &keys, &connections).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.in_sync {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::RebuildRedis { connections, force } => {
+            let redis = connect_redis(&connections).await?;
+            let db = connect_mysql(&connections).await?;
+            let keys = Keys::new(connections.key_prefix.clone());
+            let r = flashsale::rebuild::rebuild(&redis, &db, &keys, &connections, force).await?;
+            println!(
+                "rebuilt Redis from MySQL: {} members, {} products, {} coupons, {} orders",
+                r.members, r.products, r.coupons, r.orders
+            );
+            Ok(())
+        }
+        Command::Migrate { connections } => {
+            connect_mysql(&connections).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}

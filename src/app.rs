@@ -1,0 +1,295 @@
+//! Start-up and shutdown: connect, migrate, load scripts, serve, and run the background tasks (expiry,
+//! relay, gauges) until a shutdown signal; in-flight requests finish first.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use fred::prelude::*;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{ConnectOptions, MySqlPool};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::Tokens;
+use crate::config::{ConnectionSettings, ServeSettings};
+use crate::error::ApiError;
+use crate::ids::IdAllocator;
+use crate::keys::Keys;
+use crate::openapi::ApiDoc;
+use crate::routes::{coupons, members, ops, orders, points, products};
+use crate::scripts::Scripts;
+use crate::state::{AppState, Inner};
+
+pub const RELAY_GROUP: &str = "relay";
+
+/// Redis client pool with reconnects; commands interrupted by a reconnect are resent, which is why every
+/// script must be safe to run twice.
+pub async fn connect_redis(settings: &ConnectionSettings) -> anyhow::Result<Pool> {
+    let config = Config::from_url(&settings.redis_url).context("REDIS_URL")?;
+    let pool = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build_pool(settings.redis_pool_size.max(1))
+        .context("building the Redis pool")?;
+    pool.init().await.context("connecting to Redis")?;
+    Ok(pool)
+}
+
+/// A single Redis client (for blocking reads such as XREADGROUP ... BLOCK).
+pub async fn connect_redis_client(settings: &ConnectionSettings) -> anyhow::Result<Client> {
+    let config = Config::from_url(&settings.redis_url).context("REDIS_URL")?;
+    let client = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()
+        .context("building the Redis client")?;
+    client.init().await.context("connecting to Redis")?;
+    Ok(client)
+}
+
+/// Connects to MySQL, creating the database when missing, and applies the migrations.
+pub async fn connect_mysql(settings: &ConnectionSettings) -> anyhow::Result<MySqlPool> {
+    let options: MySqlConnectOptions = settings.database_url.parse().context("DATABASE_URL")?;
+    let options = options.log_statements(tracing::log::LevelFilter::Debug);
+    if let Some(database) = options.get_database().map(str::to_string) {
+        let server = options.clone().database("");
+        let mut conn = server.connect().await.context("connecting to MySQL")?;
+        sqlx::query(&format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            database.replace('`', "")
+        ))
+        .execute(&mut conn)
+        .await
+        .context("creating the database")?;
+    }
+    let pool = MySqlPoolOptions::new()
+        .max_connections(settings.database_pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connecting to MySQL")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("applying migrations")?;
+    Ok(pool)
+}
+
+/// Creates the relay's consumer group on the outbox stream (and the stream) when missing.
+pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
+    let result: Result<(), fred::error::Error> = redis
+        .next()
+        .xgroup_create(keys.outbox(), RELAY_GROUP, "0", true)
+        .await;
+    match result {
+        Err(e) if !e.details().contains("BUSYGROUP") => Err(e).context("creating the relay group"),
+        _ => Ok(()),
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+}
+
+impl Application {
+    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        let c = &settings.connections;
+        let redis = connect_redis(c).await?;
+        let db = connect_mysql(c).await?;
+        crate::kafka::ensure_topics(
+            &c.kafka_brokers,
+            &c.kafka_topic,
+            &c.kafka_dlq_topic,
+            c.kafka_partitions,
+        )
+        .await?;
+        let producer = crate::kafka::producer(&c.kafka_brokers)?;
+        let scripts = Scripts::load(&redis).await.context("loading Lua scripts")?;
+        let keys = Keys::new(c.key_prefix.clone());
+        ensure_outbox_group(&redis, &keys).await?;
+
+        let secret = match &settings.jwt_secret {
+            Some(s) if s.len() >= 32 => s.clone().into_bytes(),
+            Some(_) => anyhow::bail!("JWT_SECRET must be at least 32 bytes"),
+            None => {
+                let generated: String = (0..48)
+                    .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+                    .collect();
+                tracing::warn!(jwt_secret = %generated, "JWT_SECRET not set: generated one for development");
+                generated.into_bytes()
+            }
+        };
+        if settings.admin_api_key == "dev-admin-key" {
+            tracing::warn!(admin_api_key = %settings.admin_api_key, "using the development admin key");
+        }
+        let listener = TcpListener::bind(settings.listen_addr)
+            .await
+            .context("binding LISTEN_ADDR")?;
+        crate::telemetry::metrics_handle();
+        let state = AppState::new(Inner {
+            redis,
+            db,
+            scripts,
+            keys,
+            ids: IdAllocator::new(),
+            tokens: Tokens::new(&secret, settings.jwt_ttl_secs),
+            auth_limiter: AppState::limiter(settings.auth_rate_per_sec),
+            producer,
+            settings,
+        });
+        let router = router(state.clone());
+        Ok(Self {
+            listener,
+            state,
+            router,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.settings.listen_addr)
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish and stops the tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
+        if self.state.settings.run_relay {
+            let relay = crate::relay::Relay::new(
+                &self.state.settings.connections,
+                &self.state.settings.relay,
+                self.state.producer.clone(),
+            )
+            .await?;
+            tasks.spawn(relay.run(stop_rx.clone()));
+        }
+        tracing::info!(addr = %self.local_addr(), "serving");
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+        tracing::info!("HTTP drained; stopping background tasks");
+        let _ = stop_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let settings = &state.settings;
+    let api = Router::new()
+        .route("/api/v1/members", post(members::signup))
+        .route("/api/v1/auth/login", post(members::login))
+        .route("/api/v1/me/points", get(points::balance))
+        .route("/api/v1/me/points/charge", post(points::charge))
+        .route("/api/v1/me/points/history", get(points::history))
+        .route("/api/v1/me/coupons", get(coupons::mine))
+        .route("/api/v1/products", get(products::list))
+        .route("/api/v1/products/popular", get(products::popular))
+        .route("/api/v1/products/{id}", get(products::get))
+        .route("/api/v1/coupons/{id}", get(coupons::get))
+        .route("/api/v1/coupons/{id}/issue", post(coupons::issue))
+        .route("/api/v1/orders", post(orders::create))
+        .route("/api/v1/orders/{id}", get(orders::get))
+        .route("/api/v1/orders/{id}/pay", post(orders::pay))
+        .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/api/v1/admin/products", post(products::create))
+        .route(
+            "/api/v1/admin/products/{id}/stock",
+            post(products::add_stock),
+        )
+        .route("/api/v1/admin/coupons", post(coupons::create))
+        .route("/api/v1/admin/seed/members", post(members::seed_members))
+        .route("/api/v1/admin/reconcile", get(ops::reconcile))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn(track_http));
+    let body_limit = settings.body_limit_bytes;
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    Router::new()
+        .merge(api)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// Request count and latency by route template, method and status.
+async fn track_http(matched: MatchedPath, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = matched.as_str().to_string();
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
+    metrics::histogram!("flashsale_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

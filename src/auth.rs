@@ -1,0 +1,220 @@
+//! Members' credentials and tokens: argon2id password hashes (computed off the async threads) and
+//! short-lived HS256 JWTs with the algorithm pinned and exp/iss/aud checked. Admin endpoints take
+//! `X-Admin-Key`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use jsonwebtoken::{decode, encode, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const ISSUER: &str = "flashsale";
+const AUDIENCE: &str = "flashsale-api";
+
+/// OWASP minimum for argon2id: 19 MiB, 2 iterations, 1 lane.
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("static argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        hasher()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("hash task: {e}"))?
+    .map_err(ApiError::from)
+}
+
+/// Verifies a password; `None` (unknown email) still spends the same work so timing tells nothing.
+pub async fn verify_password(password: String, stored: Option<String>) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let phc = stored.clone().unwrap_or_else(|| {
+            DUMMY
+                .get_or_init(|| {
+                    let salt = SaltString::generate(&mut OsRng);
+                    hasher()
+                        .hash_password(b"dummy", &salt)
+                        .map(|h| h.to_string())
+                        .unwrap_or_default()
+                })
+                .clone()
+        });
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return false;
+        };
+        let ok = hasher()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        ok && stored.is_some()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("verify task: {e}")))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iss: String,
+    aud: String,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub ttl_secs: u64,
+}
+
+impl Tokens {
+    pub fn new(secret: &[u8], ttl_secs: u64) -> Self {
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_secs,
+        }
+    }
+
+    pub fn issue(&self, member_id: i64) -> Result<String, ApiError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims {
+            sub: member_id.to_string(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
+        encode(
+            &Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("jwt encode: {e}")))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<i64, ApiError> {
+        let data = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| ApiError::Unauthorized("invalid or expired token".into()))?;
+        data.claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::Unauthorized("invalid token subject".into()))
+    }
+}
+
+/// The member the bearer token names. Handlers take the member from here, never from a body or path.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthMember(pub i64);
+
+impl FromRequestParts<AppState> for AuthMember {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        Ok(Self(state.tokens.verify(token.trim())?))
+    }
+}
+
+/// Proof that the request carried the configured admin key.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let given = parts
+            .headers
+            .get("x-admin-key")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // Compare digests so the comparison time does not depend on where the keys differ.
+        let a = Sha256::digest(given);
+        let b = Sha256::digest(state.settings.admin_api_key.as_bytes());
+        if a.as_slice()
+            .iter()
+            .zip(b.as_slice())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+        {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized(
+                "missing or wrong X-Admin-Key".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_reject_forgeries() {
+        let tokens = Tokens::new(&[7u8; 32], 60);
+        let t = tokens.issue(42).unwrap();
+        assert_eq!(tokens.verify(&t).unwrap(), 42);
+        let other = Tokens::new(&[8u8; 32], 60);
+        assert!(other.verify(&t).is_err());
+        assert!(tokens.verify("not.a.token").is_err());
+        // alg=none is refused: the algorithm is pinned.
+        let none = format!(
+            "{}.{}.",
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0",
+            t.split('.').nth(1).unwrap()
+        );
+        assert!(tokens.verify(&none).is_err());
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(verify_password("correct horse".into(), Some(h.clone()))
+            .await
+            .unwrap());
+        assert!(!verify_password("wrong".into(), Some(h)).await.unwrap());
+        assert!(!verify_password("x".into(), None).await.unwrap());
+    }
+}

@@ -1,0 +1,112 @@
+//! Typed configuration: every setting comes from a flag or its environment variable (the contract's
+//! names), parsed and validated once at start.
+
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HotPath {
+    /// Redis Lua scripts (the product).
+    Redis,
+    /// MySQL transactions with `SELECT ... FOR UPDATE` (the baseline this project replaces; benchmarks only).
+    DbLock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the shared services are.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionSettings {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "mysql://root@127.0.0.1:3306/flashsale"
+    )]
+    pub database_url: String,
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "flashsale.events")]
+    pub kafka_topic: String,
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = "flashsale.events.dlq")]
+    pub kafka_dlq_topic: String,
+    /// Consumer group of the sink, read by reconcile to count events not yet applied.
+    #[arg(long, env = "KAFKA_GROUP", default_value = "flashsale-sink")]
+    pub kafka_group: String,
+    /// Partitions of the events topic when the engine creates it.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Prefix of every Redis key; tests give each app its own.
+    #[arg(long, env = "KEY_PREFIX", default_value = "fs")]
+    pub key_prefix: String,
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 8)]
+    pub redis_pool_size: usize,
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+    /// The `X-Admin-Key` value. Defaults to a fixed development key, printed at start.
+    #[arg(long, env = "ADMIN_API_KEY", default_value = "dev-admin-key")]
+    pub admin_api_key: String,
+    /// Token signing secret (>= 32 bytes). Generated (and printed) when not given.
+    #[arg(long, env = "JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "JWT_TTL_SECS", default_value_t = 3600)]
+    pub jwt_ttl_secs: u64,
+    #[arg(long, env = "RESERVATION_TTL_SECS", default_value_t = 600)]
+    pub reservation_ttl_secs: u64,
+    /// How often the expiry task looks for due reservations.
+    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 500)]
+    pub expiry_interval_ms: u64,
+    /// How long the popular-products union is cached (0 = not cached).
+    #[arg(long, env = "POPULAR_CACHE_MS", default_value_t = 1000)]
+    pub popular_cache_ms: u64,
+    /// Run the outbox relay inside the engine.
+    #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_relay: bool,
+    #[arg(long, env = "HOT_PATH", value_enum, default_value = "redis")]
+    pub hot_path: HotPath,
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
+    pub body_limit_bytes: usize,
+    /// Requests per second allowed per client address on signup and login (brute-force guard).
+    #[arg(long, env = "AUTH_RATE_PER_SEC", default_value_t = 50)]
+    pub auth_rate_per_sec: u32,
+    #[command(flatten)]
+    pub relay: RelaySettings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelaySettings {
+    /// Entries read per XREADGROUP.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 512)]
+    pub relay_batch: usize,
+    /// Pending entries idle this long belong to a crashed relay and are claimed.
+    #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub relay_claim_idle_ms: u64,
+    /// Consumer name of this relay in the `relay` group (default: host name and pid).
+    #[arg(long, env = "RELAY_CONSUMER")]
+    pub relay_consumer: Option<String>,
+}
+
+impl RelaySettings {
+    pub fn consumer_name(&self) -> String {
+        self.relay_consumer.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+}

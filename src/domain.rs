@@ -1,0 +1,522 @@
+//! Request and response shapes of the contract. Requests parse into validated values once, at the
+//! edge; out-of-range values are 422 VALIDATION_FAILED naming the field. Limits keep every request's
+//! work bounded and every amount far from overflow (Lua numbers are doubles: exact below 2^53).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+pub const MAX_CHARGE: i64 = 100_000_000;
+pub const MAX_BALANCE: i64 = 1_000_000_000_000;
+pub const MAX_PRICE: i64 = 100_000_000;
+pub const MAX_STOCK: i64 = 1_000_000_000;
+pub const MAX_ITEMS: usize = 20;
+pub const MAX_QUANTITY: i64 = 100;
+pub const MAX_COUPON_QUANTITY: i64 = 10_000_000;
+pub const MAX_SEED: i64 = 5_000;
+
+/// Any JSON number that is a whole value, kept wide so "huge" is a range error (422), not a type error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(value_type = i64)]
+pub struct WholeNumber(pub i128);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = WholeNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(v as i128))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(v as i128))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<WholeNumber, E> {
+                if v.is_finite() && v.fract() == 0.0 {
+                    Ok(WholeNumber(v.clamp(-1e30, 1e30) as i128))
+                } else {
+                    Err(E::custom("expected an integer"))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl WholeNumber {
+    pub fn in_range(self, field: &'static str, min: i64, max: i64) -> Result<i64, ApiError> {
+        if self.0 < min as i128 || self.0 > max as i128 {
+            return Err(ApiError::validation(
+                field,
+                format!("must be between {min} and {max}"),
+            ));
+        }
+        Ok(self.0 as i64)
+    }
+}
+
+fn text(field: &'static str, value: &str, max_chars: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > max_chars {
+        return Err(ApiError::validation(
+            field,
+            format!("must be 1 to {max_chars} characters"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(ApiError::validation(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(value.to_string())
+}
+
+// ---------------------------------------------------------------- members
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SignupRequest {
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    #[schema(example = "correct horse battery")]
+    pub password: String,
+    #[schema(example = "Alice")]
+    pub name: String,
+}
+
+pub struct Signup {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+/// Lower-cased, one `@`, no spaces, and none of the characters that would break a Redis hash tag.
+pub fn parse_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    let valid = (3..=254).contains(&email.len())
+        && email.matches('@').count() == 1
+        && !email.starts_with('@')
+        && !email.ends_with('@')
+        && email
+            .rsplit('@')
+            .next()
+            .is_some_and(|d| d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+        && !email.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '{' | '}' | '"' | '<' | '>')
+        });
+    if !valid {
+        return Err(ApiError::validation(
+            "email",
+            "must be a valid email address",
+        ));
+    }
+    Ok(email)
+}
+
+impl SignupRequest {
+    pub fn parse(self) -> Result<Signup, ApiError> {
+        let email = parse_email(&self.email)?;
+        let count = self.password.chars().count();
+        if !(8..=128).contains(&count) {
+            return Err(ApiError::validation(
+                "password",
+                "must be 8 to 128 characters",
+            ));
+        }
+        Ok(Signup {
+            email,
+            password: self.password,
+            name: text("name", &self.name, 100)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    pub id: i64,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SeedMembersRequest {
+    /// How many members to create (1..5000).
+    pub count: WholeNumber,
+    /// Points each starts with.
+    #[serde(default)]
+    pub balance: Option<WholeNumber>,
+    /// Emails are `<prefix>-<n>@seed.flashsale.test`.
+    pub email_prefix: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeededMember {
+    pub id: i64,
+    pub email: String,
+    pub access_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeededMembers {
+    pub members: Vec<SeededMember>,
+}
+
+// ---------------------------------------------------------------- points
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChargeRequest {
+    /// Points to add (1..100,000,000).
+    pub amount: WholeNumber,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BalanceView {
+    pub balance: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PointsHistoryEntry {
+    /// CHARGE, USE or REFUND.
+    #[schema(example = "CHARGE")]
+    pub r#type: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub at: DateTime<Utc>,
+}
+
+// ---------------------------------------------------------------- products
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateProductRequest {
+    pub name: String,
+    pub price: WholeNumber,
+    pub stock: WholeNumber,
+}
+
+pub struct NewProduct {
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+}
+
+impl CreateProductRequest {
+    pub fn parse(self) -> Result<NewProduct, ApiError> {
+        Ok(NewProduct {
+            name: text("name", &self.name, 200)?,
+            price: self.price.in_range("price", 1, MAX_PRICE)?,
+            stock: self.stock.in_range("stock", 0, MAX_STOCK)?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddStockRequest {
+    pub add: WholeNumber,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    pub id: i64,
+    pub name: String,
+    pub price: i64,
+    /// Units available now.
+    pub stock: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage {
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListProductsQuery {
+    /// 1..100, default 20.
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PopularQuery {
+    /// 1..30, default 3.
+    pub days: Option<String>,
+    /// 1..100, default 5.
+    pub limit: Option<String>,
+}
+
+/// Query numbers arrive as text so a non-number is a 422 naming the field rather than a bare 400.
+pub fn query_number(
+    field: &'static str,
+    value: Option<&str>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let n: i128 = value.trim().parse().map_err(|_| {
+        ApiError::validation(
+            field,
+            format!("must be a whole number between {min} and {max}"),
+        )
+    })?;
+    WholeNumber(n).in_range(field, min, max)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PopularProduct {
+    pub id: i64,
+    pub name: String,
+    pub price: i64,
+    /// Units sold in paid orders over the window.
+    pub sold: i64,
+}
+
+// ---------------------------------------------------------------- coupons
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateCouponRequest {
+    pub name: String,
+    /// FIXED or PERCENT.
+    pub discount_type: String,
+    pub discount_value: WholeNumber,
+    pub total_quantity: WholeNumber,
+    pub valid_from: Option<DateTime<Utc>>,
+    pub valid_until: DateTime<Utc>,
+}
+
+pub struct NewCoupon {
+    pub name: String,
+    pub discount_type: &'static str,
+    pub discount_value: i64,
+    pub total_quantity: i64,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+}
+
+impl CreateCouponRequest {
+    pub fn parse(self, now: DateTime<Utc>) -> Result<NewCoupon, ApiError> {
+        let discount_type = match self.discount_type.as_str() {
+            "FIXED" => "FIXED",
+            "PERCENT" => "PERCENT",
+            _ => {
+                return Err(ApiError::validation(
+                    "discount_type",
+                    "must be FIXED or PERCENT",
+                ))
+            }
+        };
+        let max_value = if discount_type == "PERCENT" {
+            100
+        } else {
+            MAX_PRICE
+        };
+        let valid_from = self.valid_from.unwrap_or(now);
+        if self.valid_until <= valid_from {
+            return Err(ApiError::validation(
+                "valid_until",
+                "must be after valid_from",
+            ));
+        }
+        Ok(NewCoupon {
+            name: text("name", &self.name, 200)?,
+            discount_type,
+            discount_value: self
+                .discount_value
+                .in_range("discount_value", 1, max_value)?,
+            total_quantity: self.total_quantity.in_range(
+                "total_quantity",
+                1,
+                MAX_COUPON_QUANTITY,
+            )?,
+            valid_from,
+            valid_until: self.valid_until,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CouponView {
+    pub id: i64,
+    pub name: String,
+    pub discount_type: String,
+    pub discount_value: i64,
+    pub total_quantity: i64,
+    pub remaining: i64,
+    pub valid_from: String,
+    pub valid_until: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedCouponView {
+    pub coupon_id: i64,
+    pub issued_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyCouponView {
+    pub coupon_id: i64,
+    pub name: String,
+    pub discount_type: String,
+    pub discount_value: i64,
+    pub valid_until: String,
+    pub used: bool,
+}
+
+// ---------------------------------------------------------------- orders
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OrderItemRequest {
+    pub product_id: WholeNumber,
+    pub quantity: WholeNumber,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateOrderRequest {
+    /// 1..20 items; quantities 1..100 (repeated products are merged).
+    pub items: Vec<OrderItemRequest>,
+}
+
+impl CreateOrderRequest {
+    /// Distinct products with their summed quantities, in first-seen order.
+    pub fn parse(self) -> Result<Vec<(i64, i64)>, ApiError> {
+        if self.items.is_empty() || self.items.len() > MAX_ITEMS {
+            return Err(ApiError::validation(
+                "items",
+                format!("must hold 1 to {MAX_ITEMS} items"),
+            ));
+        }
+        let mut order: Vec<i64> = Vec::new();
+        let mut quantities: BTreeMap<i64, i64> = BTreeMap::new();
+        for item in self.items {
+            let product = item.product_id.in_range("items.product_id", 1, i64::MAX)?;
+            let quantity = item.quantity.in_range("items.quantity", 1, MAX_QUANTITY)?;
+            let total = quantities.entry(product).or_insert_with(|| {
+                order.push(product);
+                0
+            });
+            *total += quantity;
+            if *total > MAX_QUANTITY {
+                return Err(ApiError::validation(
+                    "items.quantity",
+                    format!("must be between 1 and {MAX_QUANTITY} per product"),
+                ));
+            }
+        }
+        Ok(order.into_iter().map(|p| (p, quantities[&p])).collect())
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct PayOrderRequest {
+    pub coupon_id: Option<WholeNumber>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderItemView {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+/// An order as the API (and every order event) shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrderView {
+    pub id: i64,
+    pub member_id: i64,
+    /// RESERVED, PAID, CANCELLED or EXPIRED.
+    pub status: String,
+    pub items: Vec<OrderItemView>,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub paid_amount: i64,
+    pub coupon_id: Option<i64>,
+    pub expires_at: String,
+    pub created_at: String,
+    pub paid_at: Option<String>,
+    pub closed_at: Option<String>,
+}
+
+// ---------------------------------------------------------------- admin
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Drift {
+    /// product_stock, coupon_remaining, coupon_issued, member_balance, order_status
+    pub entity: String,
+    pub id: i64,
+    pub redis: serde_json::Value,
+    pub mysql: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReconcileReport {
+    pub in_sync: bool,
+    /// Events accepted by Redis and not yet applied to MySQL (outbox backlog + Kafka lag of the sink).
+    pub pending_events: i64,
+    pub drift: Vec<Drift>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_accept_huge_values_for_range_errors() {
+        let n: WholeNumber = serde_json::from_str("1e30").unwrap();
+        assert!(n.in_range("amount", 1, 10).is_err());
+        let n: WholeNumber = serde_json::from_str("18446744073709551615").unwrap();
+        assert_eq!(
+            n.in_range("x", 1, 10).unwrap_err().code(),
+            "VALIDATION_FAILED"
+        );
+        assert!(serde_json::from_str::<WholeNumber>("1.5").is_err());
+        assert!(serde_json::from_str::<WholeNumber>("\"5\"").is_err());
+    }
+
+    #[test]
+    fn order_items_merge_and_bound() {
+        let req: CreateOrderRequest =
+            serde_json::from_str(r#"{"items":[{"product_id":2,"quantity":1},{"product_id":1,"quantity":2},{"product_id":2,"quantity":3}]}"#).unwrap();
+        assert_eq!(req.parse().unwrap(), vec![(2, 4), (1, 2)]);
+        let req: CreateOrderRequest = serde_json::from_str(r#"{"items":[]}"#).unwrap();
+        assert!(req.parse().is_err());
+        let req: CreateOrderRequest =
+            serde_json::from_str(r#"{"items":[{"product_id":1,"quantity":0}]}"#).unwrap();
+        assert!(req.parse().is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            parse_email(" Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
+        for bad in ["", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a{x}@b.c"] {
+            assert!(parse_email(bad).is_err(), "{bad}");
+        }
+    }
+}

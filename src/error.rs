@@ -1,0 +1,160 @@
+//! One error type for every handler, rendered as `application/problem+json` with the contract's codes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, wrong types, bad headers: 400 INVALID_REQUEST.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A value out of range: 422 VALIDATION_FAILED naming the field.
+    #[error("{field}: {message}")]
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("request body is larger than the limit")]
+    PayloadTooLarge,
+    /// Any other contract outcome with its own status and code (409 COUPON_SOLD_OUT, ...).
+    #[error("{code}: {detail}")]
+    Problem {
+        status: StatusCode,
+        code: String,
+        detail: String,
+    },
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self::Problem {
+            status,
+            code: code.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Problem { status, .. } => *status,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            Self::InvalidRequest(_) => "INVALID_REQUEST",
+            Self::Validation { .. } => "VALIDATION_FAILED",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::Unauthorized(_) => "UNAUTHORIZED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::Problem { code, .. } => code,
+            Self::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<fred::error::Error> for ApiError {
+    fn from(e: fred::error::Error) -> Self {
+        Self::Internal(anyhow::anyhow!("redis: {e}"))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(anyhow::anyhow!("mysql: {e}"))
+    }
+}
+
+/// The problem document, as the OpenAPI schema shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[schema(example = "https://flashsale.dev/problems/coupon-sold-out")]
+    pub r#type: String,
+    #[schema(example = "Conflict")]
+    pub title: String,
+    #[schema(example = 409)]
+    pub status: u16,
+    pub detail: String,
+    /// Stable UPPER_SNAKE identifier; clients branch on it.
+    #[schema(example = "COUPON_SOLD_OUT")]
+    pub code: String,
+    /// The offending field, for VALIDATION_FAILED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Deterministic rendering: an idempotent replay renders the stored (status, code, detail) to the very
+/// same bytes as the first response.
+pub fn problem_body(status: StatusCode, code: &str, detail: &str, field: Option<&str>) -> String {
+    let problem = Problem {
+        r#type: format!(
+            "https://flashsale.dev/problems/{}",
+            code.to_ascii_lowercase().replace('_', "-")
+        ),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+        status: status.as_u16(),
+        detail: detail.to_string(),
+        code: code.to_string(),
+        field: field.map(str::to_string),
+    };
+    serde_json::to_string(&problem).unwrap_or_else(|_| String::from("{}"))
+}
+
+pub fn problem_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (detail, field) = match &self {
+            Self::Validation { field, message } => (format!("{field}: {message}"), Some(*field)),
+            Self::Internal(e) => {
+                // The cause goes to the log, never to the client.
+                tracing::error!(error = ?e, "internal error");
+                ("an internal error occurred".to_string(), None)
+            }
+            Self::Problem { detail, .. } => (detail.clone(), None),
+            other => (other.to_string(), None),
+        };
+        let mut response =
+            problem_response(status, problem_body(status, self.code(), &detail, field));
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

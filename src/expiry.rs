@@ -1,0 +1,83 @@
+//! Reservation expiry: finds orders whose reservation is due (sorted set by expiry time) and runs
+//! order_expire.lua for each. A pay racing the expiry has exactly one winner: both scripts check the
+//! status and the expiry time atomically.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use tokio::sync::watch;
+
+use crate::routes::orders::read_order_keys;
+use crate::scripts::Script;
+use crate::state::{event_id, AppState, Now};
+
+const BATCH: i64 = 200;
+
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_millis(state.settings.expiry_interval_ms.max(10));
+    while !*stop.borrow() {
+        match expire_due(&state).await {
+            Ok(n) if n >= BATCH as usize => continue, // more may be due: no pause
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Expires what is due now; returns how many due reservations it looked at.
+pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
+    let now = Now::read();
+    let due: Vec<i64> = state
+        .redis
+        .zrangebyscore(
+            state.keys.reservations(),
+            "-inf",
+            now.ms(),
+            false,
+            Some((0, BATCH)),
+        )
+        .await?;
+    for order_id in &due {
+        for _ in 0..3 {
+            let products = read_order_keys(state, *order_id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map(|v| v.product_ids)
+                .unwrap_or_default();
+            let mut keys = vec![
+                state.keys.order(*order_id),
+                state.keys.reservations(),
+                state.keys.outbox(),
+            ];
+            let mut args = vec![
+                order_id.to_string(),
+                now.ms().to_string(),
+                now.rfc3339(),
+                event_id(),
+            ];
+            for p in &products {
+                keys.push(state.keys.product(*p));
+                args.push(p.to_string());
+            }
+            let outcome: String = state
+                .scripts
+                .run(&state.redis, Script::OrderExpire, keys, args)
+                .await?
+                .as_string()
+                .unwrap_or_default();
+            metrics::counter!("flashsale_script_outcomes_total", "script" => "order_expire", "outcome" => outcome.clone())
+                .increment(1);
+            if outcome == "expired" {
+                metrics::counter!("flashsale_orders_total", "status" => "EXPIRED").increment(1);
+            }
+            if outcome != "stale" {
+                break;
+            }
+        }
+    }
+    Ok(due.len())
+}

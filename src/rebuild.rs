@@ -1,0 +1,310 @@
+//! Rebuilds Redis from MySQL after a Redis loss. MySQL is the durable record: members with balances,
+//! products with stock, coupons with holders, orders (live reservations included), the popular ranking
+//! and the id sequences. Idempotency records live only in Redis and are not rebuilt.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{NaiveDateTime, Utc};
+use fred::prelude::*;
+use sqlx::MySqlPool;
+
+use crate::config::ConnectionSettings;
+use crate::keys::Keys;
+use crate::routes::orders::POPULAR_DAY_TTL_SECS;
+use crate::state::rfc3339;
+
+const SEQUENCE_MARGIN: i64 = 10_000;
+
+fn at(t: NaiveDateTime) -> String {
+    rfc3339(t.and_utc())
+}
+
+pub struct RebuildReport {
+    pub members: usize,
+    pub products: usize,
+    pub coupons: usize,
+    pub orders: usize,
+}
+
+pub async fn rebuild(
+    redis: &Pool,
+    db: &MySqlPool,
+    keys: &Keys,
+    connections: &ConnectionSettings,
+    force: bool,
+) -> anyhow::Result<RebuildReport> {
+    // Events still in flight would be lost: their effects are in neither MySQL nor the new Redis.
+    match crate::reconcile::pending_events(redis, keys, connections).await {
+        Ok(0) => {}
+        Ok(n) if !force => {
+            anyhow::bail!("{n} events are still in flight; wait for the drain or pass --force")
+        }
+        Ok(n) => tracing::warn!(pending = n, "rebuilding with events in flight (--force)"),
+        Err(e) if !force => {
+            return Err(e).context("cannot tell whether events are in flight (use --force)")
+        }
+        Err(e) => tracing::warn!(error = %e, "pending events unknown (--force)"),
+    }
+    // Engines may hold unused blocks of ids below the old sequence values: never hand those out again.
+    let mut previous = HashMap::new();
+    for entity in ["member", "product", "coupon", "order"] {
+        let value: Option<i64> = redis.get(keys.sequence(entity)).await?;
+        previous.insert(entity, value.unwrap_or(0));
+    }
+    clear(redis, keys).await?;
+    let client = redis.next();
+
+    let members: Vec<(i64, String, String, String, i64, NaiveDateTime)> =
+        sqlx::query_as("SELECT id, email, name, password_hash, balance, created_at FROM members")
+            .fetch_all(db)
+            .await?;
+    for (id, email, name, hash, balance, created) in &members {
+        let _: () = client
+            .hset(
+                keys.member(*id),
+                vec![
+                    ("id", id.to_string()),
+                    ("email", email.clone()),
+                    ("name", name.clone()),
+                    ("password_hash", hash.clone()),
+                    ("balance", balance.to_string()),
+                    ("created_at", at(*created)),
+                ],
+            )
+            .await?;
+        let _: () = client
+            .set(keys.email(email), id.to_string(), None, None, false)
+            .await?;
+    }
+
+    let products: Vec<(i64, String, i64, i64, NaiveDateTime)> =
+        sqlx::query_as("SELECT id, name, price, stock, created_at FROM products")
+            .fetch_all(db)
+            .await?;
+    for (id, name, price, stock, created) in &products {
+        let _: () = client
+            .hset(
+                keys.product(*id),
+                vec![
+                    ("id", id.to_string()),
+                    ("name", name.clone()),
+                    ("price", price.to_string()),
+                    ("stock", stock.to_string()),
+                    ("created_at", at(*created)),
+                ],
+            )
+            .await?;
+        let _: () = client
+            .zadd(
+                keys.products(),
+                None,
+                None,
+                false,
+                false,
+                (*id as f64, id.to_string()),
+            )
+            .await?;
+    }
+
+    type CouponRow = (
+        i64,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        NaiveDateTime,
+        NaiveDateTime,
+        NaiveDateTime,
+    );
+    let coupons: Vec<CouponRow> = sqlx::query_as(
+        "SELECT id, name, discount_type, discount_value, total_quantity, remaining, valid_from, valid_until, created_at FROM coupons",
+    )
+    .fetch_all(db)
+    .await?;
+    for (id, name, kind, value, total, remaining, from, until, created) in &coupons {
+        let _: () = client
+            .hset(
+                keys.coupon(*id),
+                vec![
+                    ("id", id.to_string()),
+                    ("name", name.clone()),
+                    ("discount_type", kind.clone()),
+                    ("discount_value", value.to_string()),
+                    ("total_quantity", total.to_string()),
+                    ("remaining", remaining.to_string()),
+                    (
+                        "valid_from_ms",
+                        from.and_utc().timestamp_millis().to_string(),
+                    ),
+                    ("valid_from", at(*from)),
+                    (
+                        "valid_until_ms",
+                        until.and_utc().timestamp_millis().to_string(),
+                    ),
+                    ("valid_until", at(*until)),
+                    ("created_at", at(*created)),
+                ],
+            )
+            .await?;
+    }
+    let issued: Vec<(i64, i64, NaiveDateTime, Option<i64>)> =
+        sqlx::query_as("SELECT coupon_id, member_id, issued_at, used_order_id FROM issued_coupons")
+            .fetch_all(db)
+            .await?;
+    for (coupon, member, issued_at, used) in &issued {
+        let _: () = client
+            .sadd(keys.coupon_holders(*coupon), member.to_string())
+            .await?;
+        let entry = format!(
+            "{}|{}|rebuilt|{}",
+            issued_at.and_utc().timestamp_millis(),
+            used.unwrap_or(0),
+            at(*issued_at)
+        );
+        let _: () = client
+            .hset(keys.member_coupons(*member), (coupon.to_string(), entry))
+            .await?;
+    }
+
+    type OrderRow = (
+        i64,
+        i64,
+        String,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+        NaiveDateTime,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+    );
+    let orders: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, member_id, status, total_amount, discount_amount, paid_amount, coupon_id, expires_at, created_at, paid_at, closed_at FROM orders",
+    )
+    .fetch_all(db)
+    .await?;
+    let items: Vec<(i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT order_id, product_id, CAST(quantity AS SIGNED), unit_price FROM order_items ORDER BY order_id, product_id")
+            .fetch_all(db)
+            .await?;
+    let mut items_by_order: HashMap<i64, Vec<serde_json::Value>> = HashMap::new();
+    for (order, product, quantity, price) in items {
+        items_by_order.entry(order).or_default().push(
+            serde_json::json!({"product_id": product, "quantity": quantity, "unit_price": price}),
+        );
+    }
+    let horizon = Utc::now().naive_utc() - chrono::Duration::seconds(POPULAR_DAY_TTL_SECS);
+    for (id, member, status, total, discount, paid, coupon, expires, created, paid_at, closed_at) in
+        &orders
+    {
+        let order_items = items_by_order.remove(id).unwrap_or_default();
+        let paid_day = paid_at
+            .map(|p| p.format("%Y%m%d").to_string())
+            .unwrap_or_default();
+        let _: () = client
+            .hset(
+                keys.order(*id),
+                vec![
+                    ("id", id.to_string()),
+                    ("member_id", member.to_string()),
+                    ("status", status.clone()),
+                    (
+                        "items",
+                        serde_json::Value::Array(order_items.clone()).to_string(),
+                    ),
+                    ("total_amount", total.to_string()),
+                    ("discount_amount", discount.to_string()),
+                    ("paid_amount", paid.to_string()),
+                    (
+                        "coupon_id",
+                        coupon.map(|c| c.to_string()).unwrap_or_default(),
+                    ),
+                    (
+                        "expires_at_ms",
+                        expires.and_utc().timestamp_millis().to_string(),
+                    ),
+                    ("expires_at", at(*expires)),
+                    ("created_at", at(*created)),
+                    ("paid_at", paid_at.map(at).unwrap_or_default()),
+                    ("closed_at", closed_at.map(at).unwrap_or_default()),
+                    ("paid_day", paid_day.clone()),
+                ],
+            )
+            .await?;
+        if status == "RESERVED" {
+            let _: () = client
+                .zadd(
+                    keys.reservations(),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (expires.and_utc().timestamp_millis() as f64, id.to_string()),
+                )
+                .await?;
+        }
+        if status == "PAID" && paid_at.is_some_and(|p| p > horizon) {
+            for item in &order_items {
+                let product = item["product_id"].as_i64().unwrap_or_default();
+                let quantity = item["quantity"].as_i64().unwrap_or_default();
+                let _: f64 = client
+                    .zincrby(
+                        keys.popular_day(&paid_day),
+                        quantity as f64,
+                        product.to_string(),
+                    )
+                    .await?;
+            }
+            let _: () = client
+                .expire(keys.popular_day(&paid_day), POPULAR_DAY_TTL_SECS, None)
+                .await?;
+        }
+    }
+
+    for (entity, table) in [
+        ("member", "members"),
+        ("product", "products"),
+        ("coupon", "coupons"),
+        ("order", "orders"),
+    ] {
+        let (max,): (Option<i64>,) = sqlx::query_as(&format!("SELECT MAX(id) FROM {table}"))
+            .fetch_one(db)
+            .await?;
+        // The margin keeps clear of id blocks engines took before a Redis loss erased the sequence.
+        let next = max
+            .unwrap_or(0)
+            .max(previous.get(entity).copied().unwrap_or(0))
+            + SEQUENCE_MARGIN;
+        let _: () = client
+            .set(keys.sequence(entity), next.to_string(), None, None, false)
+            .await?;
+    }
+    crate::app::ensure_outbox_group(redis, keys).await?;
+    Ok(RebuildReport {
+        members: members.len(),
+        products: products.len(),
+        coupons: coupons.len(),
+        orders: orders.len(),
+    })
+}
+
+/// Deletes every key of this deployment (its prefix).
+async fn clear(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let client = redis.next();
+    let mut scan = client.scan_buffered(keys.all_pattern(), Some(1000), None);
+    let mut batch: Vec<Key> = Vec::new();
+    while let Some(key) = scan.try_next().await? {
+        batch.push(key);
+        if batch.len() >= 1000 {
+            let _: i64 = client.unlink(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        let _: i64 = client.unlink(batch).await?;
+    }
+    Ok(())
+}

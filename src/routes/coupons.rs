@@ -1,0 +1,192 @@
+//! First-come coupons: admin create, read, issue (Lua, at most one per member, never one too many) and
+//! the member's own coupons.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fred::prelude::*;
+
+use super::{parse_json, Idempotent};
+use crate::auth::{Admin, AuthMember};
+use crate::domain::{CouponView, CreateCouponRequest, IssuedCouponView, MyCouponView};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiPath;
+use crate::ids::Entity;
+use crate::scripts::Script;
+use crate::state::{event_id, rfc3339, AppState, Now};
+
+#[utoipa::path(post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
+    params(("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 201, description = "Created", body = CouponView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let now = Now::read();
+    let coupon = parse_json::<CreateCouponRequest>(&body)?.parse(now.at)?;
+    let id = state
+        .ids
+        .next(&state.redis, &state.keys, Entity::Coupon)
+        .await?;
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::create_coupon(&state, id, coupon).await;
+    }
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::CouponCreate,
+            vec![state.keys.coupon(id), state.keys.outbox()],
+            vec![
+                id.to_string(),
+                coupon.name,
+                coupon.discount_type.to_string(),
+                coupon.discount_value.to_string(),
+                coupon.total_quantity.to_string(),
+                coupon.valid_from.timestamp_millis().to_string(),
+                rfc3339(coupon.valid_from),
+                coupon.valid_until.timestamp_millis().to_string(),
+                rfc3339(coupon.valid_until),
+                now.rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok(reply.into_response())
+}
+
+pub async fn load_coupon(state: &AppState, id: i64) -> ApiResult<Option<CouponView>> {
+    let h: HashMap<String, String> = state.redis.hgetall(state.keys.coupon(id)).await?;
+    Ok(coupon_from_hash(&h))
+}
+
+fn coupon_from_hash(h: &HashMap<String, String>) -> Option<CouponView> {
+    let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+    Some(CouponView {
+        id: num("id")?,
+        name: h.get("name")?.clone(),
+        discount_type: h.get("discount_type")?.clone(),
+        discount_value: num("discount_value")?,
+        total_quantity: num("total_quantity")?,
+        remaining: num("remaining")?,
+        valid_from: h.get("valid_from")?.clone(),
+        valid_until: h.get("valid_until")?.clone(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/coupons/{id}", tag = "coupons",
+    params(("id" = i64, Path, description = "coupon id")),
+    responses(
+        (status = 200, description = "The coupon; issued + remaining = total_quantity", body = CouponView),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<CouponView>> {
+    load_coupon(&state, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("coupon not found".into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/coupons/{id}/issue", tag = "coupons", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "coupon id"), ("Idempotency-Key" = Option<String>, Header, description = "optional")),
+    responses(
+        (status = 201, description = "Issued", body = IssuedCouponView),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "COUPON_NOT_ACTIVE, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn issue(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    ApiPath(id): ApiPath<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, false)?;
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::issue_coupon(&state, member, id).await;
+    }
+    let now = Now::read();
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::CouponIssue,
+            vec![
+                state.keys.coupon(id),
+                state.keys.coupon_holders(id),
+                state.keys.member_coupons(member),
+                idem.key_or_placeholder(&state, member),
+                state.keys.outbox(),
+            ],
+            vec![
+                idem.fingerprint.clone(),
+                Idempotent::ttl_arg(),
+                if idem.record_key.is_some() { "1" } else { "0" }.to_string(),
+                member.to_string(),
+                now.ms().to_string(),
+                now.rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Coupons the member holds", body = [MyCouponView]),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn mine(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+) -> ApiResult<Json<Vec<MyCouponView>>> {
+    let held: HashMap<String, String> = state
+        .redis
+        .hgetall(state.keys.member_coupons(member))
+        .await?;
+    let mut ids: Vec<(i64, bool)> = held
+        .iter()
+        .filter_map(|(id, entry)| {
+            Some((
+                id.parse().ok()?,
+                entry.split('|').nth(1).is_some_and(|used| used != "0"),
+            ))
+        })
+        .collect();
+    ids.sort();
+    let coupons =
+        futures::future::try_join_all(ids.iter().map(|(id, _)| load_coupon(&state, *id))).await?;
+    Ok(Json(
+        ids.iter()
+            .zip(coupons)
+            .filter_map(|((_, used), coupon)| {
+                coupon.map(|c| MyCouponView {
+                    coupon_id: c.id,
+                    name: c.name,
+                    discount_type: c.discount_type,
+                    discount_value: c.discount_value,
+                    valid_until: c.valid_until,
+                    used: *used,
+                })
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,231 @@
+//! Sign-up, login and the admin bulk seeding path used by load tests.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fred::prelude::*;
+use futures::{StreamExt, TryStreamExt};
+
+use super::parse_json;
+use crate::auth::{hash_password, verify_password, Admin};
+use crate::domain::{
+    parse_email, LoginRequest, MemberView, SeedMembersRequest, SeededMember, SeededMembers,
+    SignupRequest, TokenView, MAX_BALANCE, MAX_SEED,
+};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::idempotency::IdempotencyKey;
+use crate::ids::Entity;
+use crate::scripts::{Script, ScriptReply};
+use crate::state::{event_id, AppState, Now};
+
+fn rate_limit(state: &AppState, addr: &SocketAddr) -> Result<(), ApiError> {
+    state.auth_limiter.check_key(&addr.ip()).map_err(|_| {
+        ApiError::problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "too many attempts, slow down",
+        )
+    })
+}
+
+/// Runs member_signup; shared by sign-up and seeding.
+async fn register(
+    state: &AppState,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> ApiResult<(i64, ScriptReply)> {
+    let id = state
+        .ids
+        .next(&state.redis, &state.keys, Entity::Member)
+        .await?;
+    let now = Now::read();
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::MemberSignup,
+            vec![
+                state.keys.email(email),
+                state.keys.member(id),
+                state.keys.outbox(),
+            ],
+            vec![
+                id.to_string(),
+                email.into(),
+                name.into(),
+                password_hash.into(),
+                now.rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok((id, reply))
+}
+
+#[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = SignupRequest,
+    responses(
+        (status = 201, description = "Member created", body = MemberView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "EMAIL_TAKEN", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn signup(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    rate_limit(&state, &addr)?;
+    let signup = parse_json::<SignupRequest>(&body)?.parse()?;
+    // Cheap pre-check so a taken email does not cost an argon2 hash; the script decides for real.
+    let taken: bool = state.redis.exists(state.keys.email(&signup.email)).await?;
+    if taken {
+        return Err(ApiError::problem(
+            StatusCode::CONFLICT,
+            "EMAIL_TAKEN",
+            "an account with this email already exists",
+        ));
+    }
+    let hash = hash_password(signup.password).await?;
+    let (_, reply) = register(&state, &signup.email, &signup.name, &hash).await?;
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "members", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Access token", body = TokenView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "INVALID_CREDENTIALS", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "RATE_LIMITED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> ApiResult<Json<TokenView>> {
+    rate_limit(&state, &addr)?;
+    let request: LoginRequest = parse_json(&body)?;
+    let mut member: Option<(i64, String)> = None;
+    if let Ok(email) = parse_email(&request.email) {
+        let id: Option<i64> = state.redis.get(state.keys.email(&email)).await?;
+        if let Some(id) = id {
+            let hash: Option<String> = state
+                .redis
+                .hget(state.keys.member(id), "password_hash")
+                .await?;
+            member = hash.map(|h| (id, h));
+        }
+    }
+    let stored = member.as_ref().map(|(_, h)| h.clone());
+    if !verify_password(request.password, stored).await? {
+        return Err(ApiError::problem(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_CREDENTIALS",
+            "wrong email or password",
+        ));
+    }
+    let id = member.map(|(id, _)| id).unwrap_or_default();
+    Ok(Json(TokenView {
+        access_token: state.tokens.issue(id)?,
+        token_type: "Bearer",
+        expires_in: state.tokens.ttl_secs,
+    }))
+}
+
+/// Password of every seeded member (they are for load tests, which log in with tokens, not passwords).
+pub const SEED_PASSWORD: &str = "seeded-member-password";
+
+#[utoipa::path(post, path = "/api/v1/admin/seed/members", tag = "admin", request_body = SeedMembersRequest,
+    params(("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 201, description = "Members created with tokens (password: seeded-member-password)", body = SeededMembers),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn seed_members(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let request: SeedMembersRequest = parse_json(&body)?;
+    let count = request.count.in_range("count", 1, MAX_SEED)?;
+    let balance = match request.balance {
+        Some(b) => b.in_range("balance", 0, MAX_BALANCE)?,
+        None => 0,
+    };
+    let prefix = request.email_prefix.trim().to_lowercase();
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ApiError::validation(
+            "email_prefix",
+            "must be 1 to 64 of [a-z0-9_-]",
+        ));
+    }
+    // One argon2 hash for the whole batch: seeding must not spend a hash per member.
+    let hash = hash_password(SEED_PASSWORD.to_string()).await?;
+    let members: Vec<SeededMember> = futures::stream::iter(0..count)
+        .map(|n| {
+            let state = state.clone();
+            let hash = hash.clone();
+            let email = format!("{prefix}-{n}@seed.flashsale.test");
+            async move {
+                let (id, reply) = register(&state, &email, "seeded member", &hash).await?;
+                let id = match reply {
+                    ScriptReply::Ok { .. } => id,
+                    ScriptReply::Refused { ref code, .. } if code == "EMAIL_TAKEN" => state
+                        .redis
+                        .get::<Option<i64>, _>(state.keys.email(&email))
+                        .await?
+                        .unwrap_or(id),
+                    other => {
+                        return Err(ApiError::Internal(anyhow::anyhow!(
+                            "seeding {email}: {other:?}"
+                        )))
+                    }
+                };
+                if balance > 0 {
+                    // Keyed per member, so seeding the same prefix again does not charge twice.
+                    let key = IdempotencyKey::internal("seed-balance");
+                    let now = Now::read();
+                    state
+                        .scripts
+                        .call(
+                            &state.redis,
+                            Script::PointsCharge,
+                            vec![
+                                state.keys.member(id),
+                                key.record_key(&state.keys, id),
+                                state.keys.outbox(),
+                            ],
+                            vec![
+                                format!("seed:{balance}"),
+                                super::Idempotent::ttl_arg(),
+                                balance.to_string(),
+                                MAX_BALANCE.to_string(),
+                                now.rfc3339(),
+                                event_id(),
+                            ],
+                        )
+                        .await?;
+                }
+                Ok::<_, ApiError>(SeededMember {
+                    id,
+                    email,
+                    access_token: state.tokens.issue(id)?,
+                })
+            }
+        })
+        .buffered(64)
+        .try_collect()
+        .await?;
+    Ok((StatusCode::CREATED, Json(SeededMembers { members })).into_response())
+}

@@ -1,0 +1,67 @@
+//! HTTP routes, one module per resource. Handlers validate at the edge, then run one Lua script (or read
+//! Redis) and hand the script's reply straight back.
+
+pub mod coupons;
+pub mod members;
+pub mod ops;
+pub mod orders;
+pub mod points;
+pub mod products;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::idempotency::{fingerprint, IdempotencyKey, RECORD_TTL_SECS};
+use crate::state::AppState;
+
+/// Parses a JSON body: malformed JSON or wrong types -> 400 INVALID_REQUEST.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+}
+
+/// Parses an optional JSON body (empty means the type's default).
+pub fn parse_optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    parse_json(body)
+}
+
+/// The idempotency side of a member's mutation: the record key (or none) and the request fingerprint,
+/// passed to the script as KEYS/ARGV.
+pub struct Idempotent {
+    pub record_key: Option<String>,
+    pub fingerprint: String,
+}
+
+impl Idempotent {
+    pub fn from_request(
+        state: &AppState,
+        member_id: i64,
+        headers: &HeaderMap,
+        method: &Method,
+        uri: &Uri,
+        body: &Bytes,
+        required: bool,
+    ) -> Result<Self, ApiError> {
+        let key = IdempotencyKey::from_headers(headers, required)?;
+        Ok(Self {
+            record_key: key.map(|k| k.record_key(&state.keys, member_id)),
+            fingerprint: fingerprint(method, uri.path(), body),
+        })
+    }
+
+    /// KEYS entry: the record key, or a placeholder the script leaves alone when the request has none.
+    pub fn key_or_placeholder(&self, state: &AppState, member_id: i64) -> String {
+        self.record_key
+            .clone()
+            .unwrap_or_else(|| state.keys.idempotency(member_id, "none"))
+    }
+
+    pub fn ttl_arg() -> String {
+        RECORD_TTL_SECS.to_string()
+    }
+}

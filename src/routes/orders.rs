@@ -1,0 +1,284 @@
+//! Orders: reserve (all items or none), pay, cancel, read. Each mutation is one Lua script.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Duration;
+use fred::prelude::*;
+
+use super::{parse_json, parse_optional_json, Idempotent};
+use crate::auth::AuthMember;
+use crate::config::HotPath;
+use crate::domain::{CreateOrderRequest, OrderView, PayOrderRequest};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiPath;
+use crate::ids::Entity;
+use crate::scripts::{Script, ScriptReply};
+use crate::state::{event_id, rfc3339, AppState, Now};
+
+/// Popular-ranking day buckets outlive the longest window (30 days).
+pub const POPULAR_DAY_TTL_SECS: i64 = 35 * 24 * 3600;
+
+fn count_transition(reply: &ScriptReply, status: &'static str) {
+    if matches!(reply, ScriptReply::Ok { .. }) {
+        metrics::counter!("flashsale_orders_total", "status" => status).increment(1);
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrderRequest,
+    params(("Idempotency-Key" = String, Header, description = "required, 1..255 characters")),
+    responses(
+        (status = 201, description = "Reserved: every item's stock is held until expires_at", body = OrderView),
+        (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND (a product)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "OUT_OF_STOCK (nothing reserved), IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let items = parse_json::<CreateOrderRequest>(&body)?.parse()?;
+    if state.settings.hot_path == HotPath::DbLock {
+        return crate::dblock::create_order(&state, member, &items).await;
+    }
+    let order_id = state
+        .ids
+        .next(&state.redis, &state.keys, Entity::Order)
+        .await?;
+    let now = Now::read();
+    let expires = now.at + Duration::seconds(state.settings.reservation_ttl_secs as i64);
+    let mut keys = vec![
+        state.keys.order(order_id),
+        state.keys.reservations(),
+        idem.key_or_placeholder(&state, member),
+        state.keys.outbox(),
+    ];
+    let mut args = vec![
+        idem.fingerprint.clone(),
+        Idempotent::ttl_arg(),
+        member.to_string(),
+        order_id.to_string(),
+        now.rfc3339(),
+        expires.timestamp_millis().to_string(),
+        rfc3339(expires),
+        event_id(),
+    ];
+    for (product, quantity) in &items {
+        keys.push(state.keys.product(*product));
+        args.push(quantity.to_string());
+    }
+    let reply = state
+        .scripts
+        .call(&state.redis, Script::OrderReserve, keys, args)
+        .await?;
+    count_transition(&reply, "RESERVED");
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/orders/{id}/pay", tag = "orders", security(("bearer" = [])), request_body = PayOrderRequest,
+    params(("id" = i64, Path, description = "order id"), ("Idempotency-Key" = String, Header, description = "required")),
+    responses(
+        (status = 200, description = "Paid", body = OrderView),
+        (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INSUFFICIENT_POINTS, ORDER_EXPIRED, ORDER_NOT_PAYABLE, COUPON_NOT_USABLE, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn pay(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    ApiPath(order_id): ApiPath<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let request: PayOrderRequest = parse_optional_json(&body)?;
+    let coupon = match request.coupon_id {
+        Some(c) => Some(c.in_range("coupon_id", 1, i64::MAX)?),
+        None => None,
+    };
+    if state.settings.hot_path == HotPath::DbLock {
+        return crate::dblock::pay_order(&state, member, order_id, coupon).await;
+    }
+    let now = Now::read();
+    let day = now.day();
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::OrderPay,
+            vec![
+                state.keys.order(order_id),
+                state.keys.member(member),
+                state.keys.member_coupons(member),
+                state.keys.coupon(coupon.unwrap_or(0)),
+                state.keys.reservations(),
+                state.keys.popular_day(&day),
+                idem.key_or_placeholder(&state, member),
+                state.keys.outbox(),
+            ],
+            vec![
+                idem.fingerprint.clone(),
+                Idempotent::ttl_arg(),
+                member.to_string(),
+                coupon.map(|c| c.to_string()).unwrap_or_default(),
+                now.ms().to_string(),
+                now.rfc3339(),
+                day,
+                POPULAR_DAY_TTL_SECS.to_string(),
+                event_id(),
+            ],
+        )
+        .await?;
+    count_transition(&reply, "PAID");
+    Ok(reply.into_response())
+}
+
+/// What the engine reads before cancel/expire to name the script's KEYS: items and paid day.
+pub struct OrderKeysView {
+    pub product_ids: Vec<i64>,
+    pub paid_day: String,
+}
+
+pub async fn read_order_keys(state: &AppState, order_id: i64) -> ApiResult<Option<OrderKeysView>> {
+    let fields: Vec<Option<String>> = state
+        .redis
+        .hmget(state.keys.order(order_id), vec!["items", "paid_day"])
+        .await?;
+    let Some(Some(items)) = fields.first() else {
+        return Ok(None);
+    };
+    let items: Vec<crate::domain::OrderItemView> = serde_json::from_str(items)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("order {order_id} items: {e}")))?;
+    Ok(Some(OrderKeysView {
+        product_ids: items.iter().map(|i| i.product_id).collect(),
+        paid_day: fields.get(1).cloned().flatten().unwrap_or_default(),
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "order id"), ("Idempotency-Key" = String, Header, description = "required")),
+    responses(
+        (status = 200, description = "Cancelled: stock released; a paid order's points refunded and coupon returned", body = OrderView),
+        (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ORDER_NOT_CANCELLABLE, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    ApiPath(order_id): ApiPath<i64>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    // The order's items name the product keys; they never change, but a pay may land between our read
+    // and the script (changing the popular bucket), so the script checks and we retry on 'stale'.
+    for _ in 0..5 {
+        let view = read_order_keys(&state, order_id).await?;
+        let (product_ids, paid_day) = view
+            .map(|v| (v.product_ids, v.paid_day))
+            .unwrap_or_default();
+        let now = Now::read();
+        let popular_day = if paid_day.is_empty() {
+            now.day()
+        } else {
+            paid_day.clone()
+        };
+        let mut keys = vec![
+            state.keys.order(order_id),
+            state.keys.member(member),
+            state.keys.member_coupons(member),
+            state.keys.reservations(),
+            state.keys.popular_day(&popular_day),
+            idem.key_or_placeholder(&state, member),
+            state.keys.outbox(),
+        ];
+        let mut args = vec![
+            idem.fingerprint.clone(),
+            Idempotent::ttl_arg(),
+            member.to_string(),
+            now.rfc3339(),
+            event_id(),
+            paid_day,
+        ];
+        for product in &product_ids {
+            keys.push(state.keys.product(*product));
+            args.push(product.to_string());
+        }
+        let reply = state
+            .scripts
+            .call(&state.redis, Script::OrderCancel, keys, args)
+            .await?;
+        if reply != ScriptReply::Stale {
+            count_transition(&reply, "CANCELLED");
+            return Ok(reply.into_response());
+        }
+    }
+    Err(ApiError::problem(
+        axum::http::StatusCode::CONFLICT,
+        "IDEMPOTENCY_IN_PROGRESS",
+        "the order is changing under this request; retry",
+    ))
+}
+
+pub fn order_from_hash(h: &HashMap<String, String>) -> Option<OrderView> {
+    let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+    let opt = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+    Some(OrderView {
+        id: num("id")?,
+        member_id: num("member_id")?,
+        status: h.get("status")?.clone(),
+        items: serde_json::from_str(h.get("items")?).ok()?,
+        total_amount: num("total_amount")?,
+        discount_amount: num("discount_amount").unwrap_or(0),
+        paid_amount: num("paid_amount").unwrap_or(0),
+        coupon_id: num("coupon_id"),
+        expires_at: h.get("expires_at")?.clone(),
+        created_at: h.get("created_at")?.clone(),
+        paid_at: opt("paid_at"),
+        closed_at: opt("closed_at"),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND (also another member's order)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    ApiPath(order_id): ApiPath<i64>,
+) -> ApiResult<Json<OrderView>> {
+    if state.settings.hot_path == HotPath::DbLock {
+        return crate::dblock::get_order(&state, member, order_id)
+            .await
+            .map(Json);
+    }
+    let h: HashMap<String, String> = state.redis.hgetall(state.keys.order(order_id)).await?;
+    order_from_hash(&h)
+        .filter(|o| o.member_id == member)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("order not found".into()))
+}

@@ -1,0 +1,105 @@
+//! Points: balance (Redis), charge (Lua), history (MySQL, the durable ledger).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fred::prelude::*;
+
+use super::{parse_json, Idempotent};
+use crate::auth::AuthMember;
+use crate::domain::{BalanceView, ChargeRequest, PointsHistoryEntry, MAX_BALANCE, MAX_CHARGE};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::scripts::Script;
+use crate::state::{event_id, AppState, Now};
+
+#[utoipa::path(get, path = "/api/v1/me/points", tag = "points", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Current balance", body = BalanceView),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn balance(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+) -> ApiResult<Json<BalanceView>> {
+    let balance: Option<i64> = state
+        .redis
+        .hget(state.keys.member(member), "balance")
+        .await?;
+    let balance = balance.ok_or_else(|| ApiError::NotFound("member not found".into()))?;
+    Ok(Json(BalanceView { balance }))
+}
+
+#[utoipa::path(post, path = "/api/v1/me/points/charge", tag = "points", security(("bearer" = [])),
+    request_body = ChargeRequest,
+    params(("Idempotency-Key" = String, Header, description = "required, 1..255 characters")),
+    responses(
+        (status = 200, description = "Charged (or replayed: header Idempotent-Replayed: true)", body = BalanceView),
+        (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "BALANCE_LIMIT_EXCEEDED, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn charge(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let amount = parse_json::<ChargeRequest>(&body)?
+        .amount
+        .in_range("amount", 1, MAX_CHARGE)?;
+    let now = Now::read();
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::PointsCharge,
+            vec![
+                state.keys.member(member),
+                idem.key_or_placeholder(&state, member),
+                state.keys.outbox(),
+            ],
+            vec![
+                idem.fingerprint,
+                Idempotent::ttl_arg(),
+                amount.to_string(),
+                MAX_BALANCE.to_string(),
+                now.rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/me/points/history", tag = "points", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ledger from MySQL, newest first (last 100; follows the pipeline by a few ms)", body = [PointsHistoryEntry]),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn history(
+    State(state): State<AppState>,
+    AuthMember(member): AuthMember,
+) -> ApiResult<Json<Vec<PointsHistoryEntry>>> {
+    let rows: Vec<(String, i64, i64, chrono::NaiveDateTime)> = sqlx::query_as(
+        "SELECT type, amount, balance_after, at FROM points_ledger WHERE member_id = ? ORDER BY at DESC, id DESC LIMIT 100",
+    )
+    .bind(member)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(kind, amount, balance_after, at)| PointsHistoryEntry {
+                r#type: kind,
+                amount,
+                balance_after,
+                at: at.and_utc(),
+            })
+            .collect(),
+    ))
+}

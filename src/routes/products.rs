@@ -1,0 +1,256 @@
+//! Products: admin create and restock (Lua), listing, one product, and the popular ranking.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Duration;
+use fred::prelude::*;
+
+use super::parse_json;
+use crate::auth::Admin;
+use crate::domain::{
+    query_number, AddStockRequest, CreateProductRequest, ListProductsQuery, PopularProduct,
+    PopularQuery, ProductPage, ProductView, MAX_STOCK,
+};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiPath, ApiQuery};
+use crate::ids::Entity;
+use crate::scripts::{Script, ScriptReply};
+use crate::state::{event_id, AppState, Now};
+
+#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
+    params(("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let product = parse_json::<CreateProductRequest>(&body)?.parse()?;
+    let id = state
+        .ids
+        .next(&state.redis, &state.keys, Entity::Product)
+        .await?;
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::create_product(&state, id, product).await;
+    }
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::ProductCreate,
+            vec![
+                state.keys.product(id),
+                state.keys.products(),
+                state.keys.outbox(),
+            ],
+            vec![
+                id.to_string(),
+                product.name,
+                product.price.to_string(),
+                product.stock.to_string(),
+                Now::read().rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/products/{id}/stock", tag = "admin", request_body = AddStockRequest,
+    params(("id" = i64, Path, description = "product id"), ("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 200, description = "Stock added", body = ProductView),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_stock(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<i64>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let add = parse_json::<AddStockRequest>(&body)?
+        .add
+        .in_range("add", 1, MAX_STOCK)?;
+    let now = Now::read();
+    let reply = state
+        .scripts
+        .call(
+            &state.redis,
+            Script::ProductStockAdd,
+            vec![
+                state.keys.product(id),
+                state.keys.product_ops(id),
+                state.keys.outbox(),
+            ],
+            vec![
+                add.to_string(),
+                MAX_STOCK.to_string(),
+                now.ms().to_string(),
+                now.rfc3339(),
+                event_id(),
+            ],
+        )
+        .await?;
+    Ok(reply.into_response())
+}
+
+pub async fn load_products(state: &AppState, ids: &[i64]) -> ApiResult<HashMap<i64, ProductView>> {
+    let reads = ids.iter().map(|id| {
+        let key = state.keys.product(*id);
+        async move {
+            state
+                .redis
+                .hmget::<Vec<Option<String>>, _, _>(key, vec!["id", "name", "price", "stock"])
+                .await
+        }
+    });
+    let rows = futures::future::try_join_all(reads).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| product_from_fields(&row))
+        .map(|p| (p.id, p))
+        .collect())
+}
+
+fn product_from_fields(row: &[Option<String>]) -> Option<ProductView> {
+    let get = |i: usize| row.get(i).cloned().flatten();
+    Some(ProductView {
+        id: get(0)?.parse().ok()?,
+        name: get(1)?,
+        price: get(2)?.parse().ok()?,
+        stock: get(3)?.parse().ok()?,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/products", tag = "products", params(ListProductsQuery),
+    responses(
+        (status = 200, description = "A page of products by id", body = ProductPage),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListProductsQuery>,
+) -> ApiResult<Json<ProductPage>> {
+    let limit = query_number("limit", query.limit.as_deref(), 20, 1, 100)?;
+    let after = query_number("cursor", query.cursor.as_deref(), 0, 0, i64::MAX)?;
+    let ids: Vec<i64> = state
+        .redis
+        .zrangebyscore(
+            state.keys.products(),
+            format!("({after}"),
+            "+inf",
+            false,
+            Some((0, limit + 1)),
+        )
+        .await?;
+    let more = ids.len() as i64 > limit;
+    let ids: Vec<i64> = ids.into_iter().take(limit as usize).collect();
+    let products = load_products(&state, &ids).await?;
+    let items: Vec<ProductView> = ids
+        .iter()
+        .filter_map(|id| products.get(id).cloned())
+        .collect();
+    let next_cursor = if more {
+        ids.last().map(|id| id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(ProductPage { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products",
+    params(("id" = i64, Path, description = "product id")),
+    responses(
+        (status = 200, description = "The product; stock = units available now", body = ProductView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> ApiResult<Json<ProductView>> {
+    load_products(&state, &[id])
+        .await?
+        .remove(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound("product not found".into()))
+}
+
+#[utoipa::path(get, path = "/api/v1/products/popular", tag = "products", params(PopularQuery),
+    responses(
+        (status = 200, description = "Most units sold in paid orders over the last `days` days first", body = [PopularProduct]),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn popular(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PopularQuery>,
+) -> ApiResult<Json<Vec<PopularProduct>>> {
+    let days = query_number("days", query.days.as_deref(), 3, 1, 30)?;
+    let limit = query_number("limit", query.limit.as_deref(), 5, 1, 100)?;
+    let now = Now::read();
+    let mut keys = vec![state.keys.popular_top(days as u32)];
+    for back in 0..days {
+        let day = (now.at - Duration::days(back)).format("%Y%m%d").to_string();
+        keys.push(state.keys.popular_day(&day));
+    }
+    let flat: Vec<String> = state
+        .scripts
+        .run(
+            &state.redis,
+            Script::PopularTop,
+            keys,
+            vec![
+                limit.to_string(),
+                state.settings.popular_cache_ms.to_string(),
+            ],
+        )
+        .await?
+        .into_array()
+        .into_iter()
+        .filter_map(|v| v.as_string())
+        .collect();
+    let ranked: Vec<(i64, i64)> = flat
+        .chunks(2)
+        .filter_map(|pair| {
+            Some((
+                pair.first()?.parse().ok()?,
+                pair.get(1)?.parse::<f64>().ok()? as i64,
+            ))
+        })
+        .filter(|(_, sold)| *sold > 0)
+        .collect();
+    let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
+    let products = load_products(&state, &ids).await?;
+    Ok(Json(
+        ranked
+            .into_iter()
+            .filter_map(|(id, sold)| {
+                products.get(&id).map(|p| PopularProduct {
+                    id,
+                    name: p.name.clone(),
+                    price: p.price,
+                    sold,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// Product views from a script reply that carries one (used by tests and the db-lock path).
+pub fn reply_product(reply: &ScriptReply) -> Option<ProductView> {
+    match reply {
+        ScriptReply::Ok { body, .. } => serde_json::from_str(body).ok(),
+        _ => None,
+    }
+}

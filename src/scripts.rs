@@ -1,0 +1,272 @@
+//! The Lua script set: every operation in `lua/`, each with the shared prelude prepended, loaded once at
+//! start (SCRIPT LOAD) and run by SHA; a NOSCRIPT answer (Redis restarted or flushed its script cache)
+//! reloads the script and runs it again.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fred::prelude::*;
+use fred::types::Value;
+
+use crate::error::{problem_body, problem_response, ApiError};
+
+const PRELUDE: &str = include_str!("../lua/lib/prelude.lua");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Script {
+    MemberSignup,
+    PointsCharge,
+    ProductCreate,
+    ProductStockAdd,
+    CouponCreate,
+    CouponIssue,
+    OrderReserve,
+    OrderPay,
+    OrderCancel,
+    OrderExpire,
+    PopularTop,
+}
+
+impl Script {
+    pub const ALL: [Script; 11] = [
+        Script::MemberSignup,
+        Script::PointsCharge,
+        Script::ProductCreate,
+        Script::ProductStockAdd,
+        Script::CouponCreate,
+        Script::CouponIssue,
+        Script::OrderReserve,
+        Script::OrderPay,
+        Script::OrderCancel,
+        Script::OrderExpire,
+        Script::PopularTop,
+    ];
+
+    /// The script's name: its file in `lua/` without `.lua`, and its metrics label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Script::MemberSignup => "member_signup",
+            Script::PointsCharge => "points_charge",
+            Script::ProductCreate => "product_create",
+            Script::ProductStockAdd => "product_stock_add",
+            Script::CouponCreate => "coupon_create",
+            Script::CouponIssue => "coupon_issue",
+            Script::OrderReserve => "order_reserve",
+            Script::OrderPay => "order_pay",
+            Script::OrderCancel => "order_cancel",
+            Script::OrderExpire => "order_expire",
+            Script::PopularTop => "popular_top",
+        }
+    }
+
+    fn operation_source(self) -> &'static str {
+        match self {
+            Script::MemberSignup => include_str!("../lua/member_signup.lua"),
+            Script::PointsCharge => include_str!("../lua/points_charge.lua"),
+            Script::ProductCreate => include_str!("../lua/product_create.lua"),
+            Script::ProductStockAdd => include_str!("../lua/product_stock_add.lua"),
+            Script::CouponCreate => include_str!("../lua/coupon_create.lua"),
+            Script::CouponIssue => include_str!("../lua/coupon_issue.lua"),
+            Script::OrderReserve => include_str!("../lua/order_reserve.lua"),
+            Script::OrderPay => include_str!("../lua/order_pay.lua"),
+            Script::OrderCancel => include_str!("../lua/order_cancel.lua"),
+            Script::OrderExpire => include_str!("../lua/order_expire.lua"),
+            Script::PopularTop => include_str!("../lua/popular_top.lua"),
+        }
+    }
+
+    /// The text sent to SCRIPT LOAD: the prelude, then the operation.
+    pub fn source(self) -> String {
+        format!("{PRELUDE}\n{}", self.operation_source())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Scripts {
+    shas: HashMap<Script, String>,
+}
+
+impl Scripts {
+    /// Loads every script; fails at start if any does not compile.
+    pub async fn load(redis: &Pool) -> Result<Self, fred::error::Error> {
+        let mut shas = HashMap::new();
+        for script in Script::ALL {
+            let sha: String = redis.next().script_load(script.source()).await?;
+            shas.insert(script, sha);
+        }
+        Ok(Self { shas })
+    }
+
+    pub fn sha(&self, script: Script) -> &str {
+        self.shas
+            .get(&script)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// Runs a script by SHA, reloading it once on NOSCRIPT.
+    pub async fn run(
+        &self,
+        redis: &Pool,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, fred::error::Error> {
+        let started = Instant::now();
+        let client = redis.next();
+        let result = match client
+            .evalsha::<Value, _, _, _>(self.sha(script), keys.clone(), args.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                tracing::warn!(script = script.name(), "script cache lost, reloading");
+                let _: String = client.script_load(script.source()).await?;
+                client
+                    .evalsha::<Value, _, _, _>(self.sha(script), keys, args)
+                    .await
+            }
+            other => other,
+        };
+        metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Runs an HTTP-facing script and decodes its reply (see lua/lib/prelude.lua).
+    pub async fn call(
+        &self,
+        redis: &Pool,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<ScriptReply, ApiError> {
+        let value = self.run(redis, script, keys, args).await?;
+        let reply = ScriptReply::decode(value)?;
+        metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => reply.outcome_label())
+            .increment(1);
+        Ok(reply)
+    }
+}
+
+/// A decoded script reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptReply {
+    /// Executed: the response body (JSON) with its status.
+    Ok { status: u16, body: String },
+    /// Refused by a business rule.
+    Refused {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    /// The first result for this idempotency key, sent back unchanged.
+    Replay {
+        status: u16,
+        problem: bool,
+        body: String,
+        detail: String,
+    },
+    /// Idempotency key reused with another request.
+    KeyReused,
+    /// The state the engine pre-read changed; read again and retry.
+    Stale,
+}
+
+impl ScriptReply {
+    pub fn decode(value: Value) -> Result<Self, ApiError> {
+        let parts = match value {
+            Value::Array(parts) => parts,
+            other => return Err(bad_reply(&other)),
+        };
+        let text = |i: usize| parts.get(i).and_then(|v| v.as_string()).unwrap_or_default();
+        let status = parts.get(1).and_then(|v| v.as_i64()).unwrap_or(500) as u16;
+        Ok(match text(0).as_str() {
+            "ok" => Self::Ok {
+                status,
+                body: text(3),
+            },
+            "err" => Self::Refused {
+                status,
+                code: text(3),
+                detail: text(4),
+            },
+            "replay" => Self::Replay {
+                status,
+                problem: text(2) == "problem",
+                body: text(3),
+                detail: text(4),
+            },
+            "reused" => Self::KeyReused,
+            "stale" => Self::Stale,
+            _ => return Err(bad_reply(&Value::Array(parts))),
+        })
+    }
+
+    pub fn outcome_label(&self) -> String {
+        match self {
+            Self::Ok { .. } => "ok".into(),
+            Self::Refused { code, .. } => code.clone(),
+            Self::Replay { .. } => "replayed".into(),
+            Self::KeyReused => "IDEMPOTENCY_KEY_REUSED".into(),
+            Self::Stale => "stale".into(),
+        }
+    }
+}
+
+fn bad_reply(value: &Value) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("unexpected script reply: {value:?}"))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for ScriptReply {
+    fn into_response(self) -> Response {
+        let status_of =
+            |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self {
+            Self::Ok { status, body } => json_response(status_of(status), body),
+            Self::Refused {
+                status,
+                code,
+                detail,
+            } => {
+                let status = status_of(status);
+                problem_response(status, problem_body(status, &code, &detail, None))
+            }
+            Self::Replay {
+                status,
+                problem,
+                body,
+                detail,
+            } => {
+                let status = status_of(status);
+                let mut response = if problem {
+                    problem_response(status, problem_body(status, &body, &detail, None))
+                } else {
+                    json_response(status, body)
+                };
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                response
+            }
+            Self::KeyReused => ApiError::problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used with a different request",
+            )
+            .into_response(),
+            Self::Stale => ApiError::Internal(anyhow::anyhow!("stale script input after retries"))
+                .into_response(),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Shared state handed explicitly to every handler.
+
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use fred::prelude::Pool;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rdkafka::producer::FutureProducer;
+use sqlx::MySqlPool;
+
+use crate::auth::Tokens;
+use crate::config::ServeSettings;
+use crate::ids::IdAllocator;
+use crate::keys::Keys;
+use crate::scripts::Scripts;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub redis: Pool,
+    pub db: MySqlPool,
+    pub scripts: Scripts,
+    pub keys: Keys,
+    pub ids: IdAllocator,
+    pub tokens: Tokens,
+    pub settings: ServeSettings,
+    pub producer: FutureProducer,
+    pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    pub fn limiter(per_second: u32) -> DefaultKeyedRateLimiter<IpAddr> {
+        let quota = Quota::per_second(
+            std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        RateLimiter::keyed(quota)
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// One reading of the clock, in the two forms the scripts take.
+#[derive(Debug, Clone)]
+pub struct Now {
+    pub at: DateTime<Utc>,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Self { at: Utc::now() }
+    }
+    pub fn ms(&self) -> i64 {
+        self.at.timestamp_millis()
+    }
+    pub fn rfc3339(&self) -> String {
+        rfc3339(self.at)
+    }
+    /// UTC day, YYYYMMDD: the popular-ranking bucket.
+    pub fn day(&self) -> String {
+        self.at.format("%Y%m%d").to_string()
+    }
+}
+
+pub fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
