@@ -134,7 +134,7 @@ impl Reply {
 }
 
 impl TestApp {
-    /// Stops the engine gracefully.
+    /// Stops the engine gracefully and removes what the test created (database, keys, topics).
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -142,6 +142,7 @@ impl TestApp {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
+        cleanup(&self.settings.connections, &self.redis).await;
     }
 
     pub async fn request(
@@ -253,4 +254,35 @@ impl TestApp {
     pub async fn outbox_count(&self, event_type: &str) -> usize {
         self.outbox_counts().await.get(event_type).copied().unwrap_or(0)
     }
+}
+
+/// Drops the test's database, Redis keys and Kafka topics.
+pub async fn cleanup(c: &ConnectionSettings, redis: &Pool) {
+    use futures::TryStreamExt;
+    if let Some(database) = c.database_url.rsplit('/').next() {
+        if let Ok(mut conn) = server_connection().await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&mut conn).await;
+        }
+    }
+    let client = redis.next();
+    let mut scan = client.scan_buffered(format!("{}:*", c.key_prefix), Some(1000), None);
+    let mut keys: Vec<Key> = Vec::new();
+    while let Ok(Some(key)) = scan.try_next().await {
+        keys.push(key);
+    }
+    for chunk in keys.chunks(1000) {
+        let _: Result<i64, _> = client.unlink(chunk.to_vec()).await;
+    }
+    let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &c.kafka_brokers).create();
+    if let Ok(admin) = admin {
+        let _ = admin
+            .delete_topics(&[c.kafka_topic.as_str(), c.kafka_dlq_topic.as_str()], &rdkafka::admin::AdminOptions::new())
+            .await;
+    }
+}
+
+pub async fn server_connection() -> Result<sqlx::MySqlConnection, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    mysql_server_url().parse::<sqlx::mysql::MySqlConnectOptions>()?.connect().await
 }

@@ -1,0 +1,669 @@
+//! Harness for tests/lua_scripts.rs: runs the engine's Lua scripts straight against the real Redis with the
+//! exact KEYS/ARGV layout the routes and the expiry task use, under a random key prefix per test.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{TimeZone, Utc};
+use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
+use flashsale::idempotency::RECORD_TTL_SECS;
+use flashsale::keys::Keys;
+use flashsale::routes::orders::POPULAR_DAY_TTL_SECS;
+use flashsale::scripts::{Script, ScriptReply, Scripts};
+use fred::prelude::*;
+use serde_json::Value as Json;
+
+pub const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+/// Reservation lifetime used by the helpers (the engine's default is of this order).
+pub const RESERVATION_MS: i64 = 600_000;
+
+/// Dumps every key under a pattern (except idempotency records) as JSON: {key: [type, contents]}.
+const DUMP_LUA: &str = r#"
+local out = {}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  if not string.find(k, ':idem:', 1, true) then
+    local t = redis.call('TYPE', k).ok
+    local v = {}
+    if t == 'hash' or t == 'zset' then
+      local flat
+      if t == 'hash' then flat = redis.call('HGETALL', k) else flat = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
+      for i = 1, #flat, 2 do v[flat[i]] = flat[i + 1] end
+    elseif t == 'set' then
+      v = redis.call('SMEMBERS', k)
+      table.sort(v)
+    elseif t == 'string' then
+      v = redis.call('GET', k)
+    elseif t == 'stream' then
+      for _, e in ipairs(redis.call('XRANGE', k, '-', '+')) do v[#v + 1] = e[1] end
+    end
+    out[k] = { t, v }
+  end
+end
+return cjson.encode(out)
+"#;
+
+const DELETE_LUA: &str = r#"
+local n = 0
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end
+return n
+"#;
+
+pub fn rfc(ms: i64) -> String {
+    flashsale::state::rfc3339(Utc.timestamp_millis_opt(ms).unwrap())
+}
+
+pub fn day(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .unwrap()
+        .format("%Y%m%d")
+        .to_string()
+}
+
+/// A clock reading the tests move by hand: `now` in ms, a few seconds past a whole second.
+pub fn clock() -> i64 {
+    let now = Utc::now().timestamp_millis();
+    now - now % 1000 + 123
+}
+
+pub fn ev() -> String {
+    flashsale::state::event_id()
+}
+
+/// An Idempotency-Key record name plus a request fingerprint.
+#[derive(Clone, Debug)]
+pub struct Idem {
+    pub key: String,
+    pub fp: String,
+}
+
+/// One outbox stream entry.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub stream_id: String,
+    pub event_id: String,
+    pub kind: String,
+    pub aggregate: String,
+    pub at: String,
+    pub payload: Json,
+}
+
+pub fn ok_body(reply: &ScriptReply, status: u16) -> Json {
+    match reply {
+        ScriptReply::Ok { status: s, body } if *s == status => {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body}: {e}"))
+        }
+        other => panic!("expected ok {status}, got {other:?}"),
+    }
+}
+
+pub fn assert_refused(reply: &ScriptReply, status: u16, code: &str) -> String {
+    match reply {
+        ScriptReply::Refused {
+            status: s,
+            code: c,
+            detail,
+        } if *s == status && c == code => detail.clone(),
+        other => panic!("expected refusal {status} {code}, got {other:?}"),
+    }
+}
+
+pub struct Ctx {
+    pub redis: Pool,
+    pub scripts: Scripts,
+    pub k: Keys,
+}
+
+impl Ctx {
+    pub async fn new() -> Self {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis = Builder::from_config(Config::from_url(&url).expect("REDIS_URL"))
+            .build_pool(2)
+            .expect("pool");
+        redis.init().await.expect("connect to Redis");
+        let scripts = Scripts::load(&redis).await.expect("load scripts");
+        let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+        Self {
+            redis,
+            scripts,
+            k: Keys::new(prefix),
+        }
+    }
+
+    pub async fn cleanup(self) {
+        let _: i64 = self
+            .redis
+            .eval(DELETE_LUA, Vec::<String>::new(), vec![self.k.all_pattern()])
+            .await
+            .expect("cleanup");
+        let _ = self.redis.quit().await;
+    }
+
+    pub fn idem(&self, member: i64) -> Idem {
+        Idem {
+            key: self.k.idempotency(member, &uuid::Uuid::new_v4().simple().to_string()),
+            fp: format!("fp-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    pub async fn call(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> ScriptReply {
+        self.scripts
+            .call(&self.redis, script, keys, args)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", script.name()))
+    }
+
+    // ---- state readers ----
+
+    /// Every key of this test but the idempotency records.
+    pub async fn dump(&self) -> Json {
+        let text: String = self
+            .redis
+            .eval(DUMP_LUA, Vec::<String>::new(), vec![self.k.all_pattern()])
+            .await
+            .expect("dump");
+        serde_json::from_str(&text).expect("dump json")
+    }
+
+    pub async fn hash(&self, key: &str) -> HashMap<String, String> {
+        self.redis.hgetall(key).await.expect("hgetall")
+    }
+
+    pub async fn field(&self, key: &str, field: &str) -> Option<String> {
+        self.redis.hget(key, field).await.expect("hget")
+    }
+
+    pub async fn num(&self, key: &str, field: &str) -> i64 {
+        self.field(key, field)
+            .await
+            .unwrap_or_else(|| panic!("{key} has no {field}"))
+            .parse()
+            .expect("integer field")
+    }
+
+    pub async fn zset(&self, key: &str) -> BTreeMap<String, String> {
+        let flat: Vec<String> = self
+            .redis
+            .eval(
+                "return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')",
+                vec![key.to_string()],
+                Vec::<String>::new(),
+            )
+            .await
+            .expect("zrange");
+        flat.chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect()
+    }
+
+    pub async fn set(&self, key: &str) -> BTreeSet<String> {
+        let members: Vec<String> = self.redis.smembers(key).await.expect("smembers");
+        members.into_iter().collect()
+    }
+
+    pub async fn exists(&self, key: &str) -> bool {
+        let n: i64 = self.redis.exists(key).await.expect("exists");
+        n == 1
+    }
+
+    pub async fn ttl(&self, key: &str) -> i64 {
+        self.redis.ttl(key).await.expect("ttl")
+    }
+
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.redis.pttl(key).await.expect("pttl")
+    }
+
+    pub async fn events(&self) -> Vec<Event> {
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange_values(self.k.outbox(), "-", "+", None)
+            .await
+            .expect("xrange");
+        entries
+            .into_iter()
+            .map(|(stream_id, fields)| {
+                let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                assert_eq!(
+                    names,
+                    ["aggregate", "at", "event_id", "payload", "type"],
+                    "outbox entry fields"
+                );
+                let payload = serde_json::from_str(&fields["payload"])
+                    .unwrap_or_else(|e| panic!("payload {}: {e}", fields["payload"]));
+                Event {
+                    stream_id,
+                    event_id: fields["event_id"].clone(),
+                    kind: fields["type"].clone(),
+                    aggregate: fields["aggregate"].clone(),
+                    at: fields["at"].clone(),
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    pub async fn last_event(&self) -> Event {
+        self.events().await.pop().expect("an outbox entry")
+    }
+
+    /// The idempotency record under `idem.key`: (fields, ttl seconds).
+    pub async fn record(&self, idem: &Idem) -> (HashMap<String, String>, i64) {
+        (self.hash(&idem.key).await, self.ttl(&idem.key).await)
+    }
+
+    // ---- the scripts, with the routes' KEYS/ARGV layout ----
+
+    pub async fn signup(&self, id: i64, email: &str, name: &str, event: &str, at: i64) -> ScriptReply {
+        self.call(
+            Script::MemberSignup,
+            vec![self.k.email(email), self.k.member(id), self.k.outbox()],
+            vec![
+                id.to_string(),
+                email.into(),
+                name.into(),
+                PASSWORD_HASH.into(),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn charge_limited(
+        &self,
+        member: i64,
+        idem: &Idem,
+        amount: i64,
+        limit: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        self.call(
+            Script::PointsCharge,
+            vec![self.k.member(member), idem.key.clone(), self.k.outbox()],
+            vec![
+                idem.fp.clone(),
+                RECORD_TTL_SECS.to_string(),
+                amount.to_string(),
+                limit.to_string(),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn charge(&self, member: i64, idem: &Idem, amount: i64, event: &str, at: i64) -> ScriptReply {
+        self.charge_limited(member, idem, amount, MAX_BALANCE, event, at)
+            .await
+    }
+
+    pub async fn create_product(
+        &self,
+        id: i64,
+        name: &str,
+        price: i64,
+        stock: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        self.call(
+            Script::ProductCreate,
+            vec![self.k.product(id), self.k.products(), self.k.outbox()],
+            vec![
+                id.to_string(),
+                name.into(),
+                price.to_string(),
+                stock.to_string(),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn stock_add_limited(&self, id: i64, add: i64, limit: i64, event: &str, at: i64) -> ScriptReply {
+        self.call(
+            Script::ProductStockAdd,
+            vec![self.k.product(id), self.k.product_ops(id), self.k.outbox()],
+            vec![
+                add.to_string(),
+                limit.to_string(),
+                at.to_string(),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn stock_add(&self, id: i64, add: i64, event: &str, at: i64) -> ScriptReply {
+        self.stock_add_limited(id, add, MAX_STOCK, event, at).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_coupon(
+        &self,
+        id: i64,
+        discount_type: &str,
+        value: i64,
+        quantity: i64,
+        from_ms: i64,
+        until_ms: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        self.call(
+            Script::CouponCreate,
+            vec![self.k.coupon(id), self.k.outbox()],
+            vec![
+                id.to_string(),
+                format!("coupon {id}"),
+                discount_type.into(),
+                value.to_string(),
+                quantity.to_string(),
+                from_ms.to_string(),
+                rfc(from_ms),
+                until_ms.to_string(),
+                rfc(until_ms),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    pub async fn issue(
+        &self,
+        coupon: i64,
+        member: i64,
+        idem: Option<&Idem>,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        let (key, fp, sent) = match idem {
+            Some(i) => (i.key.clone(), i.fp.clone(), "1"),
+            None => (
+                self.k.idempotency(member, "none"),
+                "fp-no-key".to_string(),
+                "0",
+            ),
+        };
+        self.call(
+            Script::CouponIssue,
+            vec![
+                self.k.coupon(coupon),
+                self.k.coupon_holders(coupon),
+                self.k.member_coupons(member),
+                key,
+                self.k.outbox(),
+            ],
+            vec![
+                fp,
+                RECORD_TTL_SECS.to_string(),
+                sent.into(),
+                member.to_string(),
+                at.to_string(),
+                rfc(at),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve(
+        &self,
+        member: i64,
+        order: i64,
+        idem: &Idem,
+        items: &[(i64, i64)],
+        expires_ms: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        let mut keys = vec![
+            self.k.order(order),
+            self.k.reservations(),
+            idem.key.clone(),
+            self.k.outbox(),
+        ];
+        let mut args = vec![
+            idem.fp.clone(),
+            RECORD_TTL_SECS.to_string(),
+            member.to_string(),
+            order.to_string(),
+            rfc(at),
+            expires_ms.to_string(),
+            rfc(expires_ms),
+            event.into(),
+        ];
+        for (product, quantity) in items {
+            keys.push(self.k.product(*product));
+            args.push(quantity.to_string());
+        }
+        self.call(Script::OrderReserve, keys, args).await
+    }
+
+    pub async fn pay(
+        &self,
+        member: i64,
+        order: i64,
+        coupon: Option<i64>,
+        idem: &Idem,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        let today = day(at);
+        self.call(
+            Script::OrderPay,
+            vec![
+                self.k.order(order),
+                self.k.member(member),
+                self.k.member_coupons(member),
+                self.k.coupon(coupon.unwrap_or(0)),
+                self.k.reservations(),
+                self.k.popular_day(&today),
+                idem.key.clone(),
+                self.k.outbox(),
+            ],
+            vec![
+                idem.fp.clone(),
+                RECORD_TTL_SECS.to_string(),
+                member.to_string(),
+                coupon.map(|c| c.to_string()).unwrap_or_default(),
+                at.to_string(),
+                rfc(at),
+                today,
+                POPULAR_DAY_TTL_SECS.to_string(),
+                event.into(),
+            ],
+        )
+        .await
+    }
+
+    /// What the engine pre-reads before cancel/expire: product ids and paid day ('' when unpaid/unknown).
+    pub async fn read_order_keys(&self, order: i64) -> (Vec<i64>, String) {
+        let fields: Vec<Option<String>> = self
+            .redis
+            .hmget(self.k.order(order), vec!["items", "paid_day"])
+            .await
+            .expect("hmget");
+        let Some(Some(items)) = fields.first() else {
+            return (Vec::new(), String::new());
+        };
+        let items: Vec<Json> = serde_json::from_str(items).expect("items json");
+        (
+            items
+                .iter()
+                .map(|i| i["product_id"].as_i64().expect("product_id"))
+                .collect(),
+            fields.get(1).cloned().flatten().unwrap_or_default(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn cancel_raw(
+        &self,
+        member: i64,
+        order: i64,
+        idem: &Idem,
+        paid_day: &str,
+        popular_day: &str,
+        products: &[i64],
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
+        let mut keys = vec![
+            self.k.order(order),
+            self.k.member(member),
+            self.k.member_coupons(member),
+            self.k.reservations(),
+            self.k.popular_day(popular_day),
+            idem.key.clone(),
+            self.k.outbox(),
+        ];
+        let mut args = vec![
+            idem.fp.clone(),
+            RECORD_TTL_SECS.to_string(),
+            member.to_string(),
+            rfc(at),
+            event.into(),
+            paid_day.into(),
+        ];
+        for p in products {
+            keys.push(self.k.product(*p));
+            args.push(p.to_string());
+        }
+        self.call(Script::OrderCancel, keys, args).await
+    }
+
+    /// Cancel as the route runs it: pre-read the order's product ids and paid day, then the script.
+    pub async fn cancel(&self, member: i64, order: i64, idem: &Idem, event: &str, at: i64) -> ScriptReply {
+        let (products, paid_day) = self.read_order_keys(order).await;
+        let popular_day = if paid_day.is_empty() {
+            day(at)
+        } else {
+            paid_day.clone()
+        };
+        self.cancel_raw(
+            member,
+            order,
+            idem,
+            &paid_day,
+            &popular_day,
+            &products,
+            event,
+            at,
+        )
+        .await
+    }
+
+    pub async fn expire_raw(&self, order: i64, products: &[i64], event: &str, at: i64) -> String {
+        let mut keys = vec![self.k.order(order), self.k.reservations(), self.k.outbox()];
+        let mut args = vec![order.to_string(), at.to_string(), rfc(at), event.into()];
+        for p in products {
+            keys.push(self.k.product(*p));
+            args.push(p.to_string());
+        }
+        self.scripts
+            .run(&self.redis, Script::OrderExpire, keys, args)
+            .await
+            .expect("order_expire")
+            .as_string()
+            .expect("order_expire returns a string")
+    }
+
+    /// Expire as the expiry task runs it.
+    pub async fn expire(&self, order: i64, event: &str, at: i64) -> String {
+        let (products, _) = self.read_order_keys(order).await;
+        self.expire_raw(order, &products, event, at).await
+    }
+
+    pub async fn popular(&self, window: u32, days: &[String], limit: i64, cache_ms: i64) -> Vec<(String, String)> {
+        let mut keys = vec![self.k.popular_top(window)];
+        keys.extend(days.iter().map(|d| self.k.popular_day(d)));
+        let flat: Vec<String> = self
+            .scripts
+            .run(
+                &self.redis,
+                Script::PopularTop,
+                keys,
+                vec![limit.to_string(), cache_ms.to_string()],
+            )
+            .await
+            .expect("popular_top")
+            .into_array()
+            .into_iter()
+            .map(|v| v.as_string().expect("string element"))
+            .collect();
+        assert_eq!(flat.len() % 2, 0, "flat pairs");
+        flat.chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect()
+    }
+
+    // ---- setup shortcuts (through the scripts) ----
+
+    pub async fn member_with(&self, id: i64, points: i64, at: i64) {
+        ok_body(
+            &self
+                .signup(id, &format!("m{id}@example.test"), &format!("member {id}"), &ev(), at)
+                .await,
+            201,
+        );
+        if points > 0 {
+            ok_body(&self.charge(id, &self.idem(id), points, &ev(), at).await, 200);
+        }
+    }
+
+    pub async fn product(&self, id: i64, price: i64, stock: i64, at: i64) {
+        ok_body(
+            &self
+                .create_product(id, &format!("product {id}"), price, stock, &ev(), at)
+                .await,
+            201,
+        );
+    }
+
+    pub async fn coupon(&self, id: i64, discount_type: &str, value: i64, quantity: i64, from: i64, until: i64, at: i64) {
+        ok_body(
+            &self
+                .create_coupon(id, discount_type, value, quantity, from, until, &ev(), at)
+                .await,
+            201,
+        );
+    }
+
+    pub async fn issued(&self, coupon: i64, member: i64, at: i64) {
+        ok_body(&self.issue(coupon, member, None, &ev(), at).await, 201);
+    }
+
+    /// Reserves an order expiring RESERVATION_MS after `at`; returns the body.
+    pub async fn reserved(&self, member: i64, order: i64, items: &[(i64, i64)], at: i64) -> Json {
+        ok_body(
+            &self
+                .reserve(
+                    member,
+                    order,
+                    &self.idem(member),
+                    items,
+                    at + RESERVATION_MS,
+                    &ev(),
+                    at,
+                )
+                .await,
+            201,
+        )
+    }
+
+    pub async fn paid(&self, member: i64, order: i64, coupon: Option<i64>, at: i64) -> Json {
+        ok_body(
+            &self
+                .pay(member, order, coupon, &self.idem(member), &ev(), at)
+                .await,
+            200,
+        )
+    }
+}
