@@ -1,0 +1,119 @@
+//! Database connection, migrations and error classification.
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::MySql;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Database errors that mean "the database is unavailable or not ready", not "this event is bad":
+/// retried forever, never dead-lettered.
+const TRANSIENT_CODES: &[u16] = &[
+    1040, // too many connections
+    1044, 1045, // access denied
+    1049, // unknown database
+    1053, // server shutdown in progress
+    1054, // unknown column (schema not migrated yet): stall rather than dead-letter everything
+    1064, // syntax error (same reasoning: a bug or schema mismatch is not the event's fault)
+    1142, // command denied
+    1146, // table doesn't exist
+    1158, 1159, 1160, 1161, // network read/write errors
+    1205, // lock wait timeout
+    1213, // deadlock
+    1290, 1836, // read-only server
+    1317, // query interrupted
+    1927, // (MariaDB) connection killed
+    2002, 2003, 2006, 2013, // client side connection lost
+    3098, // (MySQL) table doesn't comply with an external plugin
+    4031, // idle connection closed by the server
+];
+
+/// True when retrying later may succeed: connection problems, pool exhaustion, deadlocks, lock waits.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number());
+            match code {
+                Some(c) => TRANSIENT_CODES.contains(&c),
+                None => true,
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Opens a pool, creating the database if it does not exist, retrying (with backoff) while the server
+/// is unreachable. Returns `None` when shut down first.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Option<MySqlPool>> {
+    let opts = MySqlConnectOptions::from_str(url)?;
+    let mut attempt = 0u32;
+    loop {
+        let result = async {
+            if !MySql::database_exists(url).await? {
+                MySql::create_database(url).await?;
+            }
+            MySqlPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts.clone())
+                .await
+        }
+        .await;
+        match result {
+            Ok(pool) => return Ok(Some(pool)),
+            Err(e) if is_transient(&e) => {
+                attempt += 1;
+                let wait = crate::backoff::simple(attempt, Duration::from_secs(5));
+                tracing::warn!(error = %e, ?wait, "database unavailable, retrying");
+                if crate::sink::sleep_or_shutdown(wait, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs the project's migrations (shared with the engine; sqlx takes a lock so both may run them).
+/// Migrations applied by a newer engine that this binary does not know are tolerated.
+pub async fn migrate(pool: &MySqlPool, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    let mut attempt = 0u32;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e)) if is_transient(&e) => {
+                attempt += 1;
+                let wait = crate::backoff::simple(attempt, Duration::from_secs(5));
+                tracing::warn!(error = %e, ?wait, "migration failed (transient), retrying");
+                if crate::sink::sleep_or_shutdown(wait, shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Current UTC time truncated to milliseconds (what DATETIME(3) keeps).
+pub fn now() -> chrono::NaiveDateTime {
+    let t = chrono::Utc::now().naive_utc();
+    let ms = t.and_utc().timestamp_millis();
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.naive_utc())
+        .unwrap_or(t)
+}

@@ -1,0 +1,54 @@
+//! Consumer lag per partition: high watermark minus the committed offset (or minus the low watermark
+//! when the group has committed nothing yet), refreshed every few seconds.
+
+use crate::telemetry as m;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Offset;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Measures the lag of the partitions currently assigned to `consumer`.
+pub fn measure(
+    consumer: &StreamConsumer,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, i32, i64)>> {
+    let assignment = consumer.assignment()?;
+    if assignment.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = consumer.committed_offsets(assignment, timeout)?;
+    let mut out = Vec::new();
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let from = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        out.push((e.topic().to_string(), e.partition(), (high - from).max(0)));
+    }
+    Ok(out)
+}
+
+pub async fn run(
+    consumer: Arc<StreamConsumer>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let c = consumer.clone();
+        match tokio::task::spawn_blocking(move || measure(&c, Duration::from_secs(5))).await {
+            Ok(Ok(lags)) => {
+                for (_, partition, lag) in lags {
+                    metrics::gauge!(m::SINK_CONSUMER_LAG, "partition" => partition.to_string())
+                        .set(lag as f64);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "consumer lag not measured"),
+            Err(e) => tracing::debug!(error = %e, "consumer lag task failed"),
+        }
+        if crate::sink::sleep_or_shutdown(every, &mut shutdown).await {
+            return;
+        }
+    }
+}

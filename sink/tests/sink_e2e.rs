@@ -1,0 +1,695 @@
+//! End-to-end tests of the sink against the real Kafka and MariaDB/MySQL (scripts/services.sh up).
+//! Each test owns a database `sink_test_<uuid>` and topics with unique names, and drops them after.
+
+mod common;
+
+use common::*;
+use flashsale_sink::{spawn_mock_platform_with, MockPlatformConfig};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// (a) A message produced to the events topic is consumed and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_event_is_consumed_and_applied() {
+    let env = TestEnv::new(3).await;
+    let sink = start_sink(env.config());
+    let p = producer();
+    produce_event(&p, &env.topic, &member_registered(1)).await;
+    produce_event(&p, &env.topic, &points_charged(1, 5000, 5000)).await;
+    produce_event(&p, &env.topic, &product_created(10, 1000, 50)).await;
+
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 3, WAIT)
+        .await;
+    let (email, balance): (String, i64) =
+        sqlx::query_as("SELECT email, balance FROM members WHERE id = 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(email, "m1@example.com");
+    assert_eq!(balance, 5000);
+    let (kind, amount, after): (String, i64, i64) =
+        sqlx::query_as("SELECT type, amount, balance_after FROM points_ledger WHERE member_id = 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((kind.as_str(), amount, after), ("CHARGE", 5000, 5000));
+    assert_eq!(
+        env.count("SELECT stock FROM products WHERE id = 10").await,
+        50
+    );
+    assert_eq!(
+        env.count("SELECT CAST(SUM(delta) AS SIGNED) FROM stock_movements WHERE product_id = 10")
+            .await,
+        50
+    );
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// (b) Redelivery of the same event changes nothing: the same event twice, then the group's offsets
+/// reset to the beginning and everything consumed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_redelivery_changes_nothing() {
+    let env = TestEnv::new(3).await;
+    let p = producer();
+    let charge = points_charged(7, 3000, 3000);
+    let order = Order {
+        id: 70,
+        member_id: 7,
+        items: vec![(71, 2, 1000)],
+        coupon: None,
+    };
+    let events = vec![
+        member_registered(7),
+        charge.clone(),
+        charge.clone(), // the very same event again
+        product_created(71, 1000, 10),
+        order.reserved(),
+        order.paid(1000),
+    ];
+    for e in &events {
+        produce_event(&p, &env.topic, e).await;
+    }
+    let sink = start_sink(env.config());
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 5, WAIT)
+        .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+
+    let snapshot = |env: &TestEnv| {
+        let pool = env.pool.clone();
+        async move {
+            let q = |sql: &'static str| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>(sql)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap()
+                }
+            };
+            vec![
+                q("SELECT balance FROM members WHERE id = 7").await,
+                q("SELECT COUNT(*) FROM points_ledger").await,
+                q("SELECT stock FROM products WHERE id = 71").await,
+                q("SELECT COUNT(*) FROM stock_movements").await,
+                q("SELECT COUNT(*) FROM payments").await,
+                q("SELECT COUNT(*) FROM order_items").await,
+                q("SELECT COUNT(*) FROM data_platform_deliveries").await,
+                q("SELECT COUNT(*) FROM processed_events").await,
+            ]
+        }
+    };
+    let first = snapshot(&env).await;
+    assert_eq!(first, vec![1000, 2, 8, 2, 1, 1, 1, 5]);
+
+    // Reset the group to the beginning and consume everything again.
+    reset_group_offsets(&env.group, &env.topic);
+    assert!(
+        env.committed().iter().all(|c| *c == Some(0)),
+        "{:?}",
+        env.committed()
+    );
+    let sink = start_sink(env.config());
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+    assert_eq!(snapshot(&env).await, first);
+    env.cleanup().await;
+}
+
+/// (c) Poison messages land in the DLQ with their origin; the valid events after them are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_poison_goes_to_dlq_and_the_rest_is_applied() {
+    let env = TestEnv::new(1).await;
+    let p = producer();
+    let key = "member:5";
+    produce_event(&p, &env.topic, &member_registered(5)).await;
+    let bad_json = produce(&p, &env.topic, key, b"{\"event_id\": oops").await;
+    let unknown = produce_event(
+        &p,
+        &env.topic,
+        &envelope("member.teleported", key, T0, json!({"member_id": 5})),
+    )
+    .await;
+    let missing = produce_event(
+        &p,
+        &env.topic,
+        &envelope("points.charged", key, T0, json!({"member_id": 5})),
+    )
+    .await;
+    // Decodes fine but the database refuses it (name longer than VARCHAR(100)): isolated, then DLQ.
+    let mut too_long = member_registered(6);
+    too_long["payload"]["name"] = json!("x".repeat(300));
+    let refused = produce_event(&p, &env.topic, &too_long).await;
+    produce_event(&p, &env.topic, &points_charged(5, 700, 700)).await;
+    produce_event(&p, &env.topic, &member_registered(8)).await;
+
+    let sink = start_sink(env.config());
+    let dlq = read_dlq(&env.dlq, 4, WAIT).await;
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 3, WAIT)
+        .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 5").await,
+        700
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM members WHERE id = 8").await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM members WHERE id = 6").await,
+        0
+    );
+
+    let offsets: Vec<i64> = dlq
+        .iter()
+        .map(|m| m.headers["x-origin-offset"].parse().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![bad_json.1, unknown.1, missing.1, refused.1]);
+    for m in &dlq {
+        assert_eq!(m.headers["x-origin-topic"], env.topic);
+        assert_eq!(m.headers["x-origin-partition"], "0");
+        assert!(!m.headers["x-error"].is_empty());
+    }
+    for m in &dlq[..3] {
+        assert_eq!(m.key.as_deref(), Some(key));
+        assert_eq!(m.headers["x-error-stage"], "decode");
+    }
+    assert_eq!(dlq[0].value.as_deref(), Some("{\"event_id\": oops"));
+    assert_eq!(dlq[0].headers["x-error-stage"], "decode");
+    assert!(
+        dlq[1].headers["x-error"].contains("unknown event type"),
+        "{:?}",
+        dlq[1].headers
+    );
+    assert!(
+        dlq[2].headers["x-error"].contains("points.charged"),
+        "{:?}",
+        dlq[2].headers
+    );
+    assert_eq!(dlq[3].headers["x-error-stage"], "apply");
+    assert_eq!(dlq[3].key.as_deref(), Some("member:6"));
+    env.cleanup().await;
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// (d) A data platform failing 30% of requests with slow answers still receives every paid order
+/// exactly once as a distinct Idempotency-Key, and the deliveries end DELIVERED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d_deliveries_reach_a_flaky_platform_exactly_once() {
+    let env = TestEnv::new(3).await;
+    let (addr, mock) = spawn_mock_platform_with(
+        "127.0.0.1:0".parse().unwrap(),
+        MockPlatformConfig {
+            fail_rate: 0.3,
+            delay: Duration::from_millis(150),
+        },
+    )
+    .await
+    .unwrap();
+    let ops = free_port();
+    let mut cfg = env.config();
+    cfg.run_delivery_worker = true;
+    cfg.data_platform_url = format!("http://{addr}/events");
+    cfg.listen_addr = Some(ops);
+    let sink = start_sink(cfg);
+
+    const N: i64 = 40;
+    let p = producer();
+    produce_event(&p, &env.topic, &member_registered(1)).await;
+    produce_event(&p, &env.topic, &points_charged(1, 1_000_000, 1_000_000)).await;
+    produce_event(&p, &env.topic, &product_created(3, 500, 1000)).await;
+    let mut paid_ids = BTreeSet::new();
+    let mut balance = 1_000_000;
+    for i in 0..N {
+        let o = Order {
+            id: 1000 + i,
+            member_id: 1,
+            items: vec![(3, 1 + i % 3, 500)],
+            coupon: None,
+        };
+        balance -= o.paid_amount();
+        let paid = o.paid(balance);
+        paid_ids.insert(paid["event_id"].as_str().unwrap().to_string());
+        produce_event(&p, &env.topic, &o.reserved()).await;
+        produce_event(&p, &env.topic, &paid).await;
+    }
+
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DELIVERED'",
+        N,
+        Duration::from_secs(120),
+    )
+    .await;
+    let stats = mock.stats();
+    assert_eq!(stats.distinct_event_ids, N as u64, "{stats:?}");
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert!(stats.failed > 0, "the mock failed no request: {stats:?}");
+    assert_eq!(stats.requests, stats.accepted + stats.failed);
+    let orders: BTreeSet<i64> = stats.order_ids.iter().copied().collect();
+    assert_eq!(orders, (1000..1000 + N).collect::<BTreeSet<_>>());
+    assert_eq!(stats.order_ids.len(), N as usize);
+    for id in &paid_ids {
+        let body = mock
+            .body(id)
+            .unwrap_or_else(|| panic!("no delivery under key {id}"));
+        assert_eq!(body["event_id"], json!(id));
+        for f in [
+            "order_id",
+            "member_id",
+            "items",
+            "total_amount",
+            "discount_amount",
+            "paid_amount",
+            "paid_at",
+        ] {
+            assert!(!body[f].is_null(), "{f} missing in {body}");
+        }
+        assert_eq!(body["paid_at"], json!("2026-11-24T05:11:00.000Z"));
+    }
+    let retried = env
+        .count("SELECT COUNT(*) FROM data_platform_deliveries WHERE attempts > 1")
+        .await;
+    assert!(retried > 0);
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 1").await,
+        balance
+    );
+
+    // The ops endpoint serves the sink's metrics.
+    let text = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "flashsale_sink_events_applied_total",
+        "flashsale_data_platform_deliveries_total",
+        "flashsale_sink_batch_size",
+        "flashsale_sink_apply_duration_seconds",
+        "flashsale_sink_consumer_lag{partition=\"0\"}",
+        "flashsale_data_platform_pending",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(
+        reqwest::get(format!("http://{ops}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    sink.stop().await.unwrap();
+    // Nothing more arrives after the sink is gone, and nothing was sent twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mock.stats().distinct_event_ids, N as u64);
+    mock.stop();
+    env.cleanup().await;
+}
+
+/// (e) A sink killed between its MySQL commit and its offset commit: the next sink gets the same
+/// messages again and reapplies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e_crash_between_db_commit_and_offset_commit_reapplies_nothing() {
+    let env = TestEnv::new(1).await;
+    let p = producer();
+    let o = Order {
+        id: 50,
+        member_id: 2,
+        items: vec![(9, 4, 250)],
+        coupon: None,
+    };
+    let events = vec![
+        member_registered(2),
+        points_charged(2, 1000, 1000),
+        points_charged(2, 2000, 3000),
+        product_created(9, 250, 20),
+        stock_added(9, 5, 25),
+        o.reserved(),
+        o.paid(2000),
+    ];
+    for e in &events {
+        produce_event(&p, &env.topic, e).await;
+    }
+
+    let mut cfg = env.config();
+    cfg.exit_after_db_commit = true;
+    start_sink(cfg).join(WAIT).await.unwrap();
+    let applied = env.count("SELECT COUNT(*) FROM processed_events").await;
+    assert!(applied > 0, "the first sink applied nothing");
+    assert_eq!(
+        env.committed(),
+        vec![None],
+        "offsets must not be committed after the MySQL commit"
+    );
+
+    let sink = start_sink(env.config());
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM processed_events").await,
+        events.len() as i64
+    );
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 2").await,
+        2000
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM points_ledger").await, 3);
+    assert_eq!(
+        env.count("SELECT stock FROM products WHERE id = 9").await,
+        21
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM stock_movements").await, 3);
+    assert_eq!(env.count("SELECT COUNT(*) FROM payments").await, 1);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM data_platform_deliveries")
+            .await,
+        1
+    );
+    assert_eq!(high_watermarks(&env.dlq), vec![0], "nothing dead-lettered");
+    env.cleanup().await;
+}
+
+/// (f) Events of one order arriving out of order (paid before reserved, cancel before pay), and
+/// entities created after the orders that use them, end in the right state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_out_of_order_events_end_in_the_right_state() {
+    let env = TestEnv::new(3).await;
+    let p = producer();
+    // A: 2 x 3000 with coupon 5 (1000 off), paid. B: 1 x 3000 with coupon 6 (500 off), paid then
+    // cancelled. C: 3 x 3000, reserved then expired. D: 5 x 3000, reserved then cancelled.
+    let a = Order {
+        id: 100,
+        member_id: 1,
+        items: vec![(20, 2, 3000)],
+        coupon: Some((5, 1000)),
+    };
+    let b = Order {
+        id: 101,
+        member_id: 1,
+        items: vec![(20, 1, 3000)],
+        coupon: Some((6, 500)),
+    };
+    let d = Order {
+        id: 103,
+        member_id: 1,
+        items: vec![(20, 5, 3000)],
+        coupon: None,
+    };
+    let c = Order {
+        id: 102,
+        member_id: 1,
+        items: vec![(20, 3, 3000)],
+        coupon: None,
+    };
+    let events = vec![
+        a.paid(5000),
+        a.reserved(),
+        b.cancelled_paid(5000),
+        b.paid(2500),
+        b.reserved(),
+        c.expired(),
+        c.reserved(),
+        d.cancelled_reserved(),
+        d.reserved(),
+        member_registered(1),
+        points_charged(1, 10_000, 10_000),
+        product_created(20, 3000, 100),
+        coupon_created(5, 10),
+        coupon_created(6, 10),
+        coupon_issued(5, 1, 9),
+        coupon_issued(6, 1, 9),
+    ];
+    for e in &events {
+        produce_event(&p, &env.topic, e).await;
+    }
+    let sink = start_sink(env.config());
+    env.wait_count(
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        WAIT,
+    )
+    .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+
+    let orders: Vec<(i64, String, i8, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT id, status, status_rank, discount_amount, paid_amount, coupon_id FROM orders ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        orders,
+        vec![
+            (100, "PAID".into(), 2, 1000, 5000, Some(5)),
+            (101, "CANCELLED".into(), 3, 500, 2500, Some(6)),
+            (102, "EXPIRED".into(), 3, 0, 0, None),
+            (103, "CANCELLED".into(), 3, 0, 0, None),
+        ]
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM orders WHERE id = 100 AND paid_at IS NOT NULL AND closed_at IS NULL").await, 1);
+    assert_eq!(env.count("SELECT COUNT(*) FROM order_items").await, 4);
+    // Stock: 100 - 2 - 1 + 1 - 3 + 3 - 5 + 5.
+    assert_eq!(
+        env.count("SELECT stock FROM products WHERE id = 20").await,
+        98
+    );
+    assert_eq!(
+        env.count("SELECT CAST(SUM(delta) AS SIGNED) FROM stock_movements WHERE product_id = 20")
+            .await,
+        98
+    );
+    // Points: 10000 - 5000 - 2500 + 2500.
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 1").await,
+        5000
+    );
+    let ledger: Vec<(String, i64, Option<i64>)> =
+        sqlx::query_as("SELECT type, amount, order_id FROM points_ledger ORDER BY type, order_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        ledger,
+        vec![
+            ("CHARGE".into(), 10_000, None),
+            ("REFUND".into(), 2500, Some(101)),
+            ("USE".into(), 5000, Some(100)),
+            ("USE".into(), 2500, Some(101)),
+        ]
+    );
+    let payments: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT order_id, status, amount FROM payments ORDER BY order_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        payments,
+        vec![(100, "PAID".into(), 5000), (101, "REFUNDED".into(), 2500)]
+    );
+    let coupons: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT coupon_id, used_order_id FROM issued_coupons ORDER BY coupon_id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(coupons, vec![(5, Some(100)), (6, None)]);
+    assert_eq!(
+        env.count("SELECT CAST(SUM(remaining) AS SIGNED) FROM coupons")
+            .await,
+        18
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'PENDING'")
+            .await,
+        2
+    );
+    env.cleanup().await;
+}
+
+/// (g) A database outage is transient: the sink waits and retries, dead-letters nothing, commits no
+/// offset past an unapplied event, and applies everything once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_database_outage_is_waited_out() {
+    let env = TestEnv::new(1).await;
+    let proxy = Proxy::start(server_host_port()).await;
+    let mut cfg = env.config();
+    cfg.database_url = proxy.url(&env.db_url);
+    let sink = start_sink(cfg);
+    let p = producer();
+    let (_, first) = produce_event(&p, &env.topic, &member_registered(4)).await;
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 1, WAIT)
+        .await;
+    env.wait_committed_to_end(WAIT).await;
+
+    proxy.down();
+    for i in 1..=3 {
+        produce_event(&p, &env.topic, &points_charged(4, 100, 100 * i)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(env.count("SELECT COUNT(*) FROM processed_events").await, 1);
+    assert_eq!(
+        env.committed(),
+        vec![Some(first + 1)],
+        "no offset committed past unapplied events"
+    );
+    assert_eq!(
+        high_watermarks(&env.dlq),
+        vec![0],
+        "an outage dead-letters nothing"
+    );
+
+    proxy.up();
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 4, WAIT)
+        .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 4").await,
+        300
+    );
+    assert_eq!(high_watermarks(&env.dlq), vec![0]);
+    env.cleanup().await;
+}
+
+/// (h) A delivery that keeps failing ends DEAD after DELIVERY_MAX_ATTEMPTS; replay-deliveries puts it
+/// back to PENDING and it is then delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h_dead_deliveries_can_be_replayed() {
+    let env = TestEnv::new(1).await;
+    let (addr, mock) = spawn_mock_platform_with(
+        "127.0.0.1:0".parse().unwrap(),
+        MockPlatformConfig {
+            fail_rate: 1.0,
+            delay: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    let mut cfg = env.config();
+    cfg.run_delivery_worker = true;
+    cfg.data_platform_url = format!("http://{addr}/events");
+    cfg.delivery_max_attempts = 3;
+    cfg.delivery_backoff_base = Duration::from_millis(20);
+    let sink = start_sink(cfg);
+    let p = producer();
+    let o = Order {
+        id: 7,
+        member_id: 1,
+        items: vec![(1, 1, 100)],
+        coupon: None,
+    };
+    produce_event(&p, &env.topic, &o.reserved()).await;
+    let paid = o.paid(0);
+    produce_event(&p, &env.topic, &paid).await;
+
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DEAD' AND attempts = 3",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(mock.stats().requests, 3);
+    assert_eq!(mock.stats().accepted, 0);
+    let err: String = sqlx::query_scalar("SELECT last_error FROM data_platform_deliveries")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(err.contains("503"), "{err}");
+
+    mock.set_config(MockPlatformConfig::default());
+    let n =
+        flashsale_sink::replay_dead_deliveries(&env.pool, Some(paid["event_id"].as_str().unwrap()))
+            .await
+            .unwrap();
+    assert_eq!(n, 1);
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DELIVERED'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(mock.stats().distinct_event_ids, 1);
+    assert_eq!(mock.stats().order_ids, vec![7]);
+    assert_eq!(
+        flashsale_sink::replay_dead_deliveries(&env.pool, None)
+            .await
+            .unwrap(),
+        0
+    );
+    sink.stop().await.unwrap();
+    mock.stop();
+    env.cleanup().await;
+}
+
+/// Throughput probe (not part of the suite): `cargo test -p flashsale-sink --release --test sink_e2e
+/// throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let env = TestEnv::new(6).await;
+    let p = producer();
+    const ORDERS: i64 = 3000;
+    produce_event(&p, &env.topic, &member_registered(1)).await;
+    produce_event(
+        &p,
+        &env.topic,
+        &points_charged(1, 1_000_000_000, 1_000_000_000),
+    )
+    .await;
+    produce_event(&p, &env.topic, &product_created(1, 100, 1_000_000)).await;
+    let mut msgs = Vec::new();
+    for i in 0..ORDERS {
+        let o = Order {
+            id: i + 1,
+            member_id: 1,
+            items: vec![(1, 1, 100)],
+            coupon: None,
+        };
+        for e in [o.reserved(), o.paid(0)] {
+            msgs.push((e["aggregate"].as_str().unwrap().to_string(), e.to_string()));
+        }
+    }
+    let futs: Vec<_> = msgs
+        .iter()
+        .map(|(k, v)| {
+            p.send(
+                rdkafka::producer::FutureRecord::to(&env.topic)
+                    .key(k)
+                    .payload(v),
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            )
+        })
+        .collect();
+    let _ = futures::future::join_all(futs).await;
+    let start = std::time::Instant::now();
+    let sink = start_sink(env.config());
+    env.wait_count(
+        "SELECT COUNT(*) FROM processed_events",
+        3 + 2 * ORDERS,
+        Duration::from_secs(300),
+    )
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{} events in {secs:.2} s (incl. group join): {:.0} events/s",
+        3 + 2 * ORDERS,
+        (3 + 2 * ORDERS) as f64 / secs
+    );
+    sink.stop().await.unwrap();
+    env.cleanup().await;
+}
