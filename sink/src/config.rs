@@ -49,6 +49,8 @@ pub struct SinkConfig {
     /// Test hook: stop right after the first MySQL commit, before dead-lettering and before committing
     /// offsets, as if the process had been killed there.
     pub exit_after_db_commit: bool,
+    /// Fault injection for crash tests: abort the process at a point of a later batch.
+    pub crash: Option<crate::crash::CrashPlan>,
 }
 
 impl Default for SinkConfig {
@@ -75,6 +77,7 @@ impl Default for SinkConfig {
             delivery_backoff_cap: Duration::from_secs(30),
             gauges_interval: Duration::from_secs(5),
             exit_after_db_commit: false,
+            crash: None,
         }
     }
 }

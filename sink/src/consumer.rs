@@ -142,7 +142,7 @@ impl ApplyLoop {
         if !events.is_empty() {
             let mut attempt = 0u32;
             let whole = loop {
-                match apply_all(&self.pool, &events).await {
+                match apply_all(&self.pool, &events, self.cfg.crash).await {
                     Ok(outcomes) => break Some(outcomes),
                     Err(e) if is_transient(&e) => {
                         metrics::counter!(m::SINK_ERRORS).increment(1);
@@ -335,6 +335,7 @@ fn poison_of(msg: &OwnedMessage, stage: &'static str, error: String) -> Poison {
 async fn apply_all(
     pool: &MySqlPool,
     events: &[(&OwnedMessage, &Event)],
+    crash: Option<crate::crash::CrashPlan>,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let batch: Vec<(&Event, i32, i64)> = events
         .iter()
@@ -342,7 +343,9 @@ async fn apply_all(
         .collect();
     let mut tx = pool.begin().await?;
     let out = apply_batch(&mut tx, &batch).await?;
+    crate::crash::at(crash, crate::crash::CrashPoint::MidBatch);
     tx.commit().await?;
+    crate::crash::at(crash, crate::crash::CrashPoint::AfterDbCommit);
     Ok(out)
 }
 

@@ -21,6 +21,7 @@ pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod consumer;
+pub mod crash;
 pub mod db;
 pub mod delivery;
 pub mod dlq;

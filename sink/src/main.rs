@@ -68,6 +68,12 @@ struct RunArgs {
     /// Do not run migrations at start.
     #[arg(long, env = "SINK_NO_MIGRATE", default_value_t = false)]
     no_migrate: bool,
+    /// Fault injection (crash tests only): abort the process at this point...
+    #[arg(long, env = "SINK_CRASH_POINT", value_enum)]
+    crash_point: Option<flashsale_sink::crash::CrashPoint>,
+    /// ...of the batch after this many batches passed it.
+    #[arg(long, env = "SINK_CRASH_AFTER_BATCHES", default_value_t = 0)]
+    crash_after_batches: u32,
 }
 
 #[derive(Args)]
@@ -125,6 +131,12 @@ impl RunArgs {
             delivery_concurrency: self.delivery_concurrency,
             run_delivery_worker: !self.no_delivery,
             run_migrations: !self.no_migrate,
+            crash: self
+                .crash_point
+                .map(|point| flashsale_sink::crash::CrashPlan {
+                    point,
+                    after_batches: self.crash_after_batches,
+                }),
             ..SinkConfig::default()
         }
     }

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod pipeline;
+
 use flashsale::app::Application;
 use flashsale::config::{ConnectionSettings, HotPath, RelaySettings, ServeSettings};
 use flashsale::keys::Keys;
@@ -21,9 +23,14 @@ pub fn redis_url() -> String {
 
 /// The MySQL server URL without a database (tests create their own).
 pub fn mysql_server_url() -> String {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
     // Drop a database path if one was given.
-    match url.find("://").map(|i| i + 3).and_then(|start| url[start..].find('/').map(|j| start + j)) {
+    match url
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| url[start..].find('/').map(|j| start + j))
+    {
         Some(slash) => url[..slash].to_string(),
         None => url,
     }
@@ -34,7 +41,10 @@ pub fn kafka_brokers() -> String {
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Connection settings of a fresh, isolated deployment.
@@ -69,7 +79,11 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
         request_timeout_ms: 30_000,
         body_limit_bytes: 16 * 1024,
         auth_rate_per_sec: 100_000,
-        relay: RelaySettings { relay_batch: 256, relay_claim_idle_ms: 2_000, relay_consumer: None },
+        relay: RelaySettings {
+            relay_batch: 256,
+            relay_claim_idle_ms: 2_000,
+            relay_consumer: None,
+        },
     }
 }
 
@@ -95,17 +109,24 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeSettings)) -> TestA
 }
 
 pub async fn spawn_with_settings(settings: ServeSettings) -> TestApp {
-    let app = Application::build(settings.clone()).await.expect("engine starts");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("engine starts");
     let addr = app.local_addr();
     let state = app.state();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    let redis = flashsale::app::connect_redis(&settings.connections).await.expect("redis");
+    let redis = flashsale::app::connect_redis(&settings.connections)
+        .await
+        .expect("redis");
     TestApp {
         base: format!("http://{addr}"),
-        http: reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client"),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("client"),
         keys: Keys::new(settings.connections.key_prefix.clone()),
         state,
         redis,
@@ -129,7 +150,9 @@ impl Reply {
         self.json()["code"].as_str().unwrap_or_default().to_string()
     }
     pub fn replayed(&self) -> bool {
-        self.headers.get("idempotent-replayed").is_some_and(|v| v == "true")
+        self.headers
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
     }
 }
 
@@ -170,19 +193,44 @@ impl TestApp {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.expect("body");
-        Reply { status, headers, text }
+        Reply {
+            status,
+            headers,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        self.request(reqwest::Method::GET, path, token, None, None).await
+        self.request(reqwest::Method::GET, path, token, None, None)
+            .await
     }
 
-    pub async fn post(&self, path: &str, token: Option<&str>, key: Option<&str>, body: Value) -> Reply {
-        self.request(reqwest::Method::POST, path, token, key, Some(body.to_string())).await
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Value,
+    ) -> Reply {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            token,
+            key,
+            Some(body.to_string()),
+        )
+        .await
     }
 
     pub async fn create_product(&self, price: i64, stock: i64) -> i64 {
-        let r = self.post("/api/v1/admin/products", None, None, json!({"name": "Widget", "price": price, "stock": stock})).await;
+        let r = self
+            .post(
+                "/api/v1/admin/products",
+                None,
+                None,
+                json!({"name": "Widget", "price": price, "stock": stock}),
+            )
+            .await;
         assert_eq!(r.status, 201, "{}", r.text);
         r.json()["id"].as_i64().expect("product id")
     }
@@ -205,14 +253,24 @@ impl TestApp {
     pub async fn seed_members(&self, count: usize, balance: i64) -> Vec<(i64, String)> {
         let prefix = unique("m");
         let r = self
-            .post("/api/v1/admin/seed/members", None, None, json!({"count": count, "balance": balance, "email_prefix": prefix}))
+            .post(
+                "/api/v1/admin/seed/members",
+                None,
+                None,
+                json!({"count": count, "balance": balance, "email_prefix": prefix}),
+            )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
         r.json()["members"]
             .as_array()
             .expect("members")
             .iter()
-            .map(|m| (m["id"].as_i64().expect("id"), m["access_token"].as_str().expect("token").to_string()))
+            .map(|m| {
+                (
+                    m["id"].as_i64().expect("id"),
+                    m["access_token"].as_str().expect("token").to_string(),
+                )
+            })
             .collect()
     }
 
@@ -221,15 +279,27 @@ impl TestApp {
     }
 
     pub async fn balance(&self, token: &str) -> i64 {
-        self.get("/api/v1/me/points", Some(token)).await.json()["balance"].as_i64().expect("balance")
+        self.get("/api/v1/me/points", Some(token)).await.json()["balance"]
+            .as_i64()
+            .expect("balance")
     }
 
     pub async fn stock(&self, product: i64) -> i64 {
-        self.get(&format!("/api/v1/products/{product}"), None).await.json()["stock"].as_i64().expect("stock")
+        self.get(&format!("/api/v1/products/{product}"), None)
+            .await
+            .json()["stock"]
+            .as_i64()
+            .expect("stock")
     }
 
     pub async fn order(&self, token: &str, items: Value) -> Reply {
-        self.post("/api/v1/orders", Some(token), Some(&unique("k")), json!({ "items": items })).await
+        self.post(
+            "/api/v1/orders",
+            Some(token),
+            Some(&unique("k")),
+            json!({ "items": items }),
+        )
+        .await
     }
 
     pub async fn pay(&self, token: &str, order: i64, coupon: Option<i64>) -> Reply {
@@ -237,33 +307,43 @@ impl TestApp {
             Some(c) => json!({ "coupon_id": c }),
             None => json!({}),
         };
-        self.post(&format!("/api/v1/orders/{order}/pay"), Some(token), Some(&unique("k")), body).await
+        self.post(
+            &format!("/api/v1/orders/{order}/pay"),
+            Some(token),
+            Some(&unique("k")),
+            body,
+        )
+        .await
     }
 
     /// Outbox entries by event type (the relay is off in these tests, so nothing is trimmed).
     pub async fn outbox_counts(&self) -> HashMap<String, usize> {
-        let entries: Vec<(String, HashMap<String, String>)> =
-            self.redis.xrange(self.keys.outbox(), "-", "+", None).await.expect("xrange");
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange(self.keys.outbox(), "-", "+", None)
+            .await
+            .expect("xrange");
         let mut counts = HashMap::new();
         for (_, fields) in entries {
-            *counts.entry(fields.get("type").cloned().unwrap_or_default()).or_insert(0) += 1;
+            *counts
+                .entry(fields.get("type").cloned().unwrap_or_default())
+                .or_insert(0) += 1;
         }
         counts
     }
 
     pub async fn outbox_count(&self, event_type: &str) -> usize {
-        self.outbox_counts().await.get(event_type).copied().unwrap_or(0)
+        self.outbox_counts()
+            .await
+            .get(event_type)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
-/// Drops the test's database, Redis keys and Kafka topics.
-pub async fn cleanup(c: &ConnectionSettings, redis: &Pool) {
+/// Deletes every Redis key of the deployment.
+pub async fn cleanup_redis_keys(c: &ConnectionSettings, redis: &Pool) {
     use futures::TryStreamExt;
-    if let Some(database) = c.database_url.rsplit('/').next() {
-        if let Ok(mut conn) = server_connection().await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&mut conn).await;
-        }
-    }
     let client = redis.next();
     let mut scan = client.scan_buffered(format!("{}:*", c.key_prefix), Some(1000), None);
     let mut keys: Vec<Key> = Vec::new();
@@ -273,16 +353,36 @@ pub async fn cleanup(c: &ConnectionSettings, redis: &Pool) {
     for chunk in keys.chunks(1000) {
         let _: Result<i64, _> = client.unlink(chunk.to_vec()).await;
     }
+}
+
+/// Drops the test's database, Redis keys and Kafka topics.
+pub async fn cleanup(c: &ConnectionSettings, redis: &Pool) {
+    if let Some(database) = c.database_url.rsplit('/').next() {
+        if let Ok(mut conn) = server_connection().await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{database}`"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+    cleanup_redis_keys(c, redis).await;
     let admin: Result<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>, _> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", &c.kafka_brokers).create();
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &c.kafka_brokers)
+            .create();
     if let Ok(admin) = admin {
         let _ = admin
-            .delete_topics(&[c.kafka_topic.as_str(), c.kafka_dlq_topic.as_str()], &rdkafka::admin::AdminOptions::new())
+            .delete_topics(
+                &[c.kafka_topic.as_str(), c.kafka_dlq_topic.as_str()],
+                &rdkafka::admin::AdminOptions::new(),
+            )
             .await;
     }
 }
 
 pub async fn server_connection() -> Result<sqlx::MySqlConnection, sqlx::Error> {
     use sqlx::ConnectOptions;
-    mysql_server_url().parse::<sqlx::mysql::MySqlConnectOptions>()?.connect().await
+    mysql_server_url()
+        .parse::<sqlx::mysql::MySqlConnectOptions>()?
+        .connect()
+        .await
 }
