@@ -12,8 +12,21 @@ async fn bad_input_is_a_clear_4xx() {
     let coupon = app.create_coupon("FIXED", 10, 10).await;
     let (_, token) = app.member(1000).await;
     use reqwest::Method as M;
-    async fn send(app: &common::TestApp, token: &str, method: M, path: &str, body: &str) -> common::Reply {
-        app.request(method, path, Some(token), Some(&common::unique("k")), Some(body.to_string())).await
+    async fn send(
+        app: &common::TestApp,
+        token: &str,
+        method: M,
+        path: &str,
+        body: &str,
+    ) -> common::Reply {
+        app.request(
+            method,
+            path,
+            Some(token),
+            Some(&common::unique("k")),
+            Some(body.to_string()),
+        )
+        .await
     }
     macro_rules! raw {
         ($m:expr, $p:expr, $b:expr) => {
@@ -58,8 +71,20 @@ async fn bad_input_is_a_clear_4xx() {
         (app.post("/api/v1/admin/coupons", None, None, json!({"name": "x", "discount_type": "FIXED", "discount_value": 1, "total_quantity": 1, "valid_until": "yesterday"})).await, 400, "INVALID_REQUEST"),
     ];
     for (i, (reply, status, code)) in cases.iter().enumerate() {
-        assert_eq!((reply.status, reply.code().as_str()), (*status, *code), "case {i}: {}", reply.text);
-        assert_eq!(reply.headers.get("content-type").map(|v| v.to_str().unwrap_or_default()), Some("application/problem+json"), "case {i}");
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (*status, *code),
+            "case {i}: {}",
+            reply.text
+        );
+        assert_eq!(
+            reply
+                .headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default()),
+            Some("application/problem+json"),
+            "case {i}"
+        );
         let body = reply.json();
         for field in ["type", "title", "status", "detail", "code"] {
             assert!(!body[field].is_null(), "case {i} lacks {field}");
@@ -67,22 +92,52 @@ async fn bad_input_is_a_clear_4xx() {
     }
 
     // Oversize body -> 413.
-    let huge = format!(r#"{{"items":[{{"product_id":1,"quantity":1}}],"pad":"{}"}}"#, "x".repeat(64 * 1024));
-    let r = app.request(M::POST, "/api/v1/orders", Some(&token), Some("big"), Some(huge)).await;
+    let huge = format!(
+        r#"{{"items":[{{"product_id":1,"quantity":1}}],"pad":"{}"}}"#,
+        "x".repeat(64 * 1024)
+    );
+    let r = app
+        .request(
+            M::POST,
+            "/api/v1/orders",
+            Some(&token),
+            Some("big"),
+            Some(huge),
+        )
+        .await;
     assert_eq!(r.status, 413, "{}", r.text);
 
     // Tokens: missing, forged, expired, wrong audience -> 401.
     let now = chrono::Utc::now().timestamp() as u64;
     let sign = |secret: &[u8], exp: u64, aud: &str| {
         let claims = json!({"sub": "1", "iss": "flashsale", "aud": aud, "iat": now, "exp": exp});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     };
-    let forged = sign(b"another-secret-another-secret-0123456", now + 600, "flashsale-api");
+    let forged = sign(
+        b"another-secret-another-secret-0123456",
+        now + 600,
+        "flashsale-api",
+    );
     let expired = sign(JWT_SECRET.as_bytes(), now - 600, "flashsale-api");
     let wrong_aud = sign(JWT_SECRET.as_bytes(), now + 600, "elsewhere");
-    for bad in [None, Some("garbage"), Some(forged.as_str()), Some(expired.as_str()), Some(wrong_aud.as_str())] {
+    for bad in [
+        None,
+        Some("garbage"),
+        Some(forged.as_str()),
+        Some(expired.as_str()),
+        Some(wrong_aud.as_str()),
+    ] {
         let r = app.get("/api/v1/me/points", bad).await;
-        assert_eq!((r.status, r.code().as_str()), (401, "UNAUTHORIZED"), "{bad:?}");
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (401, "UNAUTHORIZED"),
+            "{bad:?}"
+        );
     }
     // Wrong admin key -> 401.
     let r = app
@@ -94,12 +149,22 @@ async fn bad_input_is_a_clear_4xx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = app.http.get(format!("{}/api/v1/admin/reconcile", app.base)).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}/api/v1/admin/reconcile", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     // Nothing above changed the state.
     assert_eq!(app.stock(product).await, 10);
     assert_eq!(app.balance(&token).await, 1000);
-    assert_eq!(app.get(&format!("/api/v1/coupons/{coupon}"), None).await.json()["remaining"], 10);
+    assert_eq!(
+        app.get(&format!("/api/v1/coupons/{coupon}"), None)
+            .await
+            .json()["remaining"],
+        10
+    );
     app.stop().await;
 }

@@ -17,15 +17,29 @@ async fn engine_is_ready_and_observable() {
     app.create_product(1, 1).await;
     let metrics = app.get("/metrics", None).await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.text.contains("flashsale_http_requests_total"), "{}", &metrics.text[..metrics.text.len().min(500)]);
-    assert!(metrics.text.contains("flashsale_http_request_duration_seconds_bucket"));
-    assert!(metrics.text.contains("flashsale_script_duration_seconds_bucket{script=\"product_create\""));
-    assert!(metrics.text.contains("le=\"0.00025\""), "sub-millisecond buckets");
+    assert!(
+        metrics.text.contains("flashsale_http_requests_total"),
+        "{}",
+        &metrics.text[..metrics.text.len().min(500)]
+    );
+    assert!(metrics
+        .text
+        .contains("flashsale_http_request_duration_seconds_bucket"));
+    assert!(metrics
+        .text
+        .contains("flashsale_script_duration_seconds_bucket{script=\"product_create\""));
+    assert!(
+        metrics.text.contains("le=\"0.00025\""),
+        "sub-millisecond buckets"
+    );
 
     let docs = app.get("/docs/", None).await;
     assert_eq!(docs.status, 200);
     let doc = app.get("/openapi.json", None).await.json();
-    assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3."));
+    assert!(doc["openapi"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("3."));
     // Every path and status of the contract is described.
     let expected: &[(&str, &str, &[&str])] = &[
         ("/api/v1/members", "post", &["201", "409", "422"]),
@@ -40,7 +54,11 @@ async fn engine_is_ready_and_observable() {
         ("/api/v1/products/popular", "get", &["200", "422"]),
         ("/api/v1/admin/coupons", "post", &["201", "422"]),
         ("/api/v1/coupons/{id}", "get", &["200", "404"]),
-        ("/api/v1/coupons/{id}/issue", "post", &["201", "409", "422", "404"]),
+        (
+            "/api/v1/coupons/{id}/issue",
+            "post",
+            &["201", "409", "422", "404"],
+        ),
         ("/api/v1/me/coupons", "get", &["200"]),
         ("/api/v1/orders", "post", &["201", "409", "404", "422"]),
         ("/api/v1/orders/{id}/pay", "post", &["200", "409"]),
@@ -53,9 +71,15 @@ async fn engine_is_ready_and_observable() {
     ];
     for (path, method, statuses) in expected {
         let op = &doc["paths"][path][method];
-        assert!(op.is_object(), "{method} {path} missing from the OpenAPI document");
+        assert!(
+            op.is_object(),
+            "{method} {path} missing from the OpenAPI document"
+        );
         for status in *statuses {
-            assert!(op["responses"][status].is_object(), "{method} {path} lacks {status}");
+            assert!(
+                op["responses"][status].is_object(),
+                "{method} {path} lacks {status}"
+            );
         }
     }
     assert!(doc["components"]["schemas"]["Problem"].is_object());
@@ -65,19 +89,46 @@ async fn engine_is_ready_and_observable() {
 #[tokio::test]
 async fn migrations_apply_on_a_fresh_database() {
     let connections = isolated_connections();
-    let pool = flashsale::app::connect_mysql(&connections).await.expect("fresh database migrates");
-    let tables: Vec<(String,)> = sqlx::query_as("SHOW TABLES").fetch_all(&pool).await.unwrap();
+    let pool = flashsale::app::connect_mysql(&connections)
+        .await
+        .expect("fresh database migrates");
+    let tables: Vec<(String,)> = sqlx::query_as("SHOW TABLES")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     let names: Vec<String> = tables.into_iter().map(|(t,)| t).collect();
     for table in [
-        "members", "products", "stock_movements", "coupons", "issued_coupons", "orders", "order_items", "payments",
-        "points_ledger", "processed_events", "data_platform_deliveries",
+        "members",
+        "products",
+        "stock_movements",
+        "coupons",
+        "issued_coupons",
+        "orders",
+        "order_items",
+        "payments",
+        "points_ledger",
+        "processed_events",
+        "data_platform_deliveries",
     ] {
-        assert!(names.iter().any(|n| n == table), "{table} missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == table),
+            "{table} missing: {names:?}"
+        );
     }
     // Applying again is harmless.
-    flashsale::app::connect_mysql(&connections).await.expect("second run is a no-op");
-    let database = connections.database_url.rsplit('/').next().unwrap().to_string();
-    sqlx::query(&format!("DROP DATABASE `{database}`")).execute(&pool).await.unwrap();
+    flashsale::app::connect_mysql(&connections)
+        .await
+        .expect("second run is a no-op");
+    let database = connections
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    sqlx::query(&format!("DROP DATABASE `{database}`"))
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -87,6 +138,13 @@ async fn readiness_fails_when_a_dependency_is_down() {
     let mut connections = isolated_connections();
     connections.kafka_brokers = "127.0.0.1:1".into();
     let settings = common::serve_settings(connections);
-    let started = tokio::time::timeout(std::time::Duration::from_secs(15), flashsale::app::Application::build(settings)).await;
-    assert!(!matches!(started, Ok(Ok(_))), "must not start without Kafka");
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        flashsale::app::Application::build(settings),
+    )
+    .await;
+    assert!(
+        !matches!(started, Ok(Ok(_))),
+        "must not start without Kafka"
+    );
 }

@@ -11,7 +11,11 @@ use flashsale::domain::ReconcileReport;
 use fred::prelude::*;
 use fred::types::Value;
 
-use super::TestApp;
+use flashsale_sink::mock_platform::{spawn_mock_platform_with, MockPlatformConfig};
+use futures::future::join_all;
+use serde_json::json;
+
+use super::{unique, TestApp};
 
 /// The sink binary next to this test's target directory (built by `cargo test --workspace`; built here
 /// when missing).
@@ -122,4 +126,159 @@ pub async fn count(app: &TestApp, sql: &str) -> i64 {
         .await
         .expect(sql);
     n
+}
+
+pub const DRAIN: Duration = Duration::from_secs(120);
+
+/// What a workload did, to check against MySQL and the data platform.
+#[derive(Default, Debug)]
+pub struct Done {
+    pub paid: usize,
+}
+
+/// A mixed concurrent workload: charges, coupon issues, orders, pays (some with the coupon), cancels of
+/// paid and reserved orders, and abandoned reservations left to expire.
+pub async fn mixed_workload(app: &TestApp, members: usize) -> Done {
+    let products = [
+        app.create_product(700, 500).await,
+        app.create_product(1300, 500).await,
+    ];
+    let coupon = app.create_coupon("PERCENT", 10, (members / 2) as i64).await;
+    let people = app.seed_members(members, 20_000).await;
+    let results = join_all(people.iter().enumerate().map(|(i, (_, token))| async move {
+        let mut paid = 0;
+        let charge = app
+            .post(
+                "/api/v1/me/points/charge",
+                Some(token),
+                Some(&unique("c")),
+                json!({"amount": 1000 + i}),
+            )
+            .await;
+        assert_eq!(charge.status, 200, "{}", charge.text);
+        let issued = app
+            .post(
+                &format!("/api/v1/coupons/{coupon}/issue"),
+                Some(token),
+                None,
+                json!({}),
+            )
+            .await
+            .status
+            == 201;
+        let product = products[i % 2];
+        let order = app
+            .order(
+                token,
+                json!([{"product_id": product, "quantity": 1 + i % 3}]),
+            )
+            .await;
+        assert_eq!(order.status, 201, "{}", order.text);
+        let id = order.json()["id"].as_i64().unwrap_or_default();
+        match i % 5 {
+            0..=2 => {
+                let pay = app
+                    .pay(
+                        token,
+                        id,
+                        if issued && i % 2 == 0 {
+                            Some(coupon)
+                        } else {
+                            None
+                        },
+                    )
+                    .await;
+                assert_eq!(pay.status, 200, "{}", pay.text);
+                paid += 1;
+                if i % 5 == 2 {
+                    let cancel = app
+                        .post(
+                            &format!("/api/v1/orders/{id}/cancel"),
+                            Some(token),
+                            Some(&unique("x")),
+                            json!({}),
+                        )
+                        .await;
+                    assert_eq!(cancel.status, 200, "{}", cancel.text);
+                }
+            }
+            3 => {
+                let cancel = app
+                    .post(
+                        &format!("/api/v1/orders/{id}/cancel"),
+                        Some(token),
+                        Some(&unique("x")),
+                        json!({}),
+                    )
+                    .await;
+                assert_eq!(cancel.status, 200, "{}", cancel.text);
+            }
+            _ => {} // abandoned: expires
+        }
+        paid
+    }))
+    .await;
+    Done {
+        paid: results.iter().sum(),
+    }
+}
+
+pub async fn assert_exactly_once(
+    app: &TestApp,
+    done: &Done,
+    platform: &flashsale_sink::mock_platform::MockPlatformHandle,
+) {
+    let report = drain(app, DRAIN).await;
+    assert!(
+        report.in_sync,
+        "Redis and MySQL differ after the drain: {report:?}"
+    );
+    let produced = events_produced(app).await;
+    assert_eq!(
+        processed_events(app).await,
+        produced,
+        "every event applied once, none lost"
+    );
+    assert_eq!(
+        count(app, "SELECT COUNT(*) FROM payments").await,
+        done.paid as i64
+    );
+    assert_eq!(
+        count(app, "SELECT COUNT(*) FROM points_ledger WHERE type = 'USE'").await,
+        done.paid as i64
+    );
+    // Every paid order reaches the data platform, once per event id.
+    let deadline = std::time::Instant::now() + DRAIN;
+    loop {
+        let delivered = count(
+            app,
+            "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DELIVERED'",
+        )
+        .await;
+        if delivered == done.paid as i64 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stats = platform.stats();
+    assert_eq!(
+        stats.distinct_event_ids, done.paid as u64,
+        "one distinct event per paid order: {stats:?}"
+    );
+    let distinct_orders: std::collections::HashSet<i64> = stats.order_ids.iter().copied().collect();
+    assert_eq!(distinct_orders.len(), done.paid);
+}
+
+pub async fn platform(
+    fail_rate: f64,
+    delay_ms: u64,
+) -> (String, flashsale_sink::mock_platform::MockPlatformHandle) {
+    let cfg = MockPlatformConfig {
+        fail_rate,
+        delay: Duration::from_millis(delay_ms),
+    };
+    let (addr, handle) = spawn_mock_platform_with("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .expect("mock platform");
+    (format!("http://{addr}/events"), handle)
 }

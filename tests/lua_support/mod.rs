@@ -140,7 +140,9 @@ impl Ctx {
 
     pub fn idem(&self, member: i64) -> Idem {
         Idem {
-            key: self.k.idempotency(member, &uuid::Uuid::new_v4().simple().to_string()),
+            key: self
+                .k
+                .idempotency(member, &uuid::Uuid::new_v4().simple().to_string()),
             fp: format!("fp-{}", uuid::Uuid::new_v4().simple()),
         }
     }
@@ -170,6 +172,26 @@ impl Ctx {
 
     pub async fn field(&self, key: &str, field: &str) -> Option<String> {
         self.redis.hget(key, field).await.expect("hget")
+    }
+
+    /// A bare reservation entry (as a rebuild or a lost race may leave behind).
+    pub async fn add_reservation(&self, order: i64, expires_ms: i64) {
+        let _: i64 = self
+            .redis
+            .zadd(
+                self.k.reservations(),
+                None,
+                None,
+                false,
+                false,
+                (expires_ms as f64, order.to_string()),
+            )
+            .await
+            .expect("zadd");
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.redis.get(key).await.expect("get")
     }
 
     pub async fn num(&self, key: &str, field: &str) -> i64 {
@@ -254,7 +276,14 @@ impl Ctx {
 
     // ---- the scripts, with the routes' KEYS/ARGV layout ----
 
-    pub async fn signup(&self, id: i64, email: &str, name: &str, event: &str, at: i64) -> ScriptReply {
+    pub async fn signup(
+        &self,
+        id: i64,
+        email: &str,
+        name: &str,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
         self.call(
             Script::MemberSignup,
             vec![self.k.email(email), self.k.member(id), self.k.outbox()],
@@ -294,7 +323,14 @@ impl Ctx {
         .await
     }
 
-    pub async fn charge(&self, member: i64, idem: &Idem, amount: i64, event: &str, at: i64) -> ScriptReply {
+    pub async fn charge(
+        &self,
+        member: i64,
+        idem: &Idem,
+        amount: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
         self.charge_limited(member, idem, amount, MAX_BALANCE, event, at)
             .await
     }
@@ -323,7 +359,14 @@ impl Ctx {
         .await
     }
 
-    pub async fn stock_add_limited(&self, id: i64, add: i64, limit: i64, event: &str, at: i64) -> ScriptReply {
+    pub async fn stock_add_limited(
+        &self,
+        id: i64,
+        add: i64,
+        limit: i64,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
         self.call(
             Script::ProductStockAdd,
             vec![self.k.product(id), self.k.product_ops(id), self.k.outbox()],
@@ -540,7 +583,14 @@ impl Ctx {
     }
 
     /// Cancel as the route runs it: pre-read the order's product ids and paid day, then the script.
-    pub async fn cancel(&self, member: i64, order: i64, idem: &Idem, event: &str, at: i64) -> ScriptReply {
+    pub async fn cancel(
+        &self,
+        member: i64,
+        order: i64,
+        idem: &Idem,
+        event: &str,
+        at: i64,
+    ) -> ScriptReply {
         let (products, paid_day) = self.read_order_keys(order).await;
         let popular_day = if paid_day.is_empty() {
             day(at)
@@ -581,7 +631,13 @@ impl Ctx {
         self.expire_raw(order, &products, event, at).await
     }
 
-    pub async fn popular(&self, window: u32, days: &[String], limit: i64, cache_ms: i64) -> Vec<(String, String)> {
+    pub async fn popular(
+        &self,
+        window: u32,
+        days: &[String],
+        limit: i64,
+        cache_ms: i64,
+    ) -> Vec<(String, String)> {
         let mut keys = vec![self.k.popular_top(window)];
         keys.extend(days.iter().map(|d| self.k.popular_day(d)));
         let flat: Vec<String> = self
@@ -609,12 +665,21 @@ impl Ctx {
     pub async fn member_with(&self, id: i64, points: i64, at: i64) {
         ok_body(
             &self
-                .signup(id, &format!("m{id}@example.test"), &format!("member {id}"), &ev(), at)
+                .signup(
+                    id,
+                    &format!("m{id}@example.test"),
+                    &format!("member {id}"),
+                    &ev(),
+                    at,
+                )
                 .await,
             201,
         );
         if points > 0 {
-            ok_body(&self.charge(id, &self.idem(id), points, &ev(), at).await, 200);
+            ok_body(
+                &self.charge(id, &self.idem(id), points, &ev(), at).await,
+                200,
+            );
         }
     }
 
@@ -627,7 +692,17 @@ impl Ctx {
         );
     }
 
-    pub async fn coupon(&self, id: i64, discount_type: &str, value: i64, quantity: i64, from: i64, until: i64, at: i64) {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn coupon(
+        &self,
+        id: i64,
+        discount_type: &str,
+        value: i64,
+        quantity: i64,
+        from: i64,
+        until: i64,
+        at: i64,
+    ) {
         ok_body(
             &self
                 .create_coupon(id, discount_type, value, quantity, from, until, &ev(), at)

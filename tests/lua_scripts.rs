@@ -1,0 +1,1676 @@
+//! Every Lua script in lua/ run directly against the real Redis, for each return path its header names.
+//! Each test owns a random key prefix and sets its state up through the scripts themselves; it checks the
+//! state after, the outbox entries (one per effect, none for refusals and replays), and that a refused
+//! call changed nothing but the idempotency record.
+
+mod lua_support;
+
+use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
+use flashsale::idempotency::RECORD_TTL_SECS;
+use flashsale::routes::orders::POPULAR_DAY_TTL_SECS;
+use flashsale::scripts::ScriptReply;
+use lua_support::*;
+use serde_json::{json, Value as Json};
+
+const M: i64 = 1; // the member most tests use
+const M2: i64 = 2;
+
+fn assert_replay(reply: &ScriptReply, status: u16, problem: bool, body: &str) {
+    match reply {
+        ScriptReply::Replay {
+            status: s,
+            problem: p,
+            body: b,
+            ..
+        } if *s == status && *p == problem && b == body => {}
+        other => panic!("expected replay {status} problem={problem} {body}, got {other:?}"),
+    }
+}
+
+fn ok_raw(reply: &ScriptReply) -> String {
+    match reply {
+        ScriptReply::Ok { body, .. } => body.clone(),
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+/// The record a refusal leaves under its idempotency key.
+async fn assert_problem_record(c: &Ctx, idem: &Idem, status: u16, code: &str) {
+    let (rec, ttl) = c.record(idem).await;
+    assert_eq!(rec["fp"], idem.fp);
+    assert_eq!(rec["status"], status.to_string());
+    assert_eq!(rec["kind"], "problem");
+    assert_eq!(rec["body"], code);
+    assert!(!rec["detail"].is_empty(), "problem record has a detail");
+    assert!(ttl > 0 && ttl <= RECORD_TTL_SECS as i64, "record ttl {ttl}");
+}
+
+async fn assert_ok_record(c: &Ctx, idem: &Idem, status: u16, body: &str) {
+    let (rec, ttl) = c.record(idem).await;
+    assert_eq!(rec["fp"], idem.fp);
+    assert_eq!(rec["status"], status.to_string());
+    assert_eq!(rec["kind"], "ok");
+    assert_eq!(rec["body"], body);
+    assert_eq!(rec["detail"], "");
+    assert!(
+        ttl > RECORD_TTL_SECS as i64 - 60 && ttl <= RECORD_TTL_SECS as i64,
+        "record ttl {ttl}"
+    );
+}
+
+/// A full order snapshot as order events and bodies show it.
+#[allow(clippy::too_many_arguments)]
+fn order_json(
+    id: i64,
+    member: i64,
+    status: &str,
+    items: Json,
+    total: i64,
+    discount: i64,
+    paid: i64,
+    coupon: Option<i64>,
+    expires_at: &str,
+    created_at: &str,
+    paid_at: Option<&str>,
+    closed_at: Option<&str>,
+) -> Json {
+    json!({
+        "id": id, "member_id": member, "status": status, "items": items,
+        "total_amount": total, "discount_amount": discount, "paid_amount": paid,
+        "coupon_id": coupon, "expires_at": expires_at, "created_at": created_at,
+        "paid_at": paid_at, "closed_at": closed_at,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// member_signup
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn member_signup_creates_the_member_once_and_refuses_a_taken_email() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let e1 = ev();
+    let reply = c.signup(7, "ann@example.test", "Ann", &e1, t).await;
+    let body = ok_body(&reply, 201);
+    assert_eq!(
+        body,
+        json!({"id": 7, "email": "ann@example.test", "name": "Ann"})
+    );
+    let h = c.hash(&c.k.member(7)).await;
+    assert_eq!(h["id"], "7");
+    assert_eq!(h["email"], "ann@example.test");
+    assert_eq!(h["name"], "Ann");
+    assert_eq!(h["password_hash"], PASSWORD_HASH);
+    assert_eq!(h["balance"], "0");
+    assert_eq!(h["created_at"], rfc(t));
+    let email_owner = c.get(&c.k.email("ann@example.test")).await;
+    assert_eq!(email_owner.as_deref(), Some("7"));
+
+    let events = c.events().await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (
+            e1.as_str(),
+            "member.registered",
+            "member:7",
+            rfc(t).as_str()
+        )
+    );
+    assert_eq!(
+        e.payload,
+        json!({"member_id": 7, "email": "ann@example.test", "name": "Ann",
+               "password_hash": PASSWORD_HASH, "created_at": rfc(t)})
+    );
+
+    // The very same call resent: same answer, one effect.
+    let before = c.dump().await;
+    let again = c.signup(7, "ann@example.test", "Ann", &e1, t).await;
+    assert_eq!(ok_raw(&again), ok_raw(&reply));
+    assert_eq!(c.dump().await, before);
+
+    // Another member id for the same email: refused, nothing written.
+    let refused = c.signup(8, "ann@example.test", "Other", &ev(), t + 5).await;
+    assert_refused(&refused, 409, "EMAIL_TAKEN");
+    assert_eq!(c.dump().await, before);
+    assert!(!c.exists(&c.k.member(8)).await);
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// points_charge
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn points_charge_adds_points_and_replays_by_idempotency_key() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    let idem = c.idem(M);
+    let e1 = ev();
+    let reply = c.charge(M, &idem, 1500, &e1, t + 10).await;
+    assert_eq!(ok_body(&reply, 200), json!({"balance": 1500}));
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 1500);
+    assert_ok_record(&c, &idem, 200, &ok_raw(&reply)).await;
+    let e = c.last_event().await;
+    assert_eq!(e.event_id, e1);
+    assert_eq!(e.kind, "points.charged");
+    assert_eq!(e.aggregate, format!("member:{M}"));
+    assert_eq!(e.at, rfc(t + 10));
+    assert_eq!(
+        e.payload,
+        json!({"member_id": M, "amount": 1500, "balance_after": 1500})
+    );
+    let second = c.charge(M, &c.idem(M), 250, &ev(), t + 20).await;
+    assert_eq!(ok_body(&second, 200), json!({"balance": 1750}));
+    assert_eq!(c.last_event().await.payload["balance_after"], 1750);
+    assert_eq!(c.events().await.len(), 3); // registered + 2 charges
+
+    // Replay: the same call resent (same key, fingerprint and event id) answers the first result.
+    let before = c.dump().await;
+    let replay = c.charge(M, &idem, 1500, &e1, t + 10).await;
+    assert_replay(&replay, 200, false, &ok_raw(&reply));
+    // Same key and fingerprint, a later attempt: still the stored first result.
+    let replay = c.charge(M, &idem, 1500, &ev(), t + 30).await;
+    assert_replay(&replay, 200, false, &ok_raw(&reply));
+    assert_eq!(c.dump().await, before);
+
+    // Same key, another request: refused, the record stays as it was.
+    let record_before = c.record(&idem).await.0;
+    let other = Idem {
+        key: idem.key.clone(),
+        fp: "fp-other-body".into(),
+    };
+    assert_eq!(
+        c.charge(M, &other, 9, &ev(), t + 40).await,
+        ScriptReply::KeyReused
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.record(&idem).await.0, record_before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn points_charge_refusals_change_nothing_but_the_record() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+
+    // Unknown member.
+    let before = c.dump().await;
+    let idem = c.idem(99);
+    let reply = c.charge(99, &idem, 10, &ev(), t).await;
+    assert_refused(&reply, 404, "NOT_FOUND");
+    assert_eq!(c.dump().await, before);
+    assert!(!c.exists(&c.k.member(99)).await);
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    // Its replay is the refusal, as a problem.
+    assert_replay(
+        &c.charge(99, &idem, 10, &ev(), t).await,
+        404,
+        true,
+        "NOT_FOUND",
+    );
+
+    // Up to the limit exactly is fine; one more point is refused.
+    let limit = 1_000;
+    ok_body(
+        &c.charge_limited(M, &c.idem(M), 1_000, limit, &ev(), t)
+            .await,
+        200,
+    );
+    let before = c.dump().await;
+    let idem = c.idem(M);
+    let reply = c.charge_limited(M, &idem, 1, limit, &ev(), t + 1).await;
+    let detail = assert_refused(&reply, 409, "BALANCE_LIMIT_EXCEEDED");
+    assert!(detail.contains("1000"), "{detail}");
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
+    assert_problem_record(&c, &idem, 409, "BALANCE_LIMIT_EXCEEDED").await;
+    assert_replay(
+        &c.charge_limited(M, &idem, 1, limit, &ev(), t + 2).await,
+        409,
+        true,
+        "BALANCE_LIMIT_EXCEEDED",
+    );
+    // The engine's real limit is far above.
+    ok_body(
+        &c.charge(M, &c.idem(M), MAX_BALANCE - 1_000, &ev(), t).await,
+        200,
+    );
+    assert_refused(
+        &c.charge(M, &c.idem(M), 1, &ev(), t).await,
+        409,
+        "BALANCE_LIMIT_EXCEEDED",
+    );
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// product_create / product_stock_add
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn product_create_creates_once_and_refuses_a_taken_id() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let e1 = ev();
+    let reply = c.create_product(5, "Lamp", 1200, 30, &e1, t).await;
+    let view = json!({"id": 5, "name": "Lamp", "price": 1200, "stock": 30});
+    assert_eq!(ok_body(&reply, 201), view);
+    let h = c.hash(&c.k.product(5)).await;
+    assert_eq!(h["id"], "5");
+    assert_eq!(h["name"], "Lamp");
+    assert_eq!(h["price"], "1200");
+    assert_eq!(h["stock"], "30");
+    assert_eq!(h["created_at"], rfc(t));
+    assert_eq!(
+        c.zset(&c.k.products()).await,
+        [("5".to_string(), "5".to_string())].into()
+    );
+    let events = c.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_id, e1);
+    assert_eq!(events[0].kind, "product.created");
+    assert_eq!(events[0].aggregate, "product:5");
+    assert_eq!(events[0].at, rfc(t));
+    assert_eq!(
+        events[0].payload,
+        json!({"product_id": 5, "name": "Lamp", "price": 1200, "stock": 30, "created_at": rfc(t)})
+    );
+
+    // Resent: same answer, one effect.
+    let before = c.dump().await;
+    assert_eq!(
+        ok_body(&c.create_product(5, "Lamp", 1200, 30, &e1, t).await, 201),
+        view
+    );
+    assert_eq!(c.dump().await, before);
+    // Another create on the same id.
+    assert_refused(
+        &c.create_product(5, "Other", 1, 1, &ev(), t + 1).await,
+        409,
+        "CONFLICT",
+    );
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn product_stock_add_adds_once_per_op_and_respects_the_limit() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.product(3, 100, 10, t).await;
+    let op = ev();
+    let reply = c.stock_add(3, 5, &op, t + 1).await;
+    let view = json!({"id": 3, "name": "product 3", "price": 100, "stock": 15});
+    assert_eq!(ok_body(&reply, 200), view);
+    assert_eq!(c.num(&c.k.product(3), "stock").await, 15);
+    assert_eq!(
+        c.zset(&c.k.product_ops(3)).await,
+        [(op.clone(), (t + 1).to_string())].into()
+    );
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (
+            op.as_str(),
+            "product.stock_added",
+            "product:3",
+            rfc(t + 1).as_str()
+        )
+    );
+    assert_eq!(
+        e.payload,
+        json!({"product_id": 3, "add": 5, "stock_after": 15})
+    );
+
+    // The same op resent adds nothing.
+    let before = c.dump().await;
+    assert_eq!(ok_body(&c.stock_add(3, 5, &op, t + 1).await, 200), view);
+    assert_eq!(c.dump().await, before);
+
+    // Unknown product.
+    assert_refused(&c.stock_add(4, 5, &ev(), t + 2).await, 404, "NOT_FOUND");
+    assert_eq!(c.dump().await, before);
+
+    // Up to the limit exactly, then past it.
+    ok_body(&c.stock_add_limited(3, 85, 100, &ev(), t + 3).await, 200);
+    assert_eq!(c.num(&c.k.product(3), "stock").await, 100);
+    let before = c.dump().await;
+    let detail = assert_refused(
+        &c.stock_add_limited(3, 1, 100, &ev(), t + 4).await,
+        422,
+        "VALIDATION_FAILED",
+    );
+    assert!(detail.contains("100"), "{detail}");
+    assert_eq!(c.dump().await, before);
+    assert_refused(
+        &c.stock_add(3, MAX_STOCK, &ev(), t + 4).await,
+        422,
+        "VALIDATION_FAILED",
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.events().await.len(), 3);
+
+    // Op ids older than an hour are dropped from the ops set.
+    let late = ev();
+    ok_body(&c.stock_add(3, 1, &late, t + 3_600_002).await, 200);
+    let ops = c.zset(&c.k.product_ops(3)).await;
+    assert!(!ops.contains_key(&op), "old op trimmed: {ops:?}");
+    assert!(ops.contains_key(&late));
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// coupon_create / coupon_issue
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn coupon_create_creates_once_and_refuses_a_taken_id() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 1000, t + 86_400_000);
+    let e1 = ev();
+    let reply = c
+        .create_coupon(4, "PERCENT", 15, 100, from, until, &e1, t)
+        .await;
+    let view = json!({"id": 4, "name": "coupon 4", "discount_type": "PERCENT", "discount_value": 15,
+                      "total_quantity": 100, "remaining": 100, "valid_from": rfc(from), "valid_until": rfc(until)});
+    assert_eq!(ok_body(&reply, 201), view);
+    let h = c.hash(&c.k.coupon(4)).await;
+    for (f, v) in [
+        ("id", "4".to_string()),
+        ("name", "coupon 4".into()),
+        ("discount_type", "PERCENT".into()),
+        ("discount_value", "15".into()),
+        ("total_quantity", "100".into()),
+        ("remaining", "100".into()),
+        ("valid_from_ms", from.to_string()),
+        ("valid_from", rfc(from)),
+        ("valid_until_ms", until.to_string()),
+        ("valid_until", rfc(until)),
+        ("created_at", rfc(t)),
+    ] {
+        assert_eq!(h[f], v, "{f}");
+    }
+    let events = c.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_id, e1);
+    assert_eq!(events[0].kind, "coupon.created");
+    assert_eq!(events[0].aggregate, "coupon:4");
+    assert_eq!(events[0].at, rfc(t));
+    assert_eq!(
+        events[0].payload,
+        json!({"coupon_id": 4, "name": "coupon 4", "discount_type": "PERCENT", "discount_value": 15,
+               "total_quantity": 100, "valid_from": rfc(from), "valid_until": rfc(until), "created_at": rfc(t)})
+    );
+
+    let before = c.dump().await;
+    let again = c
+        .create_coupon(4, "PERCENT", 15, 100, from, until, &e1, t)
+        .await;
+    assert_eq!(ok_body(&again, 201), view);
+    assert_eq!(c.dump().await, before);
+    assert_refused(
+        &c.create_coupon(4, "FIXED", 1, 1, from, until, &ev(), t)
+            .await,
+        409,
+        "CONFLICT",
+    );
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.coupon(9, "FIXED", 500, 1, t - 10_000, t + 10_000, t)
+        .await;
+    let e1 = ev();
+    let reply = c.issue(9, M, None, &e1, t).await;
+    assert_eq!(
+        ok_body(&reply, 201),
+        json!({"coupon_id": 9, "issued_at": rfc(t)})
+    );
+    assert_eq!(c.num(&c.k.coupon(9), "remaining").await, 0);
+    assert_eq!(
+        c.set(&c.k.coupon_holders(9)).await,
+        ["1".to_string()].into()
+    );
+    assert_eq!(
+        c.field(&c.k.member_coupons(M), "9").await.unwrap(),
+        format!("{t}|0|{e1}|{}", rfc(t))
+    );
+    // No key sent: the placeholder record is left alone.
+    assert!(!c.exists(&c.k.idempotency(M, "none")).await);
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (e1.as_str(), "coupon.issued", "coupon:9", rfc(t).as_str())
+    );
+    assert_eq!(
+        e.payload,
+        json!({"coupon_id": 9, "member_id": M, "issued_at": rfc(t), "remaining_after": 0})
+    );
+
+    // The very same call resent: the first answer (not SOLD_OUT, though none is left), one effect.
+    let before = c.dump().await;
+    let again = c.issue(9, M, None, &e1, t).await;
+    assert_eq!(ok_raw(&again), ok_raw(&reply));
+    assert_eq!(c.dump().await, before);
+
+    // A new request of the same member: already issued.
+    assert_refused(
+        &c.issue(9, M, None, &ev(), t + 1).await,
+        409,
+        "COUPON_ALREADY_ISSUED",
+    );
+    assert_eq!(c.dump().await, before);
+
+    // Another member: sold out.
+    c.member_with(M2, 0, t).await;
+    let before = c.dump().await;
+    assert_refused(
+        &c.issue(9, M2, None, &ev(), t + 1).await,
+        409,
+        "COUPON_SOLD_OUT",
+    );
+    assert_eq!(c.dump().await, before);
+    assert!(!c.exists(&c.k.idempotency(M2, "none")).await);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn coupon_issue_with_key_replays_and_records_refusals() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.coupon(2, "PERCENT", 10, 5, t - 10_000, t + 10_000, t)
+        .await;
+    let idem = c.idem(M);
+    let reply = c.issue(2, M, Some(&idem), &ev(), t).await;
+    ok_body(&reply, 201);
+    assert_ok_record(&c, &idem, 201, &ok_raw(&reply)).await;
+    assert_eq!(c.num(&c.k.coupon(2), "remaining").await, 4);
+
+    let before = c.dump().await;
+    assert_replay(
+        &c.issue(2, M, Some(&idem), &ev(), t + 5).await,
+        201,
+        false,
+        &ok_raw(&reply),
+    );
+    let reused = Idem {
+        key: idem.key.clone(),
+        fp: "fp-other".into(),
+    };
+    assert_eq!(
+        c.issue(2, M, Some(&reused), &ev(), t + 5).await,
+        ScriptReply::KeyReused
+    );
+    assert_eq!(c.dump().await, before);
+
+    // A refusal under a key is recorded and replayed as a problem.
+    let again = c.idem(M);
+    assert_refused(
+        &c.issue(2, M, Some(&again), &ev(), t + 6).await,
+        409,
+        "COUPON_ALREADY_ISSUED",
+    );
+    assert_problem_record(&c, &again, 409, "COUPON_ALREADY_ISSUED").await;
+    assert_replay(
+        &c.issue(2, M, Some(&again), &ev(), t + 7).await,
+        409,
+        true,
+        "COUPON_ALREADY_ISSUED",
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.events().await.len(), 3); // registered, created, issued
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    let (from, until) = (t + 1_000, t + 2_000);
+    c.coupon(3, "FIXED", 100, 10, from, until, t).await;
+    let before = c.dump().await;
+
+    let idem = c.idem(M);
+    assert_refused(
+        &c.issue(77, M, Some(&idem), &ev(), t).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    assert_refused(&c.issue(77, M, None, &ev(), t).await, 404, "NOT_FOUND");
+    assert_eq!(c.dump().await, before);
+
+    for at in [from - 1, until + 1] {
+        assert_refused(
+            &c.issue(3, M, None, &ev(), at).await,
+            422,
+            "COUPON_NOT_ACTIVE",
+        );
+        assert_eq!(c.dump().await, before);
+    }
+    // Both ends of the window are inside it.
+    c.member_with(M2, 0, t).await;
+    ok_body(&c.issue(3, M, None, &ev(), from).await, 201);
+    ok_body(&c.issue(3, M2, None, &ev(), until).await, 201);
+    assert_eq!(c.num(&c.k.coupon(3), "remaining").await, 8);
+    assert_eq!(
+        c.set(&c.k.coupon_holders(3)).await,
+        ["1".to_string(), "2".to_string()].into()
+    );
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// order_reserve
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn order_reserve_reserves_every_item_and_replays() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.product(1, 1000, 10, t).await;
+    c.product(2, 250, 3, t).await;
+    let idem = c.idem(M);
+    let e1 = ev();
+    let expires = t + RESERVATION_MS;
+    let reply = c
+        .reserve(M, 40, &idem, &[(1, 2), (2, 3)], expires, &e1, t)
+        .await;
+    let items = json!([
+        {"product_id": 1, "quantity": 2, "unit_price": 1000},
+        {"product_id": 2, "quantity": 3, "unit_price": 250},
+    ]);
+    let snapshot = order_json(
+        40,
+        M,
+        "RESERVED",
+        items.clone(),
+        2750,
+        0,
+        0,
+        None,
+        &rfc(expires),
+        &rfc(t),
+        None,
+        None,
+    );
+    assert_eq!(ok_body(&reply, 201), snapshot);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
+    assert_eq!(c.num(&c.k.product(2), "stock").await, 0);
+    let h = c.hash(&c.k.order(40)).await;
+    for (f, v) in [
+        ("id", "40".to_string()),
+        ("member_id", M.to_string()),
+        ("status", "RESERVED".into()),
+        ("total_amount", "2750".into()),
+        ("discount_amount", "0".into()),
+        ("paid_amount", "0".into()),
+        ("coupon_id", "".into()),
+        ("expires_at_ms", expires.to_string()),
+        ("expires_at", rfc(expires)),
+        ("created_at", rfc(t)),
+        ("paid_at", "".into()),
+        ("closed_at", "".into()),
+        ("paid_day", "".into()),
+    ] {
+        assert_eq!(h[f], v, "order field {f}");
+    }
+    assert_eq!(serde_json::from_str::<Json>(&h["items"]).unwrap(), items);
+    assert_eq!(
+        c.zset(&c.k.reservations()).await,
+        [("40".to_string(), expires.to_string())].into()
+    );
+    assert_ok_record(&c, &idem, 201, &ok_raw(&reply)).await;
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (e1.as_str(), "order.reserved", "order:40", rfc(t).as_str())
+    );
+    assert_eq!(e.payload, json!({ "order": snapshot }));
+
+    // Replays: the same call resent, and a later retry with the same key.
+    let before = c.dump().await;
+    let replay = c
+        .reserve(M, 40, &idem, &[(1, 2), (2, 3)], expires, &e1, t)
+        .await;
+    assert_replay(&replay, 201, false, &ok_raw(&reply));
+    let replay = c
+        .reserve(M, 41, &idem, &[(1, 2), (2, 3)], expires + 9, &ev(), t + 9)
+        .await;
+    assert_replay(&replay, 201, false, &ok_raw(&reply));
+    assert_eq!(c.dump().await, before);
+    // Reused key.
+    let reused = Idem {
+        key: idem.key.clone(),
+        fp: "fp-other".into(),
+    };
+    assert_eq!(
+        c.reserve(M, 42, &reused, &[(1, 1)], expires, &ev(), t)
+            .await,
+        ScriptReply::KeyReused
+    );
+    assert_eq!(c.dump().await, before);
+    // The record lost (no key): the order id exists, so the call already ran; nothing reserved twice.
+    let other_key = c.idem(M);
+    let again = c
+        .reserve(M, 40, &other_key, &[(1, 2), (2, 3)], expires, &e1, t)
+        .await;
+    assert_eq!(ok_body(&again, 201), snapshot);
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_reserve_refuses_unknown_products_and_short_stock_reserving_nothing() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.product(1, 100, 5, t).await;
+    c.product(2, 100, 2, t).await;
+    let before = c.dump().await;
+
+    let idem = c.idem(M);
+    let expires = t + RESERVATION_MS;
+    let detail = assert_refused(
+        &c.reserve(M, 10, &idem, &[(1, 1), (9, 1)], expires, &ev(), t)
+            .await,
+        404,
+        "NOT_FOUND",
+    );
+    assert!(detail.contains('9'), "{detail}");
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    assert_eq!(c.dump().await, before);
+
+    let idem = c.idem(M);
+    let detail = assert_refused(
+        &c.reserve(M, 11, &idem, &[(1, 5), (2, 3)], expires, &ev(), t)
+            .await,
+        409,
+        "OUT_OF_STOCK",
+    );
+    assert!(detail.ends_with('2'), "{detail}");
+    assert_problem_record(&c, &idem, 409, "OUT_OF_STOCK").await;
+    assert_replay(
+        &c.reserve(M, 12, &idem, &[(1, 5), (2, 3)], expires, &ev(), t)
+            .await,
+        409,
+        true,
+        "OUT_OF_STOCK",
+    );
+    assert_eq!(c.dump().await, before);
+    assert!(!c.exists(&c.k.order(11)).await);
+
+    // Exactly the stock left is fine.
+    c.reserved(M, 13, &[(1, 5), (2, 2)], t).await;
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 0);
+    assert_eq!(c.num(&c.k.product(2), "stock").await, 0);
+    let before = c.dump().await;
+    assert_refused(
+        &c.reserve(M, 14, &c.idem(M), &[(1, 1)], expires, &ev(), t)
+            .await,
+        409,
+        "OUT_OF_STOCK",
+    );
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// order_pay
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn order_pay_without_coupon_pays_counts_units_and_replays() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 5_000, t).await;
+    c.product(1, 1000, 10, t).await;
+    c.product(2, 250, 10, t).await;
+    let reserved = c.reserved(M, 20, &[(1, 2), (2, 3)], t).await;
+    let idem = c.idem(M);
+    let e1 = ev();
+    let at = t + 1_000;
+    let reply = c.pay(M, 20, None, &idem, &e1, at).await;
+    let body = ok_body(&reply, 200);
+    let mut expected = reserved.clone();
+    expected["status"] = json!("PAID");
+    expected["paid_amount"] = json!(2750);
+    expected["paid_at"] = json!(rfc(at));
+    assert_eq!(body, expected);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 2_250);
+    let h = c.hash(&c.k.order(20)).await;
+    assert_eq!(h["status"], "PAID");
+    assert_eq!(h["paid_amount"], "2750");
+    assert_eq!(h["discount_amount"], "0");
+    assert_eq!(h["coupon_id"], "");
+    assert_eq!(h["paid_at"], rfc(at));
+    assert_eq!(h["paid_day"], day(at));
+    assert!(c.zset(&c.k.reservations()).await.is_empty());
+    let popular = c.k.popular_day(&day(at));
+    assert_eq!(
+        c.zset(&popular).await,
+        [
+            ("1".to_string(), "2".to_string()),
+            ("2".to_string(), "3".to_string())
+        ]
+        .into()
+    );
+    let ttl = c.ttl(&popular).await;
+    assert!(
+        ttl > POPULAR_DAY_TTL_SECS - 60 && ttl <= POPULAR_DAY_TTL_SECS,
+        "{ttl}"
+    );
+    // Stock was taken at reservation; payment leaves it.
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
+    assert_ok_record(&c, &idem, 200, &ok_raw(&reply)).await;
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (e1.as_str(), "order.paid", "order:20", rfc(at).as_str())
+    );
+    assert_eq!(e.payload, json!({"order": expected, "balance_after": 2250}));
+
+    let before = c.dump().await;
+    assert_replay(
+        &c.pay(M, 20, None, &idem, &e1, at).await,
+        200,
+        false,
+        &ok_raw(&reply),
+    );
+    let reused = Idem {
+        key: idem.key.clone(),
+        fp: "fp-other".into(),
+    };
+    assert_eq!(
+        c.pay(M, 20, Some(1), &reused, &ev(), at).await,
+        ScriptReply::KeyReused
+    );
+    assert_eq!(c.dump().await, before);
+
+    // Paying again under a new key: not payable; a second paid order adds to the day's units.
+    let idem2 = c.idem(M);
+    let detail = assert_refused(
+        &c.pay(M, 20, None, &idem2, &ev(), at + 1).await,
+        409,
+        "ORDER_NOT_PAYABLE",
+    );
+    assert!(detail.contains("PAID"), "{detail}");
+    assert_problem_record(&c, &idem2, 409, "ORDER_NOT_PAYABLE").await;
+    assert_eq!(c.dump().await, before);
+    c.reserved(M, 21, &[(2, 1)], at).await;
+    c.paid(M, 21, None, at + 1).await;
+    assert_eq!(c.zset(&popular).await["2"], "4");
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_refuses_unknown_foreign_and_cancelled_orders() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 5_000, t).await;
+    c.member_with(M2, 5_000, t).await;
+    c.product(1, 100, 10, t).await;
+    c.reserved(M, 30, &[(1, 1)], t).await;
+    let before = c.dump().await;
+
+    let idem = c.idem(M);
+    assert_refused(&c.pay(M, 31, None, &idem, &ev(), t).await, 404, "NOT_FOUND");
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    // Another member's order is "not found" for them.
+    let idem = c.idem(M2);
+    assert_refused(
+        &c.pay(M2, 30, None, &idem, &ev(), t).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    assert_eq!(c.dump().await, before);
+
+    ok_body(&c.cancel(M, 30, &c.idem(M), &ev(), t + 1).await, 200);
+    let before = c.dump().await;
+    let detail = assert_refused(
+        &c.pay(M, 30, None, &c.idem(M), &ev(), t + 2).await,
+        409,
+        "ORDER_NOT_PAYABLE",
+    );
+    assert!(detail.contains("CANCELLED"), "{detail}");
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_applies_fixed_and_percent_discounts() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    c.member_with(M, 10_000, t).await;
+    c.product(1, 999, 100, t).await;
+    c.coupon(1, "FIXED", 300, 10, from, until, t).await;
+    c.coupon(2, "PERCENT", 15, 10, from, until, t).await;
+    c.issued(1, M, t).await;
+    c.issued(2, M, t).await;
+    let issued_2 = c.field(&c.k.member_coupons(M), "2").await.unwrap();
+
+    // FIXED: 2 x 999 = 1998 - 300.
+    c.reserved(M, 50, &[(1, 2)], t).await;
+    let e1 = ev();
+    let body = ok_body(&c.pay(M, 50, Some(1), &c.idem(M), &e1, t + 1).await, 200);
+    assert_eq!(
+        (
+            body["total_amount"].clone(),
+            body["discount_amount"].clone(),
+            body["paid_amount"].clone(),
+            body["coupon_id"].clone()
+        ),
+        (json!(1998), json!(300), json!(1698), json!(1))
+    );
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 10_000 - 1698);
+    let entry = c.field(&c.k.member_coupons(M), "1").await.unwrap();
+    let parts: Vec<&str> = entry.split('|').collect();
+    assert_eq!(parts[1], "50", "coupon entry marks the order: {entry}");
+    let h = c.hash(&c.k.order(50)).await;
+    assert_eq!(
+        (
+            h["coupon_id"].as_str(),
+            h["discount_amount"].as_str(),
+            h["paid_amount"].as_str()
+        ),
+        ("1", "300", "1698")
+    );
+    // The coupon's remaining count is about issuing; paying leaves it.
+    assert_eq!(c.num(&c.k.coupon(1), "remaining").await, 9);
+    let e = c.last_event().await;
+    assert_eq!(e.event_id, e1);
+    assert_eq!(e.payload["order"], body);
+    assert_eq!(e.payload["balance_after"], 10_000 - 1698);
+
+    // PERCENT, floored: 999 * 15 / 100 = 149.85 -> 149.
+    c.reserved(M, 51, &[(1, 1)], t).await;
+    let body = ok_body(&c.pay(M, 51, Some(2), &c.idem(M), &ev(), t + 2).await, 200);
+    assert_eq!(
+        (
+            body["total_amount"].clone(),
+            body["discount_amount"].clone(),
+            body["paid_amount"].clone(),
+            body["coupon_id"].clone()
+        ),
+        (json!(999), json!(149), json!(850), json!(2))
+    );
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 10_000 - 1698 - 850);
+    let (issued_ms, rest) = issued_2.split_once('|').unwrap();
+    let (_, tail) = rest.split_once('|').unwrap();
+    assert_eq!(
+        c.field(&c.k.member_coupons(M), "2").await.unwrap(),
+        format!("{issued_ms}|51|{tail}")
+    );
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_caps_the_discount_at_the_total() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    c.member_with(M, 0, t).await; // no points at all: the order costs nothing
+    c.product(1, 400, 10, t).await;
+    c.coupon(1, "FIXED", 1_000, 10, from, until, t).await;
+    c.coupon(2, "PERCENT", 100, 10, from, until, t).await;
+    c.issued(1, M, t).await;
+    c.issued(2, M, t).await;
+    for (order, coupon) in [(60, 1), (61, 2)] {
+        c.reserved(M, order, &[(1, 2)], t).await;
+        let e1 = ev();
+        let body = ok_body(
+            &c.pay(M, order, Some(coupon), &c.idem(M), &e1, t + 1).await,
+            200,
+        );
+        assert_eq!(body["total_amount"], 800);
+        assert_eq!(body["discount_amount"], 800);
+        assert_eq!(body["paid_amount"], 0);
+        assert_eq!(body["status"], "PAID");
+        let e = c.last_event().await;
+        assert_eq!(e.event_id, e1);
+        assert_eq!(e.payload["balance_after"], 0);
+    }
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 0);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_refuses_unusable_coupons_changing_nothing() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    c.member_with(M, 10_000, t).await;
+    c.member_with(M2, 0, t).await;
+    c.product(1, 100, 100, t).await;
+    c.coupon(1, "FIXED", 10, 10, from, until, t).await; // held by M
+    c.coupon(2, "FIXED", 10, 10, from, until, t).await; // held by M2 only
+    c.issued(1, M, t).await;
+    c.issued(2, M2, t).await;
+    c.reserved(M, 70, &[(1, 1)], t).await;
+
+    let cases: Vec<(&str, i64, i64)> = vec![
+        ("not held", 2, t + 1),
+        ("unknown coupon", 99, t + 1),
+        ("after valid_until", 1, until + 1),
+        ("before valid_from", 1, from - 1),
+    ];
+    for (why, coupon, at) in cases {
+        let before = c.dump().await;
+        let idem = c.idem(M);
+        let reply = c.pay(M, 70, Some(coupon), &idem, &ev(), at).await;
+        assert_refused(&reply, 409, "COUPON_NOT_USABLE");
+        assert_eq!(c.dump().await, before, "{why}: nothing changed");
+        assert_problem_record(&c, &idem, 409, "COUPON_NOT_USABLE").await;
+    }
+    // Used in a paid order: not usable for another.
+    c.paid(M, 70, Some(1), t + 2).await;
+    c.reserved(M, 71, &[(1, 1)], t).await;
+    let before = c.dump().await;
+    let detail = assert_refused(
+        &c.pay(M, 71, Some(1), &c.idem(M), &ev(), t + 3).await,
+        409,
+        "COUPON_NOT_USABLE",
+    );
+    assert!(detail.contains("used"), "{detail}");
+    assert_eq!(c.dump().await, before);
+    // Both window ends are usable.
+    c.issued(2, M, t).await;
+    ok_body(&c.pay(M, 71, Some(2), &c.idem(M), &ev(), until).await, 200);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_insufficient_points_changes_nothing() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    c.member_with(M, 849, t).await;
+    c.product(1, 999, 10, t).await;
+    c.coupon(1, "PERCENT", 15, 10, from, until, t).await;
+    c.issued(1, M, t).await;
+    c.reserved(M, 80, &[(1, 1)], t).await;
+    let before = c.dump().await;
+    let idem = c.idem(M);
+    let detail = assert_refused(
+        &c.pay(M, 80, Some(1), &idem, &ev(), t + 1).await,
+        409,
+        "INSUFFICIENT_POINTS",
+    );
+    assert_eq!(detail, "order needs 850 points, balance is 849");
+    assert_eq!(c.dump().await, before);
+    assert_problem_record(&c, &idem, 409, "INSUFFICIENT_POINTS").await;
+    assert_replay(
+        &c.pay(M, 80, Some(1), &idem, &ev(), t + 1).await,
+        409,
+        true,
+        "INSUFFICIENT_POINTS",
+    );
+    assert_eq!(c.dump().await, before);
+    // One more point and it goes through, to 0.
+    ok_body(&c.charge(M, &c.idem(M), 1, &ev(), t).await, 200);
+    ok_body(&c.pay(M, 80, Some(1), &c.idem(M), &ev(), t + 2).await, 200);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 0);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_pay_after_expiry_time_is_refused_even_before_the_sweep() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000, t).await;
+    c.product(1, 100, 10, t).await;
+    c.reserved(M, 90, &[(1, 1)], t).await;
+    let expires = t + RESERVATION_MS;
+    let before = c.dump().await;
+    let idem = c.idem(M);
+    assert_refused(
+        &c.pay(M, 90, None, &idem, &ev(), expires).await,
+        409,
+        "ORDER_EXPIRED",
+    );
+    assert_problem_record(&c, &idem, 409, "ORDER_EXPIRED").await;
+    assert_refused(
+        &c.pay(M, 90, None, &c.idem(M), &ev(), expires + 60_000)
+            .await,
+        409,
+        "ORDER_EXPIRED",
+    );
+    assert_eq!(c.dump().await, before, "still reserved, left for the sweep");
+    // One ms before the expiry it is payable.
+    ok_body(
+        &c.pay(M, 90, None, &c.idem(M), &ev(), expires - 1).await,
+        200,
+    );
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// order_cancel
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000, t).await;
+    c.product(1, 100, 10, t).await;
+    c.product(2, 50, 10, t).await;
+    let reserved = c.reserved(M, 100, &[(1, 3), (2, 1)], t).await;
+    c.reserved(M, 101, &[(2, 2)], t).await; // another reservation that stays
+    let idem = c.idem(M);
+    let e1 = ev();
+    let at = t + 5_000;
+    let today = c.k.popular_day(&day(at));
+    let reply = c.cancel(M, 100, &idem, &e1, at).await;
+    let mut expected = reserved.clone();
+    expected["status"] = json!("CANCELLED");
+    expected["closed_at"] = json!(rfc(at));
+    assert_eq!(ok_body(&reply, 200), expected);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    assert_eq!(c.num(&c.k.product(2), "stock").await, 8);
+    assert_eq!(
+        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        ["101"]
+    );
+    let h = c.hash(&c.k.order(100)).await;
+    assert_eq!(h["status"], "CANCELLED");
+    assert_eq!(h["closed_at"], rfc(at));
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
+    assert!(!c.exists(&today).await, "popular untouched");
+    assert_ok_record(&c, &idem, 200, &ok_raw(&reply)).await;
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (
+            e1.as_str(),
+            "order.cancelled",
+            "order:100",
+            rfc(at).as_str()
+        )
+    );
+    assert_eq!(
+        e.payload,
+        json!({"order": expected, "previous_status": "RESERVED", "refunded_amount": 0, "balance_after": null})
+    );
+
+    // Replay / reuse / cancel again under a new key.
+    let before = c.dump().await;
+    assert_replay(
+        &c.cancel(M, 100, &idem, &e1, at).await,
+        200,
+        false,
+        &ok_raw(&reply),
+    );
+    let reused = Idem {
+        key: idem.key.clone(),
+        fp: "fp-other".into(),
+    };
+    assert_eq!(
+        c.cancel(M, 101, &reused, &ev(), at).await,
+        ScriptReply::KeyReused
+    );
+    let idem2 = c.idem(M);
+    let detail = assert_refused(
+        &c.cancel(M, 100, &idem2, &ev(), at + 1).await,
+        409,
+        "ORDER_NOT_CANCELLABLE",
+    );
+    assert!(detail.contains("CANCELLED"), "{detail}");
+    assert_problem_record(&c, &idem2, 409, "ORDER_NOT_CANCELLABLE").await;
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_cancel_of_a_paid_order_refunds_points_coupon_units_and_stock() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    c.member_with(M, 10_000, t).await;
+    c.product(1, 1000, 10, t).await;
+    c.product(2, 300, 10, t).await;
+    c.coupon(1, "FIXED", 500, 10, from, until, t).await;
+    c.issued(1, M, t).await;
+    let entry_before = c.field(&c.k.member_coupons(M), "1").await.unwrap();
+    c.reserved(M, 110, &[(1, 2), (2, 1)], t).await;
+    // Another paid order the same day keeps product 2 in the ranking.
+    c.reserved(M, 111, &[(2, 4)], t).await;
+    c.paid(M, 111, None, t + 1).await;
+    let paid = c.paid(M, 110, Some(1), t + 2).await;
+    assert_eq!(paid["paid_amount"], 1800);
+    let paid_day = day(t + 2);
+    let popular = c.k.popular_day(&paid_day);
+    assert_eq!(
+        c.zset(&popular).await,
+        [
+            ("1".to_string(), "2".to_string()),
+            ("2".to_string(), "5".to_string())
+        ]
+        .into()
+    );
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 10_000 - 1200 - 1800);
+    assert_ne!(
+        c.field(&c.k.member_coupons(M), "1").await.unwrap(),
+        entry_before
+    );
+
+    let idem = c.idem(M);
+    let e1 = ev();
+    let at = t + 3;
+    let reply = c.cancel(M, 110, &idem, &e1, at).await;
+    let mut expected = paid.clone();
+    expected["status"] = json!("CANCELLED");
+    expected["closed_at"] = json!(rfc(at));
+    assert_eq!(ok_body(&reply, 200), expected);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 10_000 - 1200);
+    assert_eq!(
+        c.field(&c.k.member_coupons(M), "1").await.unwrap(),
+        entry_before,
+        "coupon unused again, the rest of the entry kept"
+    );
+    assert_eq!(
+        c.zset(&popular).await,
+        [("2".to_string(), "4".to_string())].into(),
+        "units taken back; a product at 0 leaves the ranking"
+    );
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    assert_eq!(c.num(&c.k.product(2), "stock").await, 6);
+    assert_eq!(c.num(&c.k.coupon(1), "remaining").await, 9);
+    let h = c.hash(&c.k.order(110)).await;
+    assert_eq!(h["status"], "CANCELLED");
+    assert_eq!(h["paid_day"], paid_day);
+    let e = c.last_event().await;
+    assert_eq!(
+        (e.event_id.as_str(), e.kind.as_str(), e.aggregate.as_str()),
+        (e1.as_str(), "order.cancelled", "order:110")
+    );
+    assert_eq!(
+        e.payload,
+        json!({"order": expected, "previous_status": "PAID", "refunded_amount": 1800,
+               "balance_after": 10_000 - 1200})
+    );
+    assert_ok_record(&c, &idem, 200, &ok_raw(&reply)).await;
+
+    // The returned coupon pays another order.
+    c.reserved(M, 112, &[(1, 1)], t).await;
+    let body = c.paid(M, 112, Some(1), t + 4).await;
+    assert_eq!(body["discount_amount"], 500);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_cancel_refuses_unknown_foreign_and_expired_orders() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.member_with(M2, 0, t).await;
+    c.product(1, 100, 10, t).await;
+    c.reserved(M, 120, &[(1, 1)], t).await;
+    let before = c.dump().await;
+    let idem = c.idem(M);
+    assert_refused(&c.cancel(M, 121, &idem, &ev(), t).await, 404, "NOT_FOUND");
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    let idem = c.idem(M2);
+    assert_refused(&c.cancel(M2, 120, &idem, &ev(), t).await, 404, "NOT_FOUND");
+    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
+    assert_eq!(c.dump().await, before);
+
+    assert_eq!(c.expire(120, &ev(), t + RESERVATION_MS).await, "expired");
+    let before = c.dump().await;
+    let detail = assert_refused(
+        &c.cancel(M, 120, &c.idem(M), &ev(), t + RESERVATION_MS + 1)
+            .await,
+        409,
+        "ORDER_NOT_CANCELLABLE",
+    );
+    assert!(detail.contains("EXPIRED"), "{detail}");
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_cancel_answers_stale_when_the_pre_read_is_out_of_date() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000, t).await;
+    c.product(1, 100, 10, t).await;
+    c.product(2, 100, 10, t).await;
+    c.reserved(M, 130, &[(1, 1), (2, 1)], t).await;
+    let today = day(t);
+    let before = c.dump().await;
+    let idem = c.idem(M);
+    // Wrong product ids, wrong count, wrong product keys count.
+    for products in [&[2, 1][..], &[1][..], &[1, 2, 2][..]] {
+        let reply = c
+            .cancel_raw(M, 130, &idem, "", &today, products, &ev(), t)
+            .await;
+        assert_eq!(reply, ScriptReply::Stale, "{products:?}");
+    }
+    assert_eq!(c.dump().await, before);
+    // The engine read it unpaid, but it was paid since.
+    c.paid(M, 130, None, t + 1).await;
+    let before_paid = c.dump().await;
+    let reply = c
+        .cancel_raw(M, 130, &idem, "", &today, &[1, 2], &ev(), t + 2)
+        .await;
+    assert_eq!(reply, ScriptReply::Stale);
+    assert_eq!(c.dump().await, before_paid);
+    // Stale answers write no record: the retry with the same key runs.
+    assert!(!c.exists(&idem.key).await);
+    assert_ne!(before, before_paid);
+    ok_body(&c.cancel(M, 130, &idem, &ev(), t + 3).await, 200);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// order_expire
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn order_expire_releases_a_due_reservation_once() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.product(1, 100, 10, t).await;
+    c.product(2, 70, 10, t).await;
+    let reserved = c.reserved(M, 140, &[(1, 4), (2, 2)], t).await;
+    let expires = t + RESERVATION_MS;
+
+    // Not due yet: nothing changes.
+    let before = c.dump().await;
+    assert_eq!(c.expire(140, &ev(), expires - 1).await, "not_due");
+    assert_eq!(c.dump().await, before);
+
+    // Stale pre-read: nothing changes.
+    assert_eq!(c.expire_raw(140, &[2, 1], &ev(), expires).await, "stale");
+    assert_eq!(c.expire_raw(140, &[1], &ev(), expires).await, "stale");
+    assert_eq!(c.dump().await, before);
+
+    let e1 = ev();
+    let at = expires;
+    assert_eq!(c.expire(140, &e1, at).await, "expired");
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    assert_eq!(c.num(&c.k.product(2), "stock").await, 10);
+    assert!(c.zset(&c.k.reservations()).await.is_empty());
+    let h = c.hash(&c.k.order(140)).await;
+    assert_eq!(h["status"], "EXPIRED");
+    assert_eq!(h["closed_at"], rfc(at));
+    let mut expected = reserved.clone();
+    expected["status"] = json!("EXPIRED");
+    expected["closed_at"] = json!(rfc(at));
+    let e = c.last_event().await;
+    assert_eq!(
+        (
+            e.event_id.as_str(),
+            e.kind.as_str(),
+            e.aggregate.as_str(),
+            e.at.as_str()
+        ),
+        (e1.as_str(), "order.expired", "order:140", rfc(at).as_str())
+    );
+    assert_eq!(e.payload, json!({ "order": expected }));
+
+    // The very same call resent: one effect.
+    let before = c.dump().await;
+    assert_eq!(c.expire(140, &e1, at).await, "not_reserved");
+    assert_eq!(c.dump().await, before);
+
+    // Pay after the sweep: ORDER_EXPIRED.
+    let before = c.dump().await;
+    assert_refused(
+        &c.pay(M, 140, None, &c.idem(M), &ev(), expires - 1).await,
+        409,
+        "ORDER_EXPIRED",
+    );
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_expire_drops_entries_of_orders_not_reserved_or_gone() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000, t).await;
+    c.product(1, 100, 10, t).await;
+    let late = t + 10 * RESERVATION_MS;
+
+    // Paid, then a leftover reservation entry (e.g. from a rebuild) is swept: entry dropped only.
+    c.reserved(M, 150, &[(1, 1)], t).await;
+    c.paid(M, 150, None, t + 1).await;
+    let clean = c.dump().await;
+    c.add_reservation(150, t + 5).await;
+    assert_eq!(c.expire(150, &ev(), late).await, "not_reserved");
+    assert_eq!(c.dump().await, clean);
+
+    // Cancelled: likewise.
+    c.reserved(M, 151, &[(1, 1)], t).await;
+    ok_body(&c.cancel(M, 151, &c.idem(M), &ev(), t + 2).await, 200);
+    let clean = c.dump().await;
+    c.add_reservation(151, t + 5).await;
+    assert_eq!(c.expire(151, &ev(), late).await, "not_reserved");
+    assert_eq!(c.dump().await, clean);
+
+    // No such order: its entry is dropped.
+    c.add_reservation(999, t + 5).await;
+    assert_eq!(c.expire(999, &ev(), late).await, "gone");
+    assert_eq!(c.dump().await, clean);
+    assert_eq!(c.events().await.len(), 2 + 1 + 2 + 2);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn expire_and_pay_race_whichever_runs_first_wins() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000, t).await;
+    c.product(1, 100, 10, t).await;
+    let expires = t + RESERVATION_MS;
+
+    // Pay first (just in time), then the sweep: not_reserved, stock stays sold.
+    c.reserved(M, 160, &[(1, 2)], t).await;
+    c.paid(M, 160, None, expires - 1).await;
+    let before = c.dump().await;
+    assert_eq!(c.expire(160, &ev(), expires).await, "not_reserved");
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
+    assert_eq!(c.field(&c.k.order(160), "status").await.unwrap(), "PAID");
+
+    // Sweep first, then a pay that read the clock before expiry: ORDER_EXPIRED, no points taken.
+    c.reserved(M, 161, &[(1, 3)], t).await;
+    assert_eq!(c.expire(161, &ev(), expires).await, "expired");
+    let before = c.dump().await;
+    assert_refused(
+        &c.pay(M, 161, None, &c.idem(M), &ev(), expires - 1).await,
+        409,
+        "ORDER_EXPIRED",
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 800);
+    let kinds: Vec<String> = c.events().await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        [
+            "order.reserved",
+            "order.paid",
+            "order.reserved",
+            "order.expired"
+        ]
+    );
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// popular_top
+// ------------------------------------------------------------------------------------------------
+
+/// Sells `qty` of `product` in a paid order on the day of `at`.
+async fn sell(c: &Ctx, order: i64, product: i64, qty: i64, at: i64) {
+    c.reserved(M, order, &[(product, qty)], at).await;
+    c.paid(M, order, None, at + 1).await;
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn popular_top_unions_the_days_ranks_by_units_and_limits() {
+    let c = Ctx::new().await;
+    let t = clock();
+    const DAY: i64 = 86_400_000;
+    c.member_with(M, 1_000_000, t).await;
+    for p in 1..=4 {
+        c.product(p, 10, 1_000, t).await;
+    }
+    let (d0, d1, d2) = (t, t - DAY, t - 2 * DAY);
+    sell(&c, 1, 1, 3, d0).await;
+    sell(&c, 2, 2, 1, d0).await;
+    sell(&c, 3, 2, 5, d1).await;
+    sell(&c, 4, 3, 2, d1).await;
+    sell(&c, 5, 4, 50, d2).await; // outside a 2-day window
+    let two_days = [day(d0), day(d1)];
+    let top = c.popular(2, &two_days, 10, 0).await;
+    assert_eq!(top, pairs(&[("2", "6"), ("1", "3"), ("3", "2")]));
+    assert_eq!(
+        c.popular(2, &two_days, 2, 0).await,
+        pairs(&[("2", "6"), ("1", "3")])
+    );
+    assert_eq!(c.popular(2, &two_days, 1, 0).await, pairs(&[("2", "6")]));
+    // Without caching the union is not kept.
+    assert!(!c.exists(&c.k.popular_top(2)).await);
+    // Three days, one of them empty, and a day with no key at all.
+    let three_days = [day(d0), day(d1), day(d2), day(t - 3 * DAY)];
+    assert_eq!(
+        c.popular(4, &three_days, 3, 0).await,
+        pairs(&[("4", "50"), ("2", "6"), ("1", "3")])
+    );
+    // Nothing sold in the window: empty.
+    let empty = [day(t - 10 * DAY)];
+    assert!(c.popular(1, &empty, 5, 0).await.is_empty());
+    assert!(c.popular(1, &empty, 5, 1_000).await.is_empty());
+    // Reading changes no day key.
+    let before = c.dump().await;
+    c.popular(2, &two_days, 5, 0).await;
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn popular_top_caches_the_union_for_its_lifetime_only_when_asked() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 1_000_000, t).await;
+    c.product(1, 10, 1_000, t).await;
+    c.product(2, 10, 1_000, t).await;
+    sell(&c, 1, 1, 3, t).await;
+    sell(&c, 2, 2, 2, t).await;
+    let days = [day(t)];
+
+    let first = c.popular(1, &days, 5, 60_000).await;
+    assert_eq!(first, pairs(&[("1", "3"), ("2", "2")]));
+    let cache = c.k.popular_top(1);
+    let pttl = c.pttl(&cache).await;
+    assert!(pttl > 50_000 && pttl <= 60_000, "cache pttl {pttl}");
+
+    // A later sale is not seen while the cache lives; a smaller limit is cut from the cached union.
+    sell(&c, 3, 2, 4, t).await;
+    assert_eq!(c.popular(1, &days, 5, 60_000).await, first);
+    assert_eq!(c.popular(1, &days, 1, 60_000).await, pairs(&[("1", "3")]));
+    // Lifetime 0 recomputes and drops the cache.
+    assert_eq!(
+        c.popular(1, &days, 5, 0).await,
+        pairs(&[("2", "6"), ("1", "3")])
+    );
+    assert!(!c.exists(&cache).await);
+    // A cache with a short life expires and is then rebuilt.
+    assert_eq!(
+        c.popular(1, &days, 5, 30).await,
+        pairs(&[("2", "6"), ("1", "3")])
+    );
+    sell(&c, 4, 1, 10, t).await;
+    tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    assert_eq!(
+        c.popular(1, &days, 5, 30).await,
+        pairs(&[("1", "13"), ("2", "6")])
+    );
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// cross-cutting
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cancel_and_expire_of_one_reservation_release_stock_once() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 0, t).await;
+    c.product(1, 100, 10, t).await;
+    let expires = t + RESERVATION_MS;
+    // Cancelled past its expiry but before the sweep: the sweep then finds it not reserved.
+    c.reserved(M, 170, &[(1, 4)], t).await;
+    ok_body(&c.cancel(M, 170, &c.idem(M), &ev(), expires + 5).await, 200);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    let before = c.dump().await;
+    assert_eq!(c.expire(170, &ev(), expires + 6).await, "not_reserved");
+    assert_eq!(c.dump().await, before);
+    // Swept first: the cancel is refused.
+    c.reserved(M, 171, &[(1, 4)], t).await;
+    assert_eq!(c.expire(171, &ev(), expires).await, "expired");
+    let before = c.dump().await;
+    assert_refused(
+        &c.cancel(M, 171, &c.idem(M), &ev(), expires + 1).await,
+        409,
+        "ORDER_NOT_CANCELLABLE",
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn order_cancel_takes_units_back_from_the_day_it_was_paid() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let yesterday = t - 86_400_000;
+    c.member_with(M, 10_000, t).await;
+    c.product(1, 100, 100, t).await;
+    sell(&c, 180, 1, 5, yesterday).await;
+    sell(&c, 181, 1, 2, t).await;
+    let (old_day, today) = (c.k.popular_day(&day(yesterday)), c.k.popular_day(&day(t)));
+    assert_eq!(c.zset(&old_day).await["1"], "5");
+    assert_eq!(c.zset(&today).await["1"], "2");
+    ok_body(&c.cancel(M, 180, &c.idem(M), &ev(), t + 10).await, 200);
+    assert!(
+        c.zset(&old_day).await.is_empty(),
+        "yesterday's units taken back"
+    );
+    assert_eq!(c.zset(&today).await["1"], "2", "today's bucket untouched");
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 10_000 - 200);
+    let e = c.last_event().await;
+    assert_eq!(e.payload["previous_status"], "PAID");
+    assert_eq!(e.payload["refunded_amount"], 500);
+    assert_eq!(e.payload["order"]["coupon_id"], Json::Null);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn amounts_at_the_engine_limits_stay_exact() {
+    let c = Ctx::new().await;
+    let t = clock();
+    let (from, until) = (t - 60_000, t + 60_000);
+    let price = flashsale::domain::MAX_PRICE - 1; // 99_999_999
+    c.member_with(M, 0, t).await;
+    // One charge above the route's per-request cap (the script itself only checks the balance limit)
+    // reaches a balance no order at the limits can exhaust.
+    ok_body(
+        &c.charge(M, &c.idem(M), MAX_BALANCE - 1, &ev(), t).await,
+        200,
+    );
+    assert_eq!(
+        c.last_event().await.payload["balance_after"],
+        json!(MAX_BALANCE - 1)
+    );
+    let items: Vec<(i64, i64)> = (1..=20).map(|p| (p, 100)).collect();
+    for (p, _) in &items {
+        c.product(*p, price, 1_000, t).await;
+    }
+    c.coupon(1, "PERCENT", 33, 1, from, until, t).await;
+    c.issued(1, M, t).await;
+    let reserved = c.reserved(M, 190, &items, t).await;
+    let total = 20 * 100 * price; // 199_999_998_000
+    assert_eq!(reserved["total_amount"], json!(total));
+    let paid = c.paid(M, 190, Some(1), t + 1).await;
+    let discount = total * 33 / 100;
+    assert_eq!(paid["discount_amount"], json!(discount));
+    assert_eq!(paid["paid_amount"], json!(total - discount));
+    let e = c.last_event().await;
+    assert_eq!(e.payload["order"], paid);
+    assert_eq!(
+        e.payload["balance_after"],
+        json!(MAX_BALANCE - 1 - (total - discount))
+    );
+    assert_eq!(
+        c.num(&c.k.member(M), "balance").await,
+        MAX_BALANCE - 1 - (total - discount)
+    );
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_state_dump_sees_every_key_but_idempotency_records() {
+    let c = Ctx::new().await;
+    let t = clock();
+    c.member_with(M, 10, t).await;
+    c.product(1, 100, 10, t).await;
+    let dump = c.dump().await;
+    let keys: Vec<&String> = dump.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            &c.k.email("m1@example.test"),
+            &c.k.member(M),
+            &c.k.outbox(),
+            &c.k.product(1),
+            &c.k.products()
+        ]
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .iter()
+        .collect::<Vec<_>>()
+    );
+    assert_eq!(dump[c.k.member(M)][1]["balance"], "10");
+    assert_eq!(dump[c.k.outbox()][1].as_array().unwrap().len(), 3);
+    c.cleanup().await;
+}
