@@ -253,6 +253,7 @@ pub struct ProductPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListProductsQuery {
     /// 1..100, default 20.
     pub limit: Option<String>,
@@ -260,6 +261,7 @@ pub struct ListProductsQuery {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PopularQuery {
     /// 1..30, default 3.
     pub days: Option<String>,

@@ -49,6 +49,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the OpenAPI document (the one served at /openapi.json).
+    Openapi,
     /// Apply the database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -105,6 +107,11 @@ async fn main() -> anyhow::Result<()> {
                 "rebuilt Redis from MySQL: {} members, {} products, {} coupons, {} orders",
                 r.members, r.products, r.coupons, r.orders
             );
+            Ok(())
+        }
+        Command::Openapi => {
+            use utoipa::OpenApi;
+            println!("{}", flashsale::openapi::ApiDoc::openapi().to_pretty_json()?);
             Ok(())
         }
         Command::Migrate { connections } => {

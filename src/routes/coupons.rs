@@ -19,7 +19,7 @@ use crate::ids::Entity;
 use crate::scripts::Script;
 use crate::state::{event_id, rfc3339, AppState, Now};
 
-#[utoipa::path(post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
+#[utoipa::path(operation_id = "create_coupon", post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
     params(("X-Admin-Key" = String, Header, description = "admin key")),
     responses(
         (status = 201, description = "Created", body = CouponView),
@@ -84,7 +84,7 @@ fn coupon_from_hash(h: &HashMap<String, String>) -> Option<CouponView> {
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/coupons/{id}", tag = "coupons",
+#[utoipa::path(operation_id = "get_coupon", get, path = "/api/v1/coupons/{id}", tag = "coupons",
     params(("id" = i64, Path, description = "coupon id")),
     responses(
         (status = 200, description = "The coupon; issued + remaining = total_quantity", body = CouponView),

@@ -29,7 +29,7 @@ fn count_transition(reply: &ScriptReply, status: &'static str) {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrderRequest,
+#[utoipa::path(operation_id = "create_order", post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), request_body = CreateOrderRequest,
     params(("Idempotency-Key" = String, Header, description = "required, 1..255 characters")),
     responses(
         (status = 201, description = "Reserved: every item's stock is held until expires_at", body = OrderView),
@@ -259,7 +259,7 @@ pub fn order_from_hash(h: &HashMap<String, String>) -> Option<OrderView> {
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(operation_id = "get_order", get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path, description = "order id")),
     responses(
         (status = 200, description = "The order", body = OrderView),

@@ -21,7 +21,7 @@ use crate::ids::Entity;
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
-#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
+#[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
     params(("X-Admin-Key" = String, Header, description = "admin key")),
     responses(
         (status = 201, description = "Created", body = ProductView),
@@ -169,7 +169,7 @@ pub async fn list(
     Ok(Json(ProductPage { items, next_cursor }))
 }
 
-#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "products",
+#[utoipa::path(operation_id = "get_product", get, path = "/api/v1/products/{id}", tag = "products",
     params(("id" = i64, Path, description = "product id")),
     responses(
         (status = 200, description = "The product; stock = units available now", body = ProductView),
