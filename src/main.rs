@@ -36,6 +36,9 @@ enum Command {
         connections: ConnectionSettings,
         #[command(flatten)]
         relay: RelaySettings,
+        /// Where the standalone relay serves /metrics (outbox backlog, publish rate, errors, latency).
+        #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:8083")]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Compare Redis with MySQL and print the report as JSON; exits 1 when not in sync.
     Reconcile {
@@ -73,18 +76,31 @@ async fn main() -> anyhow::Result<()> {
             println!("flashsale listening on http://{}", app.local_addr());
             app.run_until(shutdown_signal()).await
         }
-        Command::Relay { connections, relay } => {
+        Command::Relay {
+            connections,
+            relay,
+            metrics_addr,
+        } => {
             flashsale::telemetry::metrics_handle();
             let redis = connect_redis(&connections).await?;
-            flashsale::app::ensure_outbox_group(&redis, &Keys::new(connections.key_prefix.clone()))
-                .await?;
+            let keys = Keys::new(connections.key_prefix.clone());
+            flashsale::app::ensure_outbox_group(&redis, &keys).await?;
             let producer = flashsale::kafka::producer(&connections.kafka_brokers)?;
             let relay = flashsale::relay::Relay::new(&connections, &relay, producer).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(relay.run(stop_rx));
-            shutdown_signal().await;
+            let task = tokio::spawn(relay.run(stop_rx.clone()));
+            let gauges = tokio::spawn(flashsale::relay::sample_backlog(redis, keys, stop_rx));
+            let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(flashsale::routes::ops::metrics),
+            );
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
             let _ = stop_tx.send(true);
             task.await?;
+            gauges.await?;
             Ok(())
         }
         Command::Reconcile { connections } => {
@@ -111,7 +127,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Openapi => {
             use utoipa::OpenApi;
-            println!("{}", flashsale::openapi::ApiDoc::openapi().to_pretty_json()?);
+            println!(
+                "{}",
+                flashsale::openapi::ApiDoc::openapi().to_pretty_json()?
+            );
             Ok(())
         }
         Command::Migrate { connections } => {

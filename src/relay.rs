@@ -258,6 +258,24 @@ fn field<'a>(map: &'a [Value], name: &str) -> Option<&'a Value> {
         .and_then(|p| p.get(1))
 }
 
+/// Samples the outbox backlog gauges every two seconds until stopped (the standalone relay's; the
+/// engine samples them with its other gauges).
+pub async fn sample_backlog(redis: Pool, keys: Keys, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        match outbox_backlog(redis.next(), &keys).await {
+            Ok((length, unforwarded)) => {
+                metrics::gauge!("flashsale_outbox_stream_length").set(length as f64);
+                metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "sampling the outbox failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// Outbox backlog: (entries in the stream, entries not yet forwarded = pending + never read).
 pub async fn outbox_backlog<C: StreamsInterface + Sync>(
     redis: &C,

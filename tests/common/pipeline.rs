@@ -68,7 +68,8 @@ pub fn start_relay(c: &ConnectionSettings, consumer: &str) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
     cmd.arg("relay")
         .env("RELAY_CONSUMER", consumer)
-        .env("RELAY_CLAIM_IDLE_MS", "1000");
+        .env("RELAY_CLAIM_IDLE_MS", "1000")
+        .env("RELAY_METRICS_ADDR", "127.0.0.1:0");
     common_env(&mut cmd, c);
     cmd.spawn().expect("relay starts")
 }
