@@ -82,11 +82,35 @@ pub async fn connect_mysql(settings: &ConnectionSettings) -> anyhow::Result<MySq
         .connect_with(options)
         .await
         .context("connecting to MySQL")?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("applying migrations")?;
+    apply_migrations(&pool).await?;
     Ok(pool)
+}
+
+/// Applies the migrations under a named lock. The sink runs the same ones at its start, and MariaDB
+/// does not honour sqlx's own migration lock (GET_LOCK with a negative timeout), so two processes on a
+/// fresh database would both apply them.
+async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("connecting to MySQL")?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('flashsale_migrate_', DATABASE()), 120)")
+            .fetch_one(&mut *conn)
+            .await
+            .context("taking the migration lock")?;
+    anyhow::ensure!(
+        locked == Some(1),
+        "timed out waiting for the migration lock"
+    );
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_locking(false);
+    migrator.set_ignore_missing(true);
+    let result = migrator
+        .run(&mut *conn)
+        .await
+        .context("applying migrations");
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('flashsale_migrate_', DATABASE()))")
+        .execute(&mut *conn)
+        .await;
+    result
 }
 
 /// Creates the relay's consumer group on the outbox stream (and the stream) when missing.

@@ -87,26 +87,45 @@ pub async fn connect(
     }
 }
 
-/// Runs the project's migrations (shared with the engine; sqlx takes a lock so both may run them).
+/// Runs the project's migrations (shared with the engine) under a named lock: MariaDB does not honour
+/// sqlx's own migration lock, so the engine and the sink starting together would both apply them.
 /// Migrations applied by a newer engine that this binary does not know are tolerated.
 pub async fn migrate(pool: &MySqlPool, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("../migrations");
-    migrator.set_ignore_missing(true);
     let mut attempt = 0u32;
     loop {
-        match migrator.run(pool).await {
+        match migrate_once(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if is_transient(&e) => {
+            Err(e) if attempt < 10 => {
                 attempt += 1;
                 let wait = crate::backoff::simple(attempt, Duration::from_secs(5));
-                tracing::warn!(error = %e, ?wait, "migration failed (transient), retrying");
+                tracing::warn!(error = %e, ?wait, "migration failed, retrying");
                 if crate::sink::sleep_or_shutdown(wait, shutdown).await {
                     return Ok(());
                 }
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
+}
+
+async fn migrate_once(pool: &MySqlPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT GET_LOCK(CONCAT('flashsale_migrate_', DATABASE()), 120)")
+            .fetch_one(&mut *conn)
+            .await?;
+    anyhow::ensure!(
+        locked == Some(1),
+        "timed out waiting for the migration lock"
+    );
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_locking(false);
+    migrator.set_ignore_missing(true);
+    let result = migrator.run_direct(&mut *conn).await;
+    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('flashsale_migrate_', DATABASE()))")
+        .execute(&mut *conn)
+        .await;
+    Ok(result?)
 }
 
 /// Current UTC time truncated to milliseconds (what DATETIME(3) keeps).
