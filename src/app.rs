@@ -104,7 +104,7 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
     migrator.set_locking(false);
     migrator.set_ignore_missing(true);
     let result = migrator
-        .run(&mut *conn)
+        .run_direct(&mut *conn)
         .await
         .context("applying migrations");
     let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT('flashsale_migrate_', DATABASE()))")
