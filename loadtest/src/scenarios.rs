@@ -1,0 +1,1010 @@
+//! The four scenarios: what each seeds, what each goose user does in a loop, and what is checked at
+//! the end through the API.
+
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Result};
+use futures::stream::{self, StreamExt};
+use goose::prelude::*;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::api::{id_str, int, Api, Member};
+use crate::call::{call, call_idem, ctx, Req};
+use crate::stats::{Class, Op};
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.to_string(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario parameters (the subcommands' own flags).
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CouponArgs {
+    /// Members racing for the coupon.
+    #[arg(long, default_value_t = 20_000)]
+    pub members: usize,
+    /// Coupons available.
+    #[arg(long, default_value_t = 1_000)]
+    pub quantity: i64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StockArgs {
+    /// Members racing for the hot product.
+    #[arg(long, default_value_t = 5_000)]
+    pub members: usize,
+    /// Units of the hot product.
+    #[arg(long, default_value_t = 500)]
+    pub stock: i64,
+    #[arg(long, default_value_t = 1_000)]
+    pub price: i64,
+    /// Points each member starts with.
+    #[arg(long, default_value_t = 100_000)]
+    pub balance: i64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShopperArgs {
+    #[arg(long, default_value_t = 2_000)]
+    pub members: usize,
+    #[arg(long, default_value_t = 30)]
+    pub products: usize,
+    /// Units of each product.
+    #[arg(long, default_value_t = 100_000)]
+    pub stock: i64,
+    #[arg(long, default_value_t = 10_000_000)]
+    pub balance: i64,
+    /// Coupons (FIXED 500 off) shoppers may take and use; defaults to half the members.
+    #[arg(long)]
+    pub coupons: Option<i64>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PointsArgs {
+    /// Hot members every user charges and pays on.
+    #[arg(long, default_value_t = 4)]
+    pub hot_members: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub balance: i64,
+    /// Price of the product paid for (charges average the same amount).
+    #[arg(long, default_value_t = 1_000)]
+    pub price: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared data per scenario.
+
+pub enum Data {
+    Coupon(CouponData),
+    Stock(StockData),
+    Shopper(ShopperData),
+    Points(PointsData),
+}
+
+pub struct CouponData {
+    pub coupon_id: Value,
+    pub issue_path: String,
+    pub quantity: i64,
+    pub issued: AtomicI64,
+    pub ambiguous: AtomicI64,
+}
+
+pub struct StockData {
+    pub product_path: String,
+    pub order_body: Value,
+    pub stock: i64,
+    pub price: i64,
+    /// Units in orders that were created (201).
+    pub reserved: AtomicI64,
+    pub paid_orders: AtomicI64,
+    /// Points spent per member.
+    pub spent: Vec<AtomicI64>,
+}
+
+pub struct Product {
+    pub id: Value,
+    pub path: String,
+    pub price: i64,
+    pub stock: i64,
+    /// Units held by orders (reserved or paid, not cancelled).
+    pub held: AtomicI64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CouponState {
+    None,
+    SoldOut,
+    Unused,
+    /// Used by a paid order (by index into nothing: the order id is only logged).
+    Used,
+}
+
+pub struct ShopperMember {
+    pub coupon: CouponState,
+    /// Coupon used by this paid order id, to release it on cancel.
+    pub coupon_order: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Abandoned {
+    pub member: usize,
+    pub order_id: String,
+    pub items: Vec<(usize, i64)>,
+}
+
+pub struct ShopperData {
+    pub products: Vec<Product>,
+    pub coupon_id: Value,
+    pub coupon_path: String,
+    pub coupon_issue_path: String,
+    pub coupon_quantity: i64,
+    pub coupons_issued: AtomicI64,
+    pub members: Vec<Mutex<ShopperMember>>,
+    pub spent: Vec<AtomicI64>,
+    pub abandoned: Mutex<Vec<Abandoned>>,
+}
+
+pub struct PointsData {
+    pub product: Product,
+    pub order_body: Value,
+    /// Net change of each hot member's balance (charges - payments).
+    pub delta: Vec<AtomicI64>,
+}
+
+fn data() -> &'static Data {
+    &ctx().data
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup.
+
+pub async fn setup_coupon(api: &Api, run: &str, a: &CouponArgs) -> Result<(Vec<Member>, Data)> {
+    let members = api
+        .seed_members(a.members, 0, &format!("load-{run}"))
+        .await?;
+    let coupon_id = api
+        .create_coupon(&format!("rush {run}"), "FIXED", 1000, a.quantity)
+        .await?;
+    eprintln!(
+        "coupon {} with {} units for {} members",
+        id_str(&coupon_id),
+        a.quantity,
+        members.len()
+    );
+    let data = Data::Coupon(CouponData {
+        issue_path: format!("/api/v1/coupons/{}/issue", id_str(&coupon_id)),
+        coupon_id,
+        quantity: a.quantity,
+        issued: AtomicI64::new(0),
+        ambiguous: AtomicI64::new(0),
+    });
+    Ok((members, data))
+}
+
+pub async fn setup_stock(api: &Api, run: &str, a: &StockArgs) -> Result<(Vec<Member>, Data)> {
+    let members = api
+        .seed_members(a.members, a.balance, &format!("load-{run}"))
+        .await?;
+    let product_id = api
+        .create_product(&format!("hot item {run}"), a.price, a.stock)
+        .await?;
+    eprintln!(
+        "product {} with {} units at {} for {} members",
+        id_str(&product_id),
+        a.stock,
+        a.price,
+        members.len()
+    );
+    let n = members.len();
+    let data = Data::Stock(StockData {
+        product_path: format!("/api/v1/products/{}", id_str(&product_id)),
+        order_body: json!({"items": [{"product_id": product_id, "quantity": 1}]}),
+        stock: a.stock,
+        price: a.price,
+        reserved: AtomicI64::new(0),
+        paid_orders: AtomicI64::new(0),
+        spent: (0..n).map(|_| AtomicI64::new(0)).collect(),
+    });
+    Ok((members, data))
+}
+
+pub async fn setup_shopper(
+    api: &Api,
+    run: &str,
+    a: &ShopperArgs,
+    users: usize,
+) -> Result<(Vec<Member>, Data)> {
+    if a.members < users {
+        return Err(anyhow!(
+            "shopper needs at least as many members ({}) as users ({users})",
+            a.members
+        ));
+    }
+    let members = api
+        .seed_members(a.members, a.balance, &format!("load-{run}"))
+        .await?;
+    let mut products = Vec::new();
+    for i in 0..a.products {
+        let price = 1_000 * (1 + (i as i64 % 20));
+        let id = api
+            .create_product(&format!("shop item {i} {run}"), price, a.stock)
+            .await?;
+        products.push(Product {
+            path: format!("/api/v1/products/{}", id_str(&id)),
+            id,
+            price,
+            stock: a.stock,
+            held: AtomicI64::new(0),
+        });
+    }
+    let coupons = a.coupons.unwrap_or((a.members / 2).max(1) as i64);
+    let coupon_id = api
+        .create_coupon(&format!("shopper 500 off {run}"), "FIXED", 500, coupons)
+        .await?;
+    eprintln!(
+        "{} products, coupon {} x{coupons}",
+        products.len(),
+        id_str(&coupon_id)
+    );
+    let n = members.len();
+    let data = Data::Shopper(ShopperData {
+        products,
+        coupon_path: format!("/api/v1/coupons/{}", id_str(&coupon_id)),
+        coupon_issue_path: format!("/api/v1/coupons/{}/issue", id_str(&coupon_id)),
+        coupon_id,
+        coupon_quantity: coupons,
+        coupons_issued: AtomicI64::new(0),
+        members: (0..n)
+            .map(|_| {
+                Mutex::new(ShopperMember {
+                    coupon: CouponState::None,
+                    coupon_order: None,
+                })
+            })
+            .collect(),
+        spent: (0..n).map(|_| AtomicI64::new(0)).collect(),
+        abandoned: Mutex::new(Vec::new()),
+    });
+    Ok((members, data))
+}
+
+pub async fn setup_points(api: &Api, run: &str, a: &PointsArgs) -> Result<(Vec<Member>, Data)> {
+    let members = api
+        .seed_members(a.hot_members.max(1), a.balance, &format!("load-{run}"))
+        .await?;
+    let stock = 100_000_000;
+    let id = api
+        .create_product(&format!("points item {run}"), a.price, stock)
+        .await?;
+    let n = members.len();
+    let data = Data::Points(PointsData {
+        order_body: json!({"items": [{"product_id": id, "quantity": 1}]}),
+        product: Product {
+            path: format!("/api/v1/products/{}", id_str(&id)),
+            id,
+            price: a.price,
+            stock,
+            held: AtomicI64::new(0),
+        },
+        delta: (0..n).map(|_| AtomicI64::new(0)).collect(),
+    });
+    Ok((members, data))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Goose scenarios.
+
+pub fn goose_scenario(kind: &str) -> Scenario {
+    match kind {
+        "coupon-rush" => scenario!("CouponRush")
+            .register_transaction(transaction!(coupon_issue).set_name("issue")),
+        "stock-rush" => scenario!("StockRush")
+            .register_transaction(transaction!(stock_order_and_pay).set_name("order+pay")),
+        "shopper" => scenario!("Shopper")
+            .register_transaction(transaction!(shopper_start).set_on_start())
+            .register_transaction(transaction!(shopper_visit).set_name("visit")),
+        "points" => scenario!("Points")
+            .register_transaction(transaction!(points_charge_and_pay).set_name("charge+pay")),
+        other => unreachable!("unknown scenario {other}"),
+    }
+}
+
+async fn coupon_issue(user: &mut GooseUser) -> TransactionResult {
+    let ctx = ctx();
+    let Data::Coupon(d) = data() else {
+        unreachable!()
+    };
+    let m = &ctx.members[ctx.next_member()];
+    let r = call(
+        user,
+        &Req::post(Op::CouponIssue, &d.issue_path, &m.bearer)
+            .expect(&["COUPON_SOLD_OUT", "COUPON_ALREADY_ISSUED"]),
+    )
+    .await?;
+    if r.is(201) {
+        d.issued.fetch_add(1, Relaxed);
+    } else if r.class == Class::Unknown {
+        d.ambiguous.fetch_add(1, Relaxed);
+    }
+    Ok(())
+}
+
+fn order_id(body: &Value) -> Option<String> {
+    body.get("id").map(id_str)
+}
+
+async fn stock_order_and_pay(user: &mut GooseUser) -> TransactionResult {
+    let ctx = ctx();
+    let Data::Stock(d) = data() else {
+        unreachable!()
+    };
+    let mi = ctx.next_member();
+    let m = &ctx.members[mi];
+    let key = crate::call::idem_key();
+    let r = call_idem(
+        user,
+        &Req::post(Op::OrderCreate, "/api/v1/orders", &m.bearer)
+            .body(&d.order_body)
+            .idem(&key)
+            .expect(&["OUT_OF_STOCK"])
+            .want_body(),
+    )
+    .await?;
+    if !r.is(201) {
+        return Ok(());
+    }
+    d.reserved.fetch_add(1, Relaxed);
+    let Some(oid) = order_id(&r.body) else {
+        return Ok(());
+    };
+    let path = format!("/api/v1/orders/{oid}/pay");
+    let key = crate::call::idem_key();
+    let empty = json!({});
+    let p = call_idem(
+        user,
+        &Req::post(Op::OrderPay, &path, &m.bearer)
+            .body(&empty)
+            .idem(&key)
+            .want_body(),
+    )
+    .await?;
+    if p.is(200) {
+        d.paid_orders.fetch_add(1, Relaxed);
+        let paid = int(&p.body, "paid_amount").unwrap_or(d.price);
+        d.spent[mi].fetch_add(paid, Relaxed);
+    }
+    Ok(())
+}
+
+/// Each shopper user owns the members whose index is congruent to its slot, so one member's
+/// requests never race with each other and the tracked state stays exact.
+struct ShopperSession {
+    slot: usize,
+    next: usize,
+}
+
+async fn shopper_start(user: &mut GooseUser) -> TransactionResult {
+    let slot = ctx().slots.fetch_add(1, Relaxed);
+    user.set_session_data(ShopperSession { slot, next: 0 });
+    Ok(())
+}
+
+async fn shopper_visit(user: &mut GooseUser) -> TransactionResult {
+    let ctx = ctx();
+    let Data::Shopper(d) = data() else {
+        unreachable!()
+    };
+    let users = ctx.users.max(1);
+    let mi = {
+        let s = user.get_session_data_unchecked_mut::<ShopperSession>();
+        let owned = (ctx.members.len() + users - 1 - s.slot % users) / users;
+        let i = (s.slot % users) + users * (s.next % owned.max(1));
+        s.next += 1;
+        i.min(ctx.members.len() - 1)
+    };
+    let m = &ctx.members[mi];
+    let np = d.products.len();
+
+    // Browse.
+    call(
+        user,
+        &Req::get(Op::ProductsList, "/api/v1/products?limit=20"),
+    )
+    .await?;
+    call(
+        user,
+        &Req::get(Op::Popular, "/api/v1/products/popular?days=3&limit=5"),
+    )
+    .await?;
+    let look = rand::thread_rng().gen_range(0..np);
+    call(user, &Req::get(Op::ProductGet, &d.products[look].path)).await?;
+
+    // Maybe take the coupon.
+    let state = d.members[mi].lock().unwrap().coupon;
+    let want_coupon = rand::thread_rng().gen_bool(0.5);
+    if state == CouponState::None && want_coupon {
+        let key = crate::call::idem_key();
+        let r = call_idem(
+            user,
+            &Req::post(Op::CouponIssue, &d.coupon_issue_path, &m.bearer)
+                .idem(&key)
+                .expect(&["COUPON_SOLD_OUT", "COUPON_ALREADY_ISSUED"]),
+        )
+        .await?;
+        let mut st = d.members[mi].lock().unwrap();
+        if r.is(201) {
+            d.coupons_issued.fetch_add(1, Relaxed);
+            st.coupon = CouponState::Unused;
+        } else if r.code.as_deref() == Some("COUPON_SOLD_OUT") {
+            st.coupon = CouponState::SoldOut;
+        } else if r.code.as_deref() == Some("COUPON_ALREADY_ISSUED") {
+            // Only this user acts for this member, so this means an earlier unknown outcome
+            // did issue it.
+            st.coupon = CouponState::Unused;
+        }
+    }
+
+    // Order 1-3 distinct products, 1-2 units each.
+    let items: Vec<(usize, i64)> = {
+        let mut rng = rand::thread_rng();
+        let n = rng.gen_range(1..=3usize).min(np);
+        let mut picked: Vec<usize> = Vec::new();
+        while picked.len() < n {
+            let p = rng.gen_range(0..np);
+            if !picked.contains(&p) {
+                picked.push(p);
+            }
+        }
+        picked
+            .into_iter()
+            .map(|p| (p, rng.gen_range(1..=2i64)))
+            .collect()
+    };
+    let body = json!({"items": items.iter().map(|(p, q)| json!({"product_id": d.products[*p].id, "quantity": q})).collect::<Vec<_>>()});
+    let key = crate::call::idem_key();
+    let r = call_idem(
+        user,
+        &Req::post(Op::OrderCreate, "/api/v1/orders", &m.bearer)
+            .body(&body)
+            .idem(&key)
+            .expect(&["OUT_OF_STOCK"])
+            .want_body(),
+    )
+    .await?;
+    if !r.is(201) {
+        return Ok(());
+    }
+    let Some(oid) = order_id(&r.body) else {
+        return Ok(());
+    };
+    for (p, q) in &items {
+        d.products[*p].held.fetch_add(*q, Relaxed);
+    }
+
+    let roll: f64 = rand::thread_rng().gen();
+    if roll < 0.10 {
+        // Abandon: the reservation stays until it expires.
+        d.abandoned.lock().unwrap().push(Abandoned {
+            member: mi,
+            order_id: oid,
+            items,
+        });
+        return Ok(());
+    }
+    if roll < 0.25 {
+        // Cancel before paying.
+        if cancel(user, &m.bearer, &oid).await? {
+            for (p, q) in &items {
+                d.products[*p].held.fetch_sub(*q, Relaxed);
+            }
+        }
+        return Ok(());
+    }
+
+    // Pay, with the coupon half the time when the member holds an unused one.
+    let use_coupon = d.members[mi].lock().unwrap().coupon == CouponState::Unused
+        && rand::thread_rng().gen_bool(0.5);
+    let pay_body = if use_coupon {
+        json!({"coupon_id": d.coupon_id})
+    } else {
+        json!({})
+    };
+    let path = format!("/api/v1/orders/{oid}/pay");
+    let key = crate::call::idem_key();
+    let p = call_idem(
+        user,
+        &Req::post(Op::OrderPay, &path, &m.bearer)
+            .body(&pay_body)
+            .idem(&key)
+            .want_body(),
+    )
+    .await?;
+    if !p.is(200) {
+        return Ok(());
+    }
+    let paid = int(&p.body, "paid_amount").unwrap_or(0);
+    d.spent[mi].fetch_add(paid, Relaxed);
+    if use_coupon {
+        let mut st = d.members[mi].lock().unwrap();
+        st.coupon = CouponState::Used;
+        st.coupon_order = Some(oid.clone());
+    }
+
+    // Some regret it.
+    if rand::thread_rng().gen_bool(0.15) && cancel(user, &m.bearer, &oid).await? {
+        d.spent[mi].fetch_sub(paid, Relaxed);
+        for (p, q) in &items {
+            d.products[*p].held.fetch_sub(*q, Relaxed);
+        }
+        let mut st = d.members[mi].lock().unwrap();
+        if st.coupon_order.as_deref() == Some(oid.as_str()) {
+            st.coupon = CouponState::Unused;
+            st.coupon_order = None;
+        }
+    }
+    Ok(())
+}
+
+async fn cancel(
+    user: &mut GooseUser,
+    bearer: &str,
+    oid: &str,
+) -> Result<bool, Box<TransactionError>> {
+    let path = format!("/api/v1/orders/{oid}/cancel");
+    let key = crate::call::idem_key();
+    let empty = json!({});
+    let r = call_idem(
+        user,
+        &Req::post(Op::OrderCancel, &path, bearer)
+            .body(&empty)
+            .idem(&key),
+    )
+    .await?;
+    Ok(r.is(200))
+}
+
+async fn points_charge_and_pay(user: &mut GooseUser) -> TransactionResult {
+    let ctx = ctx();
+    let Data::Points(d) = data() else {
+        unreachable!()
+    };
+    let (mi, amount) = {
+        let mut rng = rand::thread_rng();
+        (
+            rng.gen_range(0..ctx.members.len()),
+            rng.gen_range(d.product.price / 2..=d.product.price * 3 / 2),
+        )
+    };
+    let m = &ctx.members[mi];
+    let body = json!({ "amount": amount });
+    let key = crate::call::idem_key();
+    let r = call_idem(
+        user,
+        &Req::post(Op::PointsCharge, "/api/v1/me/points/charge", &m.bearer)
+            .body(&body)
+            .idem(&key)
+            .expect(&["BALANCE_LIMIT_EXCEEDED"]),
+    )
+    .await?;
+    if r.is(200) {
+        d.delta[mi].fetch_add(amount, Relaxed);
+    }
+
+    let key = crate::call::idem_key();
+    let r = call_idem(
+        user,
+        &Req::post(Op::OrderCreate, "/api/v1/orders", &m.bearer)
+            .body(&d.order_body)
+            .idem(&key)
+            .expect(&["OUT_OF_STOCK"])
+            .want_body(),
+    )
+    .await?;
+    if !r.is(201) {
+        return Ok(());
+    }
+    d.product.held.fetch_add(1, Relaxed);
+    let Some(oid) = order_id(&r.body) else {
+        return Ok(());
+    };
+    let path = format!("/api/v1/orders/{oid}/pay");
+    let key = crate::call::idem_key();
+    let empty = json!({});
+    let p = call_idem(
+        user,
+        &Req::post(Op::OrderPay, &path, &m.bearer)
+            .body(&empty)
+            .idem(&key)
+            .expect(&["INSUFFICIENT_POINTS"])
+            .want_body(),
+    )
+    .await?;
+    if p.is(200) {
+        let paid = int(&p.body, "paid_amount").unwrap_or(d.product.price);
+        d.delta[mi].fetch_sub(paid, Relaxed);
+    } else if p.code.as_deref() == Some("INSUFFICIENT_POINTS")
+        && cancel(user, &m.bearer, &oid).await?
+    {
+        d.product.held.fetch_sub(1, Relaxed);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks after the timed part.
+
+pub async fn verify(api: &Api) -> Vec<Check> {
+    let ctx = ctx();
+    let mut checks = Vec::new();
+    let ambiguous = ctx.ambiguous.load(Relaxed);
+    if ambiguous > 0 {
+        checks.push(Check::new(
+            "definite outcomes",
+            false,
+            format!("{ambiguous} mutating requests never got a definite answer (even after retrying with the same Idempotency-Key); exact checks below may be off by them"),
+        ));
+    }
+    let result = match &ctx.data {
+        Data::Coupon(d) => verify_coupon(api, d, &mut checks).await,
+        Data::Stock(d) => verify_stock(api, d, &mut checks).await,
+        Data::Shopper(d) => verify_shopper(api, d, &mut checks).await,
+        Data::Points(d) => verify_points(api, d, &mut checks).await,
+    };
+    if let Err(e) = result {
+        checks.push(Check::new("verification requests", false, format!("{e:#}")));
+    }
+    checks
+}
+
+async fn verify_coupon(api: &Api, d: &CouponData, checks: &mut Vec<Check>) -> Result<()> {
+    let ctx = ctx();
+    let c = api
+        .get(&format!("/api/v1/coupons/{}", id_str(&d.coupon_id)), None)
+        .await?;
+    let remaining = int(&c, "remaining")?;
+    let total = int(&c, "total_quantity")?;
+    let issued = d.issued.load(Relaxed);
+    let unknown = d.ambiguous.load(Relaxed);
+    let attempts = ctx.stats.ops[Op::CouponIssue as usize].hist.count();
+    checks.push(Check::new(
+        "coupon total_quantity unchanged",
+        total == d.quantity,
+        format!("total_quantity {total}, created with {}", d.quantity),
+    ));
+    checks.push(Check::new(
+        "coupon remaining never negative",
+        remaining >= 0,
+        format!("remaining {remaining}"),
+    ));
+    let consistent = issued <= total - remaining && total - remaining <= issued + unknown;
+    checks.push(Check::new(
+        "201s == total_quantity - remaining",
+        consistent,
+        format!("{issued} issue requests answered 201 ({unknown} unknown outcomes); total {total} - remaining {remaining} = {}", total - remaining),
+    ));
+    if attempts as usize >= ctx.members.len() || attempts as i64 >= d.quantity * 2 {
+        checks.push(Check::new(
+            "sold out exactly (remaining 0, 201s == quantity)",
+            remaining == 0 && (issued == d.quantity || unknown > 0),
+            format!("{attempts} attempts by {} members for {} coupons: remaining {remaining}, 201s {issued}", ctx.members.len(), d.quantity),
+        ));
+    } else {
+        checks.push(Check::new(
+            "sold out exactly (remaining 0, 201s == quantity)",
+            true,
+            format!("not applicable: only {attempts} attempts for {} coupons (raise --run-time or --users)", d.quantity),
+        ));
+    }
+    Ok(())
+}
+
+async fn verify_stock(api: &Api, d: &StockData, checks: &mut Vec<Check>) -> Result<()> {
+    let ctx = ctx();
+    let p = api.get(&d.product_path, None).await?;
+    let stock_now = int(&p, "stock")?;
+    let reserved = d.reserved.load(Relaxed);
+    let paid = d.paid_orders.load(Relaxed);
+    checks.push(Check::new(
+        "stock never negative",
+        stock_now >= 0,
+        format!("stock now {stock_now}"),
+    ));
+    checks.push(Check::new(
+        "sold + remaining == initial",
+        reserved + stock_now == d.stock,
+        format!(
+            "orders created (units) {reserved} + stock now {stock_now} = {}, initial {}",
+            reserved + stock_now,
+            d.stock
+        ),
+    ));
+    let out_of_stock_seen = ctx.stats.ops[Op::OrderCreate as usize]
+        .outcomes
+        .lock()
+        .unwrap()
+        .keys()
+        .any(|k| k.contains("OUT_OF_STOCK"));
+    if out_of_stock_seen {
+        checks.push(Check::new(
+            "OUT_OF_STOCK only once sold out",
+            stock_now == 0,
+            format!("OUT_OF_STOCK answers were given; stock now {stock_now}"),
+        ));
+    }
+    checks.push(Check::new(
+        "every created order paid",
+        paid == reserved,
+        format!("{paid} paid of {reserved} created"),
+    ));
+    let touched: Vec<usize> = (0..ctx.members.len())
+        .filter(|i| d.spent[*i].load(Relaxed) != 0)
+        .collect();
+    let bad = check_balances(api, &touched, |i| {
+        ctx.members[i].initial_balance - d.spent[i].load(Relaxed)
+    })
+    .await?;
+    checks.push(Check::new(
+        "buyers' balances exact",
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{} buyers checked", touched.len())
+        } else {
+            format!(
+                "{} of {} wrong, e.g. {}",
+                bad.len(),
+                touched.len(),
+                bad[..bad.len().min(5)].join("; ")
+            )
+        },
+    ));
+    Ok(())
+}
+
+/// GETs /me/points for each member index and returns descriptions of the mismatches.
+async fn check_balances(
+    api: &Api,
+    members: &[usize],
+    expected: impl Fn(usize) -> i64,
+) -> Result<Vec<String>> {
+    let ctx = ctx();
+    let results: Vec<Result<(usize, i64)>> = stream::iter(members.iter().copied())
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let v = api
+                    .get("/api/v1/me/points", Some(&ctx.members[i].bearer))
+                    .await?;
+                Ok((i, int(&v, "balance")?))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut bad = Vec::new();
+    for r in results {
+        let (i, balance) = r?;
+        let want = expected(i);
+        if balance != want {
+            bad.push(format!(
+                "member {} ({}): balance {balance}, expected {want}",
+                id_str(&ctx.members[i].id),
+                ctx.members[i].email
+            ));
+        }
+    }
+    Ok(bad)
+}
+
+async fn verify_shopper(api: &Api, d: &ShopperData, checks: &mut Vec<Check>) -> Result<()> {
+    let ctx = ctx();
+    // Abandoned reservations that expired meanwhile gave their units back.
+    let abandoned: Vec<Abandoned> = d.abandoned.lock().unwrap().clone();
+    let statuses: Vec<Result<(usize, String)>> = stream::iter(abandoned.iter().enumerate())
+        .map(|(k, a)| {
+            let api = api.clone();
+            async move {
+                let v = api
+                    .get(
+                        &format!("/api/v1/orders/{}", a.order_id),
+                        Some(&ctx.members[a.member].bearer),
+                    )
+                    .await?;
+                Ok((
+                    k,
+                    v.get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                ))
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut expired = 0;
+    let mut odd = Vec::new();
+    for r in statuses {
+        let (k, status) = r?;
+        match status.as_str() {
+            "RESERVED" => {}
+            "EXPIRED" => {
+                expired += 1;
+                for (p, q) in &abandoned[k].items {
+                    d.products[*p].held.fetch_sub(*q, Relaxed);
+                }
+            }
+            other => odd.push(format!("order {} is {other}", abandoned[k].order_id)),
+        }
+    }
+    checks.push(Check::new(
+        "abandoned orders stay RESERVED until they expire",
+        odd.is_empty(),
+        format!(
+            "{} abandoned, {expired} expired meanwhile{}",
+            abandoned.len(),
+            if odd.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", odd.join(", "))
+            }
+        ),
+    ));
+
+    let mut stock_bad = Vec::new();
+    for p in &d.products {
+        let v = api.get(&p.path, None).await?;
+        let now = int(&v, "stock")?;
+        let want = p.stock - p.held.load(Relaxed);
+        if now != want || now < 0 {
+            stock_bad.push(format!(
+                "product {}: stock {now}, expected {want}",
+                id_str(&p.id)
+            ));
+        }
+    }
+    checks.push(Check::new(
+        "stock == initial - units held by live orders (never negative)",
+        stock_bad.is_empty(),
+        if stock_bad.is_empty() {
+            format!("{} products checked", d.products.len())
+        } else {
+            stock_bad.join("; ")
+        },
+    ));
+
+    let c = api.get(&d.coupon_path, None).await?;
+    let remaining = int(&c, "remaining")?;
+    let issued = d.coupons_issued.load(Relaxed);
+    checks.push(Check::new(
+        "coupon issued + remaining == total",
+        issued + remaining == d.coupon_quantity && remaining >= 0,
+        format!(
+            "{issued} issued + {remaining} remaining, total {}",
+            d.coupon_quantity
+        ),
+    ));
+
+    let all: Vec<usize> = (0..ctx.members.len()).collect();
+    let bad = check_balances(api, &all, |i| {
+        ctx.members[i].initial_balance - d.spent[i].load(Relaxed)
+    })
+    .await?;
+    checks.push(Check::new(
+        "shoppers' balances exact (paid - refunded)",
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{} members checked", all.len())
+        } else {
+            format!(
+                "{} of {} wrong, e.g. {}",
+                bad.len(),
+                all.len(),
+                bad[..bad.len().min(5)].join("; ")
+            )
+        },
+    ));
+
+    // Coupon holdings and their used flag.
+    let holders: Vec<(usize, CouponState)> = (0..ctx.members.len())
+        .map(|i| (i, d.members[i].lock().unwrap().coupon))
+        .filter(|(_, s)| matches!(s, CouponState::Unused | CouponState::Used))
+        .collect();
+    let cid = id_str(&d.coupon_id);
+    let results: Vec<Result<Option<String>>> = stream::iter(holders.iter().copied())
+        .map(|(i, state)| {
+            let api = api.clone();
+            let cid = cid.clone();
+            async move {
+                let v = api
+                    .get("/api/v1/me/coupons", Some(&ctx.members[i].bearer))
+                    .await?;
+                let entry = v.as_array().and_then(|a| {
+                    a.iter()
+                        .find(|c| c.get("coupon_id").map(id_str).as_deref() == Some(cid.as_str()))
+                });
+                let want_used = state == CouponState::Used;
+                Ok(match entry {
+                    None => Some(format!(
+                        "member {} lacks the coupon",
+                        id_str(&ctx.members[i].id)
+                    )),
+                    Some(e) if e.get("used").and_then(Value::as_bool) != Some(want_used) => {
+                        Some(format!(
+                            "member {}: used={}, expected {want_used}",
+                            id_str(&ctx.members[i].id),
+                            e.get("used").cloned().unwrap_or(Value::Null)
+                        ))
+                    }
+                    _ => None,
+                })
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut coupon_bad = Vec::new();
+    for r in results {
+        if let Some(s) = r? {
+            coupon_bad.push(s);
+        }
+    }
+    checks.push(Check::new(
+        "coupon holdings and used flags",
+        coupon_bad.is_empty(),
+        if coupon_bad.is_empty() {
+            format!("{} holders checked", holders.len())
+        } else {
+            format!(
+                "{} wrong, e.g. {}",
+                coupon_bad.len(),
+                coupon_bad[..coupon_bad.len().min(5)].join("; ")
+            )
+        },
+    ));
+    Ok(())
+}
+
+async fn verify_points(api: &Api, d: &PointsData, checks: &mut Vec<Check>) -> Result<()> {
+    let ctx = ctx();
+    let all: Vec<usize> = (0..ctx.members.len()).collect();
+    let bad = check_balances(api, &all, |i| {
+        ctx.members[i].initial_balance + d.delta[i].load(Relaxed)
+    })
+    .await?;
+    let moved: i64 = d.delta.iter().map(|x| x.load(Relaxed).abs()).sum();
+    checks.push(Check::new(
+        "hot members' balances exact (initial + charges - payments)",
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("{} hot members checked (net |delta| {moved})", all.len())
+        } else {
+            bad.join("; ")
+        },
+    ));
+    let v = api.get(&d.product.path, None).await?;
+    let now = int(&v, "stock")?;
+    let want = d.product.stock - d.product.held.load(Relaxed);
+    checks.push(Check::new(
+        "stock == initial - units held",
+        now == want,
+        format!("stock {now}, expected {want}"),
+    ));
+    Ok(())
+}
