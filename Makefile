@@ -25,7 +25,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-rules test-dashboards bench fmt fmt-check lint env
+        test-rust test-openapi test-rules test-dashboards bench fmt fmt-check lint env
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -75,11 +75,14 @@ prometheus:
 build:
 	cargo build --release --bins -p flashsale -p flashsale-sink
 
-test: services test-rust test-rules test-dashboards
+test: services test-rust test-openapi test-rules test-dashboards
 
 test-rust:
 	REDIS_URL='$(TEST_REDIS_URL)' DATABASE_URL='$(TEST_DATABASE_URL)' KAFKA_BROKERS='$(TEST_KAFKA_BROKERS)' \
 	  cargo test --workspace
+
+test-openapi:
+	cargo run -q -p flashsale --bin flashsale -- openapi | python3 scripts/validate_openapi.py
 
 test-rules:
 	@if compgen -G 'prometheus/tests/*.yml' >/dev/null; then \
