@@ -55,8 +55,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGINE_URL = os.environ.get("ENGINE_URL", "http://127.0.0.1:8080").rstrip("/")
-SINK_METRICS_URL = os.environ.get("SINK_METRICS_URL", "http://127.0.0.1:8081").rstrip("/")
+# Default to where `make up` puts them (it honours LISTEN_ADDR and SINK_LISTEN_ADDR).
+ENGINE_URL = os.environ.get("ENGINE_URL", "http://" + os.environ.get("LISTEN_ADDR", "127.0.0.1:8080")).rstrip("/")
+SINK_METRICS_URL = os.environ.get(
+    "SINK_METRICS_URL", "http://" + os.environ.get("SINK_LISTEN_ADDR", "127.0.0.1:8081")).rstrip("/")
 ADMIN_KEY = os.environ.get("ADMIN_API_KEY", "dev-admin-key")
 LOAD_SECS = float(os.environ.get("CHECK_DASHBOARDS_LOAD_SECS", "20"))
 PROM_PORT = int(os.environ.get("CHECK_DASHBOARDS_PROM_PORT", "19090"))
