@@ -51,22 +51,42 @@ pub struct MockPlatformHandle {
 
 impl MockPlatformHandle {
     pub fn stats(&self) -> MockPlatformStats {
-        self.inner.lock().unwrap().stats.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .stats
+            .clone()
     }
     /// The body first accepted under this Idempotency-Key.
     pub fn body(&self, key: &str) -> Option<Value> {
-        self.inner.lock().unwrap().bodies.get(key).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .bodies
+            .get(key)
+            .cloned()
     }
     pub fn set_config(&self, cfg: MockPlatformConfig) {
-        self.inner.lock().unwrap().cfg = cfg;
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .cfg = cfg;
     }
     pub fn reset(&self) {
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         g.stats = MockPlatformStats::default();
         g.bodies.clear();
     }
     pub fn stop(&self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
+        if let Some(t) = self
+            .task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
             t.abort();
         }
     }
@@ -87,7 +107,7 @@ async fn receive(
     body: String,
 ) -> (StatusCode, String) {
     let cfg = {
-        let mut g = s.lock().unwrap();
+        let mut g = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         g.stats.requests += 1;
         g.cfg
     };
@@ -103,7 +123,7 @@ async fn receive(
         Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid JSON: {e}\n")),
     };
     let fail = cfg.fail_rate > 0.0 && rand::thread_rng().gen_bool(cfg.fail_rate.clamp(0.0, 1.0));
-    let mut g = s.lock().unwrap();
+    let mut g = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if fail {
         g.stats.failed += 1;
         return (StatusCode::SERVICE_UNAVAILABLE, "try again later\n".into());
@@ -122,11 +142,16 @@ async fn receive(
 }
 
 async fn stats(State(s): State<Shared>) -> Json<MockPlatformStats> {
-    Json(s.lock().unwrap().stats.clone())
+    Json(
+        s.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .stats
+            .clone(),
+    )
 }
 
 async fn reset(State(s): State<Shared>) -> StatusCode {
-    let mut g = s.lock().unwrap();
+    let mut g = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     g.stats = MockPlatformStats::default();
     g.bodies.clear();
     StatusCode::NO_CONTENT
