@@ -6,7 +6,7 @@
 #   flashsale  the engine (release build, HOT_PATH=redis) on its own port, driven by the goose
 #              coupon-rush and stock-rush scenarios at full speed, then throttled to half that rate
 #   baseline   the engine with HOT_PATH=db-lock (MySQL SELECT ... FOR UPDATE) on its own port, same
-#              scenarios at full speed
+#              scenarios at full speed (no drain / in_sync wait: MySQL is written directly)
 #
 # Environment (defaults):
 #   BENCH_QUICK=1          ~3-4 minute run (short phases, fewer members); default is the full run (< ~15 min)
@@ -18,7 +18,11 @@
 #   BENCH_DRAIN_TIMEOUT    seconds to wait for the pipeline after each burst (120, quick 60)
 #   BENCH_RUST_LOG         RUST_LOG for the bench engines (unset: the engine's default)
 #   BENCH_OUT=docs/benchmarks.md, BENCH_DIR=.local/bench/<time> (logs, goose reports, raw figures)
-#   BENCH_SKIP_BUILD=1, BENCH_SKIP_UP=1 (stack already running)
+#   BENCH_SKIP_BUILD=1, BENCH_SKIP_UP=1 (services already running)
+#
+# It needs only the backing services (scripts/services.sh up: Redis, MariaDB, Kafka) and runs its own
+# engines, sink and mock data platform in a namespace of its own (KEY_PREFIX, database flashsale_<ns>,
+# topics <ns>.events, consumer group), dropped at exit: a running `make up` stack is not touched.
 #   CARGO_TARGET_DIR       where release binaries are built (default ~/.cache/flashsale-target, as the Makefile)
 set -uo pipefail
 
@@ -67,6 +71,11 @@ cleanup() {
     if [ "${CEILING_DB_OWNED:-0}" = 1 ]; then
         rcli -n "$BENCH_DB" FLUSHDB >/dev/null 2>&1 || true
     fi
+    if [ "${NS_OWNED:-0}" = 1 ]; then
+        mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot \
+            -e "DROP DATABASE IF EXISTS flashsale_$NS" >/dev/null 2>&1 || true
+        rcli --scan --pattern "$NS:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" UNLINK >/dev/null 2>&1 || true
+    fi
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
@@ -85,38 +94,31 @@ for b in flashsale flashsale-sink flashsale-loadtest; do
 done
 
 if [ "${BENCH_SKIP_UP:-0}" != 1 ]; then
-    log "starting the local stack"
-    up_ok=0
-    if [ -f scripts/stack.sh ] && [ -f Makefile ] && grep -q '^up:' Makefile; then
-        if make up >"$WORK/up.log" 2>&1; then up_ok=1; else
-            tail -15 "$WORK/up.log" >&2; log "make up failed; falling back to scripts/services.sh up"; fi
-    fi
-    if [ $up_ok = 0 ]; then
-        scripts/services.sh up >>"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; log "services up failed"; exit 1; }
-    fi
+    log "starting the backing services (scripts/services.sh up)"
+    scripts/services.sh up >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; log "services up failed"; exit 1; }
 fi
-if [ -x scripts/services.sh ] || [ -f scripts/services.sh ]; then
-    eval "$(bash scripts/services.sh env 2>/dev/null)" || true
-fi
+eval "$(bash scripts/services.sh env 2>/dev/null)" || true
 REDIS_PORT=${REDIS_PORT:-6379}
+MYSQL_PORT=${MYSQL_PORT:-3306}
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 rcli PING >/dev/null || { log "Redis not answering on $REDIS_PORT"; exit 1; }
 REDIS_PID=$(rcli INFO server | tr -d '\r' | sed -n 's/^process_id://p')
-# The time budget covers the measured part, not the build and the stack's start.
-BUDGET_START=$(date +%s)
 log "redis pid $REDIS_PID on port $REDIS_PORT"
+# The time budget covers the measured part, not the build and the services' start.
+BUDGET_START=$(date +%s)
 
-# The pipeline's consumer: use the stack's sink, or start ours (and the mock data platform).
-if ! curl -sf -m 2 http://127.0.0.1:8081/healthz >/dev/null; then
-    log "no sink on :8081, starting one"
-    if ! curl -s -m 2 -o /dev/null http://127.0.0.1:8082/ 2>/dev/null; then
-        "$T/release/flashsale-sink" mock-platform >"$WORK/mock-platform.log" 2>&1 &
-        STARTED_PIDS+=($!)
-    fi
-    "$T/release/flashsale-sink" run >"$WORK/sink.log" 2>&1 &
-    STARTED_PIDS+=($!)
-    sleep 2
-fi
+# A namespace of our own on the shared services (key prefix, database, topics, consumer group), so
+# reconcile compares exactly what this run wrote, and nothing is left behind (dropped at exit).
+NS=bench$(date +%s)
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:${KAFKA_PORT:-9092}}
+export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale_$NS
+export KEY_PREFIX=$NS KAFKA_TOPIC=$NS.events KAFKA_DLQ_TOPIC=$NS.events.dlq KAFKA_GROUP=$NS-sink
+export ADMIN_API_KEY=$ADMIN_KEY JWT_SECRET=$JWT
+export DATA_PLATFORM_URL=http://127.0.0.1:$(( PORT + 2 ))/events
+export MOCK_PLATFORM_LISTEN_ADDR=127.0.0.1:$(( PORT + 2 )) SINK_LISTEN_ADDR=127.0.0.1:$(( PORT + 3 ))
+NS_OWNED=1
+log "namespace $NS (database flashsale_$NS, keys $NS:*, topic $NS.events)"
 
 # ---------------------------------------------------------------------------------- machine, versions
 python3 - "$WORK/meta.json" <<EOF
@@ -220,6 +222,24 @@ start_engine() { # name port hot_path
     return 1
 }
 
+# Our own mock data platform and sink for the namespace (after the first engine created the database).
+start_pipeline() {
+    [ -n "${SINK_PID:-}" ] && return 0
+    "$T/release/flashsale-sink" mock-platform >"$WORK/mock-platform.log" 2>&1 &
+    STARTED_PIDS+=($!)
+    "$T/release/flashsale-sink" run >"$WORK/sink.log" 2>&1 &
+    SINK_PID=$!
+    STARTED_PIDS+=("$SINK_PID")
+    local i
+    for i in $(seq 1 60); do
+        curl -sf -m 2 "http://$SINK_LISTEN_ADDR/healthz" >/dev/null && { log "sink up (pid $SINK_PID)"; return 0; }
+        kill -0 "$SINK_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    log "sink did not come up (see $WORK/sink.log)"; tail -10 "$WORK/sink.log" >&2
+    return 1
+}
+
 stop_engine() { # name
     [ -n "$ENGINE_PID" ] || return 0
     awk '/VmHWM/ {print $2}' "/proc/$ENGINE_PID/status" >"$WORK/engine-$1.hwm" 2>/dev/null || true
@@ -257,7 +277,7 @@ peak_rps() { # label scenario -> half of the measured rate
 COUPON=(--members "$COUPON_MEMBERS" --quantity "$COUPON_QTY")
 STOCK=(--members "$STOCK_MEMBERS" --stock "$STOCK_UNITS")
 
-if start_engine flashsale "$PORT" redis; then
+if start_engine flashsale "$PORT" redis && start_pipeline; then
     lt fs-coupon coupon-rush "$PORT" "$RUN" "${COUPON[@]}"
     half=$(peak_rps fs-coupon coupon-rush)
     [ -n "$half" ] && lt fs-coupon-half coupon-rush "$PORT" "$RUN" "${COUPON[@]}" --throttle-requests "$half"
@@ -266,12 +286,13 @@ if start_engine flashsale "$PORT" redis; then
     [ -n "$half" ] && lt fs-stock-half stock-rush "$PORT" "$RUN" "${STOCK[@]}" --throttle-requests "$half"
     stop_engine flashsale
 else
-    step flashsale failed "engine did not start"
+    step flashsale failed "engine or sink did not start"
 fi
 
 if have_time $(( DB_RUN * 2 + 60 )) && start_engine dblock "$DB_PORT" db-lock; then
-    lt db-coupon coupon-rush "$DB_PORT" "$DB_RUN" "${COUPON[@]}"
-    lt db-stock stock-rush "$DB_PORT" "$DB_RUN" "${STOCK[@]}"
+    # No drain/in_sync wait: in db-lock mode MySQL is written directly, not through the pipeline.
+    lt db-coupon coupon-rush "$DB_PORT" "$DB_RUN" "${COUPON[@]}" --no-drain
+    lt db-stock stock-rush "$DB_PORT" "$DB_RUN" "${STOCK[@]}" --no-drain
     stop_engine dblock
 else
     step baseline skipped "no time left or db-lock engine did not start"

@@ -136,6 +136,9 @@ impl Api {
         let started = Instant::now();
         let mut out = Vec::with_capacity(count);
         let mut batch = 0;
+        // A nonce keeps the e-mails fresh even when a run id is reused (seeding an existing e-mail
+        // hands back that member as it is, balance and coupons included).
+        let prefix = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         while out.len() < count {
             let n = (count - out.len()).min(5000);
             let body = json!({"count": n, "balance": balance, "email_prefix": format!("{prefix}-b{batch}")});
@@ -239,6 +242,7 @@ impl Api {
         let mut last = Value::Null;
         let mut new_drift = Vec::new();
         let mut preexisting = 0;
+        let mut truncated = false;
         loop {
             polls += 1;
             let last_err = match self.admin_get("/api/v1/admin/reconcile").await {
@@ -262,14 +266,17 @@ impl Api {
                         .cloned()
                         .collect();
                     preexisting = drift.len() - new_drift.len();
+                    // reconcile lists at most 1,000 entries: a full list may hide new drift.
+                    truncated = drift.len() >= DRIFT_LIST_CAP;
                     last = v;
-                    if pending == Some(0) && (in_sync || new_drift.is_empty()) {
+                    if pending == Some(0) && (in_sync || (new_drift.is_empty() && !truncated)) {
                         return Drain {
                             ok: true,
                             pending_zero_secs: pending_zero_at,
                             in_sync_secs: Some(started.elapsed().as_secs_f64()),
                             in_sync,
                             preexisting_drift: preexisting,
+                            drift_list_truncated: truncated,
                             new_drift,
                             polls,
                             last_pending: pending,
@@ -287,6 +294,7 @@ impl Api {
                     in_sync_secs: None,
                     in_sync: last.get("in_sync").and_then(Value::as_bool) == Some(true),
                     preexisting_drift: preexisting,
+                    drift_list_truncated: truncated,
                     new_drift,
                     polls,
                     last_pending: last.get("pending_events").and_then(Value::as_i64),
@@ -297,6 +305,9 @@ impl Api {
         }
     }
 }
+
+/// reconcile truncates its drift list to this many entries.
+const DRIFT_LIST_CAP: usize = 1000;
 
 fn drift_key(d: &Value) -> String {
     format!(
@@ -324,6 +335,8 @@ pub struct Drain {
     pub in_sync: bool,
     /// Drift entries that were already there before the run seeded anything (ignored).
     pub preexisting_drift: usize,
+    /// reconcile's list was full (it stops at 1,000), so new drift could hide behind old drift.
+    pub drift_list_truncated: bool,
     /// Drift entries that were not (the first ones; at most what reconcile lists).
     pub new_drift: Vec<Value>,
     pub polls: u32,

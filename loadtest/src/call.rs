@@ -125,8 +125,43 @@ impl<'a> Req<'a> {
     }
 }
 
+/// Even pacing of all users' requests for `--throttle-requests` (goose's own throttle releases
+/// tokens in batches every 10 ms, and its wait would count in our latencies).
+pub struct Pacer {
+    base: Instant,
+    interval_ns: u64,
+    next_ns: AtomicU64,
+}
+
+static PACER: OnceLock<Pacer> = OnceLock::new();
+
+pub fn set_rate(per_sec: usize) {
+    if per_sec > 0 {
+        let _ = PACER.set(Pacer {
+            base: Instant::now(),
+            interval_ns: 1_000_000_000 / per_sec as u64,
+            next_ns: AtomicU64::new(0),
+        });
+    }
+}
+
+async fn pace() {
+    let Some(p) = PACER.get() else { return };
+    let now = p.base.elapsed().as_nanos() as u64;
+    // Claim the next slot; a backlog is never made up in a burst (slots restart at now).
+    let prev = p
+        .next_ns
+        .fetch_update(Relaxed, Relaxed, |n| Some(n.max(now) + p.interval_ns))
+        .unwrap_or(now);
+    let slot = prev.max(now);
+    if slot > now {
+        tokio::time::sleep(Duration::from_nanos(slot - now)).await;
+    }
+}
+
 /// One request, recorded in goose's metrics (expected 4xx marked as success) and in ours.
 pub async fn call(user: &mut GooseUser, req: &Req<'_>) -> Result<Resp, Box<TransactionError>> {
+    pace().await;
     let started = Instant::now();
     let mut rb = user.get_request_builder(&req.method, req.path)?;
     if let Some(b) = req.bearer {

@@ -717,10 +717,15 @@ async fn verify_coupon(api: &Api, d: &CouponData, checks: &mut Vec<Check>) -> Re
 
 async fn verify_stock(api: &Api, d: &StockData, checks: &mut Vec<Check>) -> Result<()> {
     let ctx = ctx();
-    let p = api.get(&d.product_path, None).await?;
-    let stock_now = int(&p, "stock")?;
     let reserved = d.reserved.load(Relaxed);
     let paid = d.paid_orders.load(Relaxed);
+    checks.push(Check::new(
+        "every created order paid",
+        paid == reserved,
+        format!("{paid} paid of {reserved} created"),
+    ));
+    let p = api.get(&d.product_path, None).await?;
+    let stock_now = int(&p, "stock")?;
     checks.push(Check::new(
         "stock never negative",
         stock_now >= 0,
@@ -748,11 +753,6 @@ async fn verify_stock(api: &Api, d: &StockData, checks: &mut Vec<Check>) -> Resu
             format!("OUT_OF_STOCK answers were given; stock now {stock_now}"),
         ));
     }
-    checks.push(Check::new(
-        "every created order paid",
-        paid == reserved,
-        format!("{paid} paid of {reserved} created"),
-    ));
     let touched: Vec<usize> = (0..ctx.members.len())
         .filter(|i| d.spent[*i].load(Relaxed) != 0)
         .collect();

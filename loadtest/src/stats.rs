@@ -164,6 +164,8 @@ pub struct OpStats {
     pub expected: AtomicU64,
     pub errors: AtomicU64,
     pub outcomes: Mutex<BTreeMap<String, u64>>,
+    /// The outcomes that counted as errors (a subset of `outcomes`).
+    pub error_outcomes: Mutex<BTreeMap<String, u64>>,
 }
 
 pub struct Stats {
@@ -203,14 +205,20 @@ impl Stats {
             Class::Error | Class::Unknown => &s.errors,
         }
         .fetch_add(1, Relaxed);
+        // 2xx outcomes are counted without a lock: derived from `ok` at summary time.
         if class != Class::Ok || !outcome.starts_with('2') {
             *s.outcomes
                 .lock()
                 .unwrap()
                 .entry(outcome.to_string())
                 .or_default() += 1;
-        } else {
-            // 2xx outcomes are counted without the lock: derive them from `ok` at summary time.
+        }
+        if matches!(class, Class::Error | Class::Unknown) {
+            *s.error_outcomes
+                .lock()
+                .unwrap()
+                .entry(outcome.to_string())
+                .or_default() += 1;
         }
         let start = started.saturating_duration_since(self.base).as_micros() as u64;
         self.first_us.fetch_min(start, Relaxed);
@@ -265,6 +273,7 @@ impl Stats {
                     },
                     latency: Lat::of(&s.hist),
                     outcomes,
+                    error_outcomes: s.error_outcomes.lock().unwrap().clone(),
                 },
             );
         }
@@ -320,6 +329,7 @@ pub struct OpSummary {
     pub rps: f64,
     pub latency: Lat,
     pub outcomes: BTreeMap<String, u64>,
+    pub error_outcomes: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize, Clone, Debug)]
