@@ -199,18 +199,6 @@ pub async fn create_order(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn pay_order(
-    _state: &AppState,
-    _member: i64,
-    _order: i64,
-    _coupon: Option<i64>,
-) -> ApiResult<Response> {
-    Err(conflict(
-        "ORDER_NOT_PAYABLE",
-        "the db-lock baseline measures reservation only; paying is not part of it",
-    ))
-}
-
 pub async fn get_order(state: &AppState, member: i64, order_id: i64) -> ApiResult<OrderView> {
     let row: Option<(i64, String, i64, NaiveDateTime, NaiveDateTime)> = sqlx::query_as(
         "SELECT member_id, status, total_amount, expires_at, created_at FROM orders WHERE id = ?",
@@ -247,4 +235,143 @@ pub async fn get_order(state: &AppState, member: i64, order_id: i64) -> ApiResul
         paid_at: None,
         closed_at: None,
     })
+}
+
+/// Seeded members for the baseline live in MySQL (their balance is what pay spends).
+pub async fn seed_members(
+    state: &AppState,
+    emails: &[String],
+    hash: &str,
+    balance: i64,
+) -> ApiResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(emails.len());
+    for _ in emails {
+        ids.push(
+            state
+                .ids
+                .next(&state.redis, &state.keys, Entity::Member)
+                .await?,
+        );
+    }
+    let now = Now::read().at.naive_utc();
+    for chunk in ids.iter().zip(emails).collect::<Vec<_>>().chunks(500) {
+        let rows = vec!["(?, ?, 'seeded member', ?, ?, ?)"; chunk.len()].join(",");
+        let sql = format!("INSERT INTO members (id, email, name, password_hash, balance, created_at) VALUES {rows}");
+        let mut q = sqlx::query(&sql);
+        for (id, email) in chunk {
+            q = q
+                .bind(**id)
+                .bind(email.as_str())
+                .bind(hash)
+                .bind(balance)
+                .bind(now);
+        }
+        q.execute(&state.db).await?;
+    }
+    Ok(ids)
+}
+
+pub async fn pay_order(
+    state: &AppState,
+    member: i64,
+    order_id: i64,
+    coupon: Option<i64>,
+) -> ApiResult<Response> {
+    if coupon.is_some() {
+        return Err(conflict(
+            "COUPON_NOT_USABLE",
+            "the db-lock baseline pays without coupons",
+        ));
+    }
+    let now = Now::read();
+    let mut tx = state.db.begin().await?;
+    let row: Option<(i64, String, i64, NaiveDateTime)> = sqlx::query_as(
+        "SELECT member_id, status, total_amount, expires_at FROM orders WHERE id = ? FOR UPDATE",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((_, status, total, expires)) = row.filter(|r| r.0 == member) else {
+        return Err(ApiError::NotFound("order not found".into()));
+    };
+    if status == "EXPIRED" || (status == "RESERVED" && now.at.naive_utc() >= expires) {
+        return Err(conflict(
+            "ORDER_EXPIRED",
+            "the reservation expired before payment",
+        ));
+    }
+    if status != "RESERVED" {
+        return Err(conflict("ORDER_NOT_PAYABLE", &format!("order is {status}")));
+    }
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM members WHERE id = ? FOR UPDATE")
+            .bind(member)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let balance = balance.unwrap_or(0);
+    if balance < total {
+        return Err(conflict(
+            "INSUFFICIENT_POINTS",
+            &format!("order needs {total} points, balance is {balance}"),
+        ));
+    }
+    sqlx::query("UPDATE members SET balance = balance - ? WHERE id = ?")
+        .bind(total)
+        .bind(member)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE orders SET status = 'PAID', status_rank = 2, paid_amount = ?, paid_at = ? WHERE id = ?")
+        .bind(total)
+        .bind(now.at.naive_utc())
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let order = get_order(state, member, order_id).await?;
+    Ok((StatusCode::OK, Json(order)).into_response())
+}
+
+pub async fn get_product(state: &AppState, id: i64) -> ApiResult<ProductView> {
+    let row: Option<(String, i64, i64)> =
+        sqlx::query_as("SELECT name, price, stock FROM products WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?;
+    let (name, price, stock) = row.ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+    Ok(ProductView {
+        id,
+        name,
+        price,
+        stock,
+    })
+}
+
+pub async fn get_coupon(state: &AppState, id: i64) -> ApiResult<CouponView> {
+    type Row = (String, String, i64, i64, i64, NaiveDateTime, NaiveDateTime);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT name, discount_type, discount_value, total_quantity, remaining, valid_from, valid_until FROM coupons WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let (name, discount_type, discount_value, total_quantity, remaining, from, until) =
+        row.ok_or_else(|| ApiError::NotFound("coupon not found".into()))?;
+    Ok(CouponView {
+        id,
+        name,
+        discount_type,
+        discount_value,
+        total_quantity,
+        remaining,
+        valid_from: rfc3339(from.and_utc()),
+        valid_until: rfc3339(until.and_utc()),
+    })
+}
+
+pub async fn balance(state: &AppState, member: i64) -> ApiResult<i64> {
+    let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM members WHERE id = ?")
+        .bind(member)
+        .fetch_optional(&state.db)
+        .await?;
+    balance.ok_or_else(|| ApiError::NotFound("member not found".into()))
 }

@@ -94,6 +94,9 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<CouponView>> {
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::get_coupon(&state, id).await.map(Json);
+    }
     load_coupon(&state, id)
         .await?
         .map(Json)

@@ -172,6 +172,25 @@ pub async fn seed_members(
     }
     // One argon2 hash for the whole batch: seeding must not spend a hash per member.
     let hash = hash_password(SEED_PASSWORD.to_string()).await?;
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        // The baseline keeps everything in MySQL, members and their balances included.
+        let emails: Vec<String> = (0..count)
+            .map(|n| format!("{prefix}-{n}@seed.flashsale.test"))
+            .collect();
+        let ids = crate::dblock::seed_members(&state, &emails, &hash, balance).await?;
+        let members = ids
+            .into_iter()
+            .zip(emails)
+            .map(|(id, email)| {
+                Ok(SeededMember {
+                    id,
+                    email,
+                    access_token: state.tokens.issue(id)?,
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        return Ok((StatusCode::CREATED, Json(SeededMembers { members })).into_response());
+    }
     let members: Vec<SeededMember> = futures::stream::iter(0..count)
         .map(|n| {
             let state = state.clone();

@@ -23,6 +23,10 @@ pub async fn balance(
     State(state): State<AppState>,
     AuthMember(member): AuthMember,
 ) -> ApiResult<Json<BalanceView>> {
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        let balance = crate::dblock::balance(&state, member).await?;
+        return Ok(Json(BalanceView { balance }));
+    }
     let balance: Option<i64> = state
         .redis
         .hget(state.keys.member(member), "balance")

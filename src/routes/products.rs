@@ -180,6 +180,9 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<ProductView>> {
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::get_product(&state, id).await.map(Json);
+    }
     load_products(&state, &[id])
         .await?
         .remove(&id)
