@@ -109,7 +109,7 @@ $ORDERS orders reserved and paid (order.reserved + order.paid, the heaviest even
 | measurement | value |
 |---|---|
 | burst 1: events produced | $produced in ${burst_secs} s ($(rate "$produced" "$burst_secs") events/s into the outbox) |
-| relay: outbox -> Kafka for burst 1 | ${relay_secs} s ($(rate "$produced" "$relay_secs") events/s) |
+| relay (runs during the burst): backlog left at the end of burst 1 forwarded in | ${relay_secs} s |
 | **sink: Kafka -> MariaDB, backlog of burst 1 (sink started after the burst)** | $applied1 events in ${apply_secs} s = **$(rate "$applied1" "$apply_secs") events/s** |
 | burst 2 (sink running): events produced | $produced2 in ${burst2_secs} s ($(rate "$produced2" "$burst2_secs") events/s) |
 | **drain after burst 2: from the end of the burst until nothing is in flight** | **${drain_secs} s** |
