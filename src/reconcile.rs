@@ -1,7 +1,7 @@
 //! Reconciliation: Redis (the live sale) against MySQL (the durable record). Reports events still in
 //! flight and every difference in stock, coupons, balances and order statuses.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use fred::prelude::*;
 use futures::{StreamExt, TryStreamExt};
@@ -162,23 +162,4 @@ pub async fn reconcile(
         pending_events: pending,
         drift,
     })
-}
-
-/// Counts for a quick look (used by the CLI): entities on each side.
-pub async fn summary(db: &MySqlPool) -> anyhow::Result<HashMap<String, i64>> {
-    let mut out = HashMap::new();
-    for table in [
-        "members",
-        "products",
-        "coupons",
-        "issued_coupons",
-        "orders",
-        "processed_events",
-    ] {
-        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(db)
-            .await?;
-        out.insert(table.to_string(), n);
-    }
-    Ok(out)
 }

@@ -18,7 +18,7 @@ use crate::domain::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::ids::Entity;
-use crate::scripts::{Script, ScriptReply};
+use crate::scripts::Script;
 use crate::state::{event_id, AppState, Now};
 
 #[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
@@ -248,12 +248,4 @@ pub async fn popular(
             })
             .collect(),
     ))
-}
-
-/// Product views from a script reply that carries one (used by tests and the db-lock path).
-pub fn reply_product(reply: &ScriptReply) -> Option<ProductView> {
-    match reply {
-        ScriptReply::Ok { body, .. } => serde_json::from_str(body).ok(),
-        _ => None,
-    }
 }
