@@ -25,7 +25,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-openapi test-rules test-dashboards bench fmt fmt-check lint env
+        test-rust test-openapi test-rules test-dashboards bench fmt fmt-check lint env build-loadtest
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -33,7 +33,7 @@ help:
 	@echo "make restart     restart engine, sink and mock platform (after a rebuild)"
 	@echo "make clean       down + delete $(FLASHSALE_LOCAL)"
 	@echo "make status      what runs;   make logs: tail the logs;   make env: connection variables"
-	@echo "make test        services up, cargo test --workspace, promtool rule tests, dashboard check"
+	@echo "make test        services up, cargo test --release (reuses make up's build), promtool rule tests, dashboard check"
 	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
 	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus"
@@ -73,16 +73,18 @@ prometheus:
 	scripts/services.sh prometheus
 
 build:
-	cargo build --release --bins -p flashsale -p flashsale-sink
+	scripts/build.sh
 
 test: services test-rust test-openapi test-rules test-dashboards
 
+# --release: the tests reuse the engine, sink and dependencies that `make up` built (see Cargo.toml).
 test-rust:
+	scripts/build.sh --tests
 	REDIS_URL='$(TEST_REDIS_URL)' DATABASE_URL='$(TEST_DATABASE_URL)' KAFKA_BROKERS='$(TEST_KAFKA_BROKERS)' \
-	  cargo test --workspace
+	  cargo test --release
 
 test-openapi:
-	cargo run -q -p flashsale --bin flashsale -- openapi | python3 scripts/validate_openapi.py
+	cargo run -q --release -p flashsale --bin flashsale -- openapi | python3 scripts/validate_openapi.py
 
 test-rules:
 	@if compgen -G 'prometheus/tests/*.yml' >/dev/null; then \
@@ -105,3 +107,7 @@ fmt-check:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The load-test client is not part of `make up`/`make test`; CI compiles it so it never rots.
+build-loadtest:
+	cargo build --release -p flashsale-loadtest

@@ -146,9 +146,7 @@ up() {
     "$REPO/scripts/services.sh" up
 
     local tb=$SECONDS
-    log "cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --bins -p flashsale -p flashsale-sink) \
-        || die "cargo build --release failed"
+    "$REPO/scripts/build.sh" || die "cargo build --release failed"
     log "build took $((SECONDS - tb))s"
 
     local ea sa pid
