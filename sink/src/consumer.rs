@@ -323,7 +323,12 @@ impl ApplyLoop {
                     out.push(msg);
                 }
                 None => {
-                    tracing::debug!(partition = tp.1, offset = msg.offset(), expected = stall.offset, "stalled partition resumed past its event; rewinding again");
+                    tracing::debug!(
+                        partition = tp.1,
+                        offset = msg.offset(),
+                        expected = stall.offset,
+                        "stalled partition resumed past its event; rewinding again"
+                    );
                     started.insert(tp.clone(), false);
                     stall.paused = true;
                     stall.retry_at = Instant::now();
@@ -402,10 +407,12 @@ impl ApplyLoop {
             if !stall.paused || stall.retry_at > now {
                 continue;
             }
-            if let Err(e) =
-                self.consumer
-                    .seek(&tp.0, tp.1, Offset::Offset(stall.offset), Duration::from_secs(5))
-            {
+            if let Err(e) = self.consumer.seek(
+                &tp.0,
+                tp.1,
+                Offset::Offset(stall.offset),
+                Duration::from_secs(5),
+            ) {
                 tracing::warn!(partition = tp.1, offset = stall.offset, error = %e, "rewinding a stalled partition failed; trying again shortly");
                 stall.retry_at = now + Duration::from_millis(500);
                 continue;

@@ -238,11 +238,9 @@ pub async fn gauges(pool: MySqlPool, every: Duration, mut shutdown: watch::Recei
                 let pending = get("PENDING");
                 metrics::gauge!(m::DELIVERIES_PENDING).set(pending.map_or(0, |r| r.1) as f64);
                 metrics::gauge!(m::DELIVERIES_DEAD).set(get("DEAD").map_or(0, |r| r.1) as f64);
-                let oldest_age = pending
-                    .and_then(|r| r.2)
-                    .map_or(0.0, |created| {
-                        (crate::db::now() - created).num_milliseconds().max(0) as f64 / 1000.0
-                    });
+                let oldest_age = pending.and_then(|r| r.2).map_or(0.0, |created| {
+                    (crate::db::now() - created).num_milliseconds().max(0) as f64 / 1000.0
+                });
                 metrics::gauge!(m::DELIVERIES_OLDEST_PENDING_AGE).set(oldest_age);
             }
             Err(e) => tracing::debug!(error = %e, "delivery gauges not refreshed"),
@@ -261,12 +259,16 @@ mod tests {
     #[test]
     fn only_a_final_4xx_is_permanent() {
         for code in [400, 401, 403, 404, 410, 413, 415, 422] {
-            assert!(is_permanent_refusal(StatusCode::from_u16(code).unwrap()), "{code}");
+            assert!(
+                is_permanent_refusal(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
-        for code in [
-            200, 301, 307, 408, 409, 425, 429, 500, 502, 503, 504, 507,
-        ] {
-            assert!(!is_permanent_refusal(StatusCode::from_u16(code).unwrap()), "{code}");
+        for code in [200, 301, 307, 408, 409, 425, 429, 500, 502, 503, 504, 507] {
+            assert!(
+                !is_permanent_refusal(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The operations HTTP server: `/healthz` and `/metrics`.
 
+use crate::state::SinkState;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use crate::state::SinkState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;

@@ -14,7 +14,8 @@ pub const SINK_ERRORS: &str = "flashsale_sink_errors_total";
 pub const DELIVERIES: &str = "flashsale_data_platform_deliveries_total";
 pub const DELIVERIES_PENDING: &str = "flashsale_data_platform_pending";
 pub const DELIVERIES_DEAD: &str = "flashsale_data_platform_dead";
-pub const DELIVERIES_OLDEST_PENDING_AGE: &str = "flashsale_data_platform_oldest_pending_age_seconds";
+pub const DELIVERIES_OLDEST_PENDING_AGE: &str =
+    "flashsale_data_platform_oldest_pending_age_seconds";
 /// Rendered from the sink's own state (crate::state), not the recorder.
 pub const SINK_STALLED_PARTITIONS: &str = "flashsale_sink_stalled_partitions";
 pub const SINK_STALLED_SECONDS: &str = "flashsale_sink_stalled_seconds";

@@ -852,7 +852,10 @@ async fn j_integrity_conflict_stalls_the_partition_instead_of_dead_lettering() {
         .await;
     env.wait_committed_to_end(WAIT).await;
     eventually(WAIT, || async {
-        metric(&metrics_text(ops).await, "flashsale_sink_stalled_partitions") == Some(0.0)
+        metric(
+            &metrics_text(ops).await,
+            "flashsale_sink_stalled_partitions",
+        ) == Some(0.0)
     })
     .await;
     assert_eq!(env.count("SELECT COUNT(*) FROM processed_events").await, 5);
@@ -902,7 +905,11 @@ async fn k_rebalance_drops_the_revoked_partitions_lag() {
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
     eventually(WAIT, || async {
         let text = first.metrics().await;
-        lag_partitions(&text).keys().copied().collect::<BTreeSet<_>>() == all
+        lag_partitions(&text)
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            == all
             && lag_partitions(&text).values().sum::<f64>() == 12.0
             && metric(&text, "flashsale_sink_stalled_partitions") == Some(PARTITIONS as f64)
     })
