@@ -24,14 +24,17 @@ pub struct SinkConfig {
     pub batch_max: usize,
     /// A batch closes after this long without a new message.
     pub batch_idle: Duration,
-    /// Attempts of an event that fails alone with a non-transient error before it is dead-lettered.
+    /// Attempts of an event that fails alone with a non-transient error before it is dead-lettered
+    /// (integrity-constraint errors excepted: they stall the partition instead).
     pub poison_attempts: u32,
+    /// First retry delay of an event stalled on an integrity-constraint error (doubles, with jitter).
+    pub stall_backoff_base: Duration,
+    /// Largest retry delay of a stalled event.
+    pub stall_backoff_cap: Duration,
     /// Run `sqlx::migrate!` at start.
     pub run_migrations: bool,
     /// Run the data platform delivery worker in this process.
     pub run_delivery_worker: bool,
-    /// Delivery attempts before a delivery becomes DEAD.
-    pub delivery_max_attempts: u32,
     /// Requests to the data platform in flight at once.
     pub delivery_concurrency: usize,
     /// Rows claimed per poll.
@@ -40,9 +43,10 @@ pub struct SinkConfig {
     pub delivery_poll_interval: Duration,
     /// HTTP timeout of one delivery.
     pub delivery_timeout: Duration,
-    /// First retry delay (doubles per attempt, with jitter).
+    /// First retry delay of a delivery (doubles per attempt, with jitter). A delivery is retried
+    /// until delivered; only a permanent refusal (a 4xx other than 408/409/425/429) makes it DEAD.
     pub delivery_backoff_base: Duration,
-    /// Largest retry delay.
+    /// Largest retry delay of a delivery.
     pub delivery_backoff_cap: Duration,
     /// How often consumer lag and delivery gauges are refreshed.
     pub gauges_interval: Duration,
@@ -66,9 +70,10 @@ impl Default for SinkConfig {
             batch_max: 500,
             batch_idle: Duration::from_millis(20),
             poison_attempts: 3,
+            stall_backoff_base: Duration::from_secs(1),
+            stall_backoff_cap: Duration::from_secs(30),
             run_migrations: true,
             run_delivery_worker: true,
-            delivery_max_attempts: 12,
             delivery_concurrency: 16,
             delivery_batch: 64,
             delivery_poll_interval: Duration::from_millis(250),

@@ -2,26 +2,36 @@
 //! the Kafka offsets. Offsets are only committed after the effects of every message up to them are
 //! durable in MySQL (or the message went to the DLQ); a crash in between makes Kafka redeliver, and
 //! processed_events turns the redelivery into a no-op.
+//!
+//! An event the database refuses with an integrity-constraint error (duplicate key, foreign key, ...)
+//! was accepted by the engine, so the stores disagree: it is never dead-lettered. Its partition stalls
+//! instead (paused on the consumer, offset not committed past the event, nothing after it applied)
+//! and the event is retried with capped backoff until it applies; the other partitions keep flowing.
 
 use crate::apply::{apply_batch, apply_event, Outcome};
 use crate::config::SinkConfig;
-use crate::db::is_transient;
+use crate::db::{is_constraint_violation, is_transient};
 use crate::dlq::{self, Poison};
 use crate::event::Event;
 use crate::sink::sleep_or_shutdown;
+use crate::state::{SinkContext, SinkState, Stall, Tp};
 use crate::telemetry as m;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sqlx::MySqlPool;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
-/// Builds the consumer: manual offset store and commit, read_committed, earliest on a new group.
-pub fn consumer(cfg: &SinkConfig) -> anyhow::Result<StreamConsumer> {
+/// Builds the consumer: manual offset store and commit, read_committed, earliest on a new group; its
+/// rebalance callbacks keep `state` to the partitions it holds.
+pub fn consumer(
+    cfg: &SinkConfig,
+    state: Arc<SinkState>,
+) -> anyhow::Result<StreamConsumer<SinkContext>> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka_brokers)
         .set("group.id", &cfg.group_id)
@@ -32,7 +42,7 @@ pub fn consumer(cfg: &SinkConfig) -> anyhow::Result<StreamConsumer> {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .create()?)
+        .create_with_context(SinkContext { state })?)
 }
 
 /// One message of a batch, decoded or not.
@@ -55,23 +65,35 @@ pub enum BatchEnd {
 pub struct ApplyLoop {
     pub cfg: SinkConfig,
     pub pool: MySqlPool,
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<StreamConsumer<SinkContext>>,
     pub producer: FutureProducer,
     /// Woken after a batch wrote new data platform deliveries.
     pub deliveries: Arc<Notify>,
+    /// Stalled partitions (shared with the rebalance callbacks and /metrics).
+    pub state: Arc<SinkState>,
 }
 
 impl ApplyLoop {
     /// Runs until shutdown (finishing the batch in hand) or until the test hook fires.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let mut rebalances_seen = self.state.rebalance_count();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let rebalances = self.state.rebalance_count();
+            if rebalances != rebalances_seen {
+                rebalances_seen = rebalances;
+                self.resume_unstalled();
+            }
+            self.retry_due_stalls();
+            // Wake up for the next stalled retry (and now and then to notice a rebalance).
+            let wake_in = self.next_stall_retry().unwrap_or(Duration::from_secs(1));
             let first = tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 r = self.consumer.recv() => r,
+                _ = tokio::time::sleep(wake_in) => continue,
             };
             let mut batch = match first {
                 Ok(msg) => vec![msg.detach()],
@@ -113,6 +135,10 @@ impl ApplyLoop {
         shutdown: &mut watch::Receiver<bool>,
     ) -> anyhow::Result<BatchEnd> {
         let started = Instant::now();
+        let (batch, retried) = self.admit(batch);
+        if batch.is_empty() {
+            return Ok(BatchEnd::Committed);
+        }
         metrics::histogram!(m::SINK_BATCH_SIZE).record(batch.len() as f64);
         let items: Vec<Item> = batch
             .into_iter()
@@ -138,6 +164,10 @@ impl ApplyLoop {
 
         // 1. MySQL: the whole batch in one transaction; on a non-transient failure, one by one.
         let mut applied: Vec<&str> = Vec::new();
+        let mut duplicates = 0usize;
+        // Partitions refused at an offset in this batch: nothing from that offset on is applied,
+        // dead-lettered or committed.
+        let mut refused: BTreeMap<Tp, Refusal> = BTreeMap::new();
         let mut new_deliveries = false;
         if !events.is_empty() {
             let mut attempt = 0u32;
@@ -163,16 +193,32 @@ impl ApplyLoop {
             match whole {
                 Some(outcomes) => {
                     for ((_, ev), o) in events.iter().zip(outcomes) {
-                        if o == Outcome::Applied {
-                            applied.push(&ev.event_type);
+                        match o {
+                            Outcome::Applied => applied.push(&ev.event_type),
+                            Outcome::Duplicate => duplicates += 1,
                         }
                     }
                 }
                 None => {
                     for (msg, ev) in &events {
+                        let tp = (msg.topic().to_string(), msg.partition());
+                        if refused.contains_key(&tp) {
+                            continue;
+                        }
                         match self.apply_alone(msg, ev, shutdown).await {
                             Alone::Done(Outcome::Applied) => applied.push(&ev.event_type),
-                            Alone::Done(Outcome::Duplicate) => {}
+                            Alone::Done(Outcome::Duplicate) => duplicates += 1,
+                            Alone::Conflict(err) => {
+                                refused.insert(
+                                    tp,
+                                    Refusal {
+                                        offset: msg.offset(),
+                                        event_id: ev.event_id.clone(),
+                                        event_type: ev.event_type.clone(),
+                                        error: err,
+                                    },
+                                );
+                            }
                             Alone::Poison(err) => {
                                 tracing::error!(event_id = %ev.event_id, partition = msg.partition(), offset = msg.offset(), error = %err, "event refused by the database; dead-lettering");
                                 poison.push(poison_of(msg, "apply", err));
@@ -188,11 +234,17 @@ impl ApplyLoop {
                     new_deliveries = true;
                 }
             }
-            let skipped = events.len() - applied.len();
-            if skipped > 0 {
-                metrics::counter!(m::SINK_EVENTS_SKIPPED).increment(skipped as u64);
+            if duplicates > 0 {
+                metrics::counter!(m::SINK_EVENTS_SKIPPED).increment(duplicates as u64);
             }
         }
+        self.record_stalls(&refused, &retried);
+        let blocked = |topic: &str, partition: i32, offset: i64| {
+            refused
+                .get(&(topic.to_string(), partition))
+                .is_some_and(|r| offset >= r.offset)
+        };
+        poison.retain(|p| !blocked(&p.topic, p.partition, p.offset));
         metrics::histogram!(m::SINK_APPLY_DURATION).record(started.elapsed().as_secs_f64());
         if new_deliveries {
             self.deliveries.notify_one();
@@ -227,17 +279,194 @@ impl ApplyLoop {
         // 3. Offsets: next offset to read per partition.
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for it in &items {
+            if blocked(it.msg.topic(), it.msg.partition(), it.msg.offset()) {
+                continue;
+            }
             let k = (it.msg.topic().to_string(), it.msg.partition());
             let v = it.msg.offset() + 1;
             let e = next.entry(k).or_insert(v);
             *e = (*e).max(v);
         }
         self.commit(next).await;
-        tracing::debug!(messages = items.len(), applied = applied.len(), poison = poison.len(), elapsed = ?started.elapsed(), "batch done");
+        tracing::debug!(messages = items.len(), applied = applied.len(), poison = poison.len(), stalled = refused.len(), elapsed = ?started.elapsed(), "batch done");
         Ok(BatchEnd::Committed)
     }
 
-    /// Applies one event alone, retrying non-transient failures a few times; transient ones forever.
+    /// Filters a fetched batch against the stalled partitions. A paused partition's messages were
+    /// fetched before the pause: dropped (they are read again after the rewind). A partition resumed
+    /// for a retry must start at its refused event; if it does not (a message fetched before the
+    /// rewind), it is paused and rewound again. Returns the admitted messages and the partitions whose
+    /// refused event is in them.
+    fn admit(&self, batch: Vec<OwnedMessage>) -> (Vec<OwnedMessage>, Vec<Tp>) {
+        let mut stalls = self.state.stalls();
+        if stalls.is_empty() {
+            return (batch, Vec::new());
+        }
+        // Per stalled partition of this batch: true = its refused event came first, admit what follows.
+        let mut started: HashMap<Tp, bool> = HashMap::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let tp = (msg.topic().to_string(), msg.partition());
+            let Some(stall) = stalls.get_mut(&tp) else {
+                out.push(msg);
+                continue;
+            };
+            if stall.paused {
+                continue;
+            }
+            match started.get(&tp) {
+                Some(true) => out.push(msg),
+                Some(false) => {}
+                None if msg.offset() < stall.offset => {}
+                None if msg.offset() == stall.offset => {
+                    started.insert(tp, true);
+                    out.push(msg);
+                }
+                None => {
+                    tracing::debug!(
+                        partition = tp.1,
+                        offset = msg.offset(),
+                        expected = stall.offset,
+                        "stalled partition resumed past its event; rewinding again"
+                    );
+                    started.insert(tp.clone(), false);
+                    stall.paused = true;
+                    stall.retry_at = Instant::now();
+                    self.pause(&tp);
+                }
+            }
+        }
+        let retried = started
+            .into_iter()
+            .filter_map(|(tp, first)| first.then_some(tp))
+            .collect();
+        (out, retried)
+    }
+
+    /// Stalls (or keeps stalled, with a longer backoff) every partition refused in this batch, and
+    /// clears the stall of every retried partition whose event went through.
+    fn record_stalls(&self, refused: &BTreeMap<Tp, Refusal>, retried: &[Tp]) {
+        let mut stalls = self.state.stalls();
+        for tp in retried {
+            if !refused.contains_key(tp) {
+                if let Some(s) = stalls.remove(tp) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, offset = s.offset, event_id = %s.event_id, attempts = s.attempts, stalled_for = ?s.since.elapsed(), "stalled event applied; partition flows again");
+                }
+            }
+        }
+        for (tp, r) in refused {
+            metrics::counter!(m::SINK_CONFLICTS).increment(1);
+            let now = Instant::now();
+            let stall = stalls.entry(tp.clone()).or_insert_with(|| Stall {
+                offset: r.offset,
+                event_id: r.event_id.clone(),
+                error: String::new(),
+                since: now,
+                attempts: 0,
+                retry_at: now,
+                paused: true,
+            });
+            if stall.offset != r.offset {
+                // A different event of the partition (the earlier one applied meanwhile).
+                stall.offset = r.offset;
+                stall.event_id = r.event_id.clone();
+                stall.since = now;
+                stall.attempts = 0;
+            }
+            stall.attempts += 1;
+            stall.error = r.error.clone();
+            let wait = crate::backoff::delay(
+                stall.attempts,
+                self.cfg.stall_backoff_base,
+                self.cfg.stall_backoff_cap,
+            );
+            stall.retry_at = now + wait;
+            stall.paused = true;
+            tracing::error!(
+                topic = %tp.0, partition = tp.1, offset = r.offset, event_id = %r.event_id,
+                event_type = %r.event_type, attempts = stall.attempts, retry_in = ?wait, error = %r.error,
+                "event refused by an integrity constraint: the stores disagree; partition stalled (not dead-lettered), retrying"
+            );
+            self.pause(tp);
+        }
+    }
+
+    fn pause(&self, tp: &Tp) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.0, tp.1);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            tracing::warn!(partition = tp.1, error = %e, "pausing a stalled partition failed");
+        }
+    }
+
+    /// Rewinds every stalled partition whose retry is due to its refused event and resumes it.
+    fn retry_due_stalls(&self) {
+        let now = Instant::now();
+        let mut stalls = self.state.stalls();
+        for (tp, stall) in stalls.iter_mut() {
+            if !stall.paused || stall.retry_at > now {
+                continue;
+            }
+            if let Err(e) = self.consumer.seek(
+                &tp.0,
+                tp.1,
+                Offset::Offset(stall.offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(partition = tp.1, offset = stall.offset, error = %e, "rewinding a stalled partition failed; trying again shortly");
+                stall.retry_at = now + Duration::from_millis(500);
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&tp.0, tp.1);
+            match self.consumer.resume(&tpl) {
+                Ok(()) => stall.paused = false,
+                Err(e) => {
+                    tracing::warn!(partition = tp.1, error = %e, "resuming a stalled partition failed; trying again shortly");
+                    stall.retry_at = now + Duration::from_millis(500);
+                }
+            }
+        }
+    }
+
+    /// Time until the earliest paused stall is due.
+    fn next_stall_retry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.state
+            .stalls()
+            .values()
+            .filter(|s| s.paused)
+            .map(|s| s.retry_at.saturating_duration_since(now))
+            .min()
+    }
+
+    /// After a rebalance: resume every assigned partition that is not stalled (a partition paused
+    /// here, revoked and assigned again must not stay paused).
+    fn resume_unstalled(&self) {
+        let assignment = match self.consumer.assignment() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "assignment unknown");
+                return;
+            }
+        };
+        let stalls = self.state.stalls();
+        let mut tpl = TopicPartitionList::new();
+        for e in assignment.elements() {
+            if !stalls.contains_key(&(e.topic().to_string(), e.partition())) {
+                tpl.add_partition(e.topic(), e.partition());
+            }
+        }
+        drop(stalls);
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.resume(&tpl) {
+                tracing::debug!(error = %e, "resuming after a rebalance");
+            }
+        }
+    }
+
+    /// Applies one event alone, retrying non-transient failures a few times, transient ones forever;
+    /// an integrity-constraint violation is returned at once (the caller stalls the partition).
     async fn apply_alone(
         &self,
         msg: &OwnedMessage,
@@ -249,6 +478,10 @@ impl ApplyLoop {
         loop {
             match apply_one(&self.pool, msg, ev).await {
                 Ok(o) => return Alone::Done(o),
+                Err(e) if is_constraint_violation(&e) => {
+                    metrics::counter!(m::SINK_ERRORS).increment(1);
+                    return Alone::Conflict(e.to_string());
+                }
                 Err(e) if is_transient(&e) => {
                     metrics::counter!(m::SINK_ERRORS).increment(1);
                     transient += 1;
@@ -316,7 +549,17 @@ impl ApplyLoop {
 enum Alone {
     Done(Outcome),
     Poison(String),
+    /// Refused by an integrity constraint: stall the partition.
+    Conflict(String),
     Aborted,
+}
+
+/// An event refused by an integrity constraint in this batch.
+struct Refusal {
+    offset: i64,
+    event_id: String,
+    event_type: String,
+    error: String,
 }
 
 fn poison_of(msg: &OwnedMessage, stage: &'static str, error: String) -> Poison {

@@ -51,6 +51,16 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// True for an integrity-constraint violation (SQLSTATE class 23: duplicate key, foreign key, NOT NULL,
+/// CHECK). For an event the engine accepted this is a disagreement between the stores, not a bad event:
+/// the sink stalls its partition and retries it rather than dead-lettering it.
+pub fn is_constraint_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|state| state.starts_with("23")),
+        _ => false,
+    }
+}
+
 /// Opens a pool, creating the database if it does not exist, retrying (with backoff) while the server
 /// is unreachable. Returns `None` when shut down first.
 pub async fn connect(

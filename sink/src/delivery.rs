@@ -1,5 +1,8 @@
 //! Data platform delivery worker: sends each PENDING row of data_platform_deliveries to
-//! `DATA_PLATFORM_URL` with `Idempotency-Key: <event_id>`, with retries and exponential backoff.
+//! `DATA_PLATFORM_URL` with `Idempotency-Key: <event_id>`, retried with capped exponential backoff
+//! and jitter until delivered: a platform outage of any length delays orders, it never loses them. A
+//! row becomes DEAD only on a permanent refusal (a 4xx other than 408/409/425/429), which a retry of
+//! the same request cannot fix.
 //!
 //! Claiming: a short transaction selects due rows `FOR UPDATE SKIP LOCKED` (MySQL 8 and MariaDB 10.6+)
 //! and pushes their `next_attempt_at` one lease ahead, so no HTTP call runs inside a transaction and
@@ -21,7 +24,6 @@ const LEASE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub url: String,
-    pub max_attempts: u32,
     pub concurrency: usize,
     pub batch: u32,
     pub poll_interval: Duration,
@@ -34,7 +36,6 @@ impl From<&SinkConfig> for DeliveryConfig {
     fn from(c: &SinkConfig) -> Self {
         Self {
             url: c.data_platform_url.clone(),
-            max_attempts: c.delivery_max_attempts.max(1),
             concurrency: c.delivery_concurrency.max(1),
             batch: c.delivery_batch.max(1),
             poll_interval: c.delivery_poll_interval,
@@ -138,17 +139,21 @@ async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig,
         .body(row.payload.clone())
         .send()
         .await;
-    let error = match result {
-        Ok(resp) if resp.status().is_success() => None,
+    // (error, permanent)
+    let (error, permanent) = match result {
+        Ok(resp) if resp.status().is_success() => (None, false),
         Ok(resp) => {
             let status = resp.status();
             let body = resp.text().await.unwrap_or_default();
-            Some(format!(
-                "HTTP {status}: {}",
-                body.chars().take(200).collect::<String>()
-            ))
+            (
+                Some(format!(
+                    "HTTP {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                )),
+                is_permanent_refusal(status),
+            )
         }
-        Err(e) => Some(format!("request failed: {e}")),
+        Err(e) => (Some(format!("request failed: {e}")), false),
     };
     let attempts = row.attempts + 1;
     let now = crate::db::now();
@@ -165,8 +170,8 @@ async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig,
             .await,
             "delivered",
         ),
-        Some(err) if attempts as u32 >= cfg.max_attempts => {
-            tracing::error!(event_id = %row.event_id, attempts, error = %err, "delivery DEAD");
+        Some(err) if permanent => {
+            tracing::error!(event_id = %row.event_id, attempts, error = %err, "delivery refused for good: DEAD");
             (
                 sqlx::query(
                     "UPDATE data_platform_deliveries SET status = 'DEAD', attempts = ?, last_error = ? \
@@ -207,29 +212,63 @@ async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig,
     }
 }
 
+/// A refusal that repeating the same request cannot change: a 4xx other than 408 Request Timeout,
+/// 409 Conflict, 425 Too Early and 429 Too Many Requests. Everything else (5xx, network errors,
+/// timeouts) is retried until delivered.
+pub fn is_permanent_refusal(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
+}
+
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
-/// Refreshes the pending / dead gauges until shutdown.
+/// Refreshes the pending / dead / oldest-pending-age gauges until shutdown.
 pub async fn gauges(pool: MySqlPool, every: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let r: Result<Vec<(String, i64)>, _> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM data_platform_deliveries \
+        let r: Result<Vec<(String, i64, Option<chrono::NaiveDateTime>)>, _> = sqlx::query_as(
+            "SELECT status, COUNT(*), MIN(created_at) FROM data_platform_deliveries \
              WHERE status IN ('PENDING', 'DEAD') GROUP BY status",
         )
         .fetch_all(&pool)
         .await;
         match r {
             Ok(rows) => {
-                let get = |s: &str| rows.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
-                metrics::gauge!(m::DELIVERIES_PENDING).set(get("PENDING") as f64);
-                metrics::gauge!(m::DELIVERIES_DEAD).set(get("DEAD") as f64);
+                let get = |s: &str| rows.iter().find(|(k, _, _)| k == s);
+                let pending = get("PENDING");
+                metrics::gauge!(m::DELIVERIES_PENDING).set(pending.map_or(0, |r| r.1) as f64);
+                metrics::gauge!(m::DELIVERIES_DEAD).set(get("DEAD").map_or(0, |r| r.1) as f64);
+                let oldest_age = pending.and_then(|r| r.2).map_or(0.0, |created| {
+                    (crate::db::now() - created).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics::gauge!(m::DELIVERIES_OLDEST_PENDING_AGE).set(oldest_age);
             }
             Err(e) => tracing::debug!(error = %e, "delivery gauges not refreshed"),
         }
         if crate::sink::sleep_or_shutdown(every, &mut shutdown).await {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_permanent_refusal;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn only_a_final_4xx_is_permanent() {
+        for code in [400, 401, 403, 404, 410, 413, 415, 422] {
+            assert!(
+                is_permanent_refusal(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [200, 301, 307, 408, 409, 425, 429, 500, 502, 503, 504, 507] {
+            assert!(
+                !is_permanent_refusal(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Consumer lag per partition: high watermark minus the committed offset (or minus the low watermark
-//! when the group has committed nothing yet), refreshed every few seconds.
+//! when the group has committed nothing yet), refreshed every few seconds into this sink's state
+//! (only the partitions it holds; a revoked partition is dropped by the rebalance callback).
 
-use crate::telemetry as m;
+use crate::state::{SinkContext, SinkState};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Offset;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::sync::watch;
 
 /// Measures the lag of the partitions currently assigned to `consumer`.
 pub fn measure(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<SinkContext>,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, i32, i64)>> {
     let assignment = consumer.assignment()?;
@@ -31,19 +32,21 @@ pub fn measure(
 }
 
 pub async fn run(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<SinkContext>>,
+    state: Arc<SinkState>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let c = consumer.clone();
+        let before = state.rebalance_count();
         match tokio::task::spawn_blocking(move || measure(&c, Duration::from_secs(5))).await {
-            Ok(Ok(lags)) => {
-                for (_, partition, lag) in lags {
-                    metrics::gauge!(m::SINK_CONSUMER_LAG, "partition" => partition.to_string())
-                        .set(lag as f64);
-                }
-            }
+            // A rebalance during the measurement may have revoked what was measured: skip this round.
+            Ok(Ok(lags)) if state.rebalance_count() == before => state.set_lags(
+                lags.into_iter()
+                    .map(|(topic, partition, lag)| ((topic, partition), lag)),
+            ),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "consumer lag not measured"),
             Err(e) => tracing::debug!(error = %e, "consumer lag task failed"),
         }

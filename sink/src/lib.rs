@@ -9,6 +9,7 @@
 //! - [`consumer`]: the batch loop (fetch, apply in one transaction, dead-letter, commit offsets).
 //! - [`dlq`]: producing poison messages to the dead-letter topic.
 //! - [`lag`]: consumer lag per partition.
+//! - [`state`]: this sink's partitions (lag, stalls) and its rebalance callbacks.
 //! - [`delivery`]: the data platform delivery worker.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`mock_platform`]: a mock of the data platform, for local runs and tests.
@@ -31,6 +32,7 @@ pub mod mock_platform;
 pub mod ops;
 pub mod replay;
 pub mod sink;
+pub mod state;
 pub mod telemetry;
 
 pub use config::SinkConfig;

@@ -58,8 +58,21 @@ struct RunArgs {
     batch_max: usize,
     #[arg(long, env = "SINK_BATCH_IDLE_MS", default_value_t = 20)]
     batch_idle_ms: u64,
-    #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value_t = 12)]
-    delivery_max_attempts: u32,
+    /// First retry delay of a failed delivery (doubles per attempt, with jitter).
+    #[arg(long, env = "DELIVERY_BACKOFF_BASE_MS", default_value_t = 200)]
+    delivery_backoff_base_ms: u64,
+    /// Largest retry delay of a failed delivery (deliveries are retried until delivered).
+    #[arg(long, env = "DELIVERY_BACKOFF_CAP_MS", default_value_t = 30_000)]
+    delivery_backoff_cap_ms: u64,
+    /// First retry delay of an event stalled on an integrity-constraint error.
+    #[arg(long, env = "SINK_STALL_BACKOFF_BASE_MS", default_value_t = 1_000)]
+    stall_backoff_base_ms: u64,
+    /// Largest retry delay of a stalled event.
+    #[arg(long, env = "SINK_STALL_BACKOFF_CAP_MS", default_value_t = 30_000)]
+    stall_backoff_cap_ms: u64,
+    /// How often the consumer lag and delivery gauges are refreshed.
+    #[arg(long, env = "SINK_GAUGES_INTERVAL_MS", default_value_t = 5_000)]
+    gauges_interval_ms: u64,
     #[arg(long, env = "DELIVERY_CONCURRENCY", default_value_t = 16)]
     delivery_concurrency: usize,
     /// Do not run the delivery worker in this process.
@@ -90,6 +103,9 @@ struct MockArgs {
     /// Delay before every answer.
     #[arg(long, env = "MOCK_DELAY_MS", default_value_t = 0)]
     delay_ms: u64,
+    /// HTTP status of the failed answers (e.g. 400 to test permanent refusals).
+    #[arg(long, env = "MOCK_FAIL_STATUS", default_value_t = 503)]
+    fail_status: u16,
 }
 
 #[derive(Args)]
@@ -127,7 +143,11 @@ impl RunArgs {
             listen_addr: Some(self.listen_addr),
             batch_max: self.batch_max.max(1),
             batch_idle: Duration::from_millis(self.batch_idle_ms),
-            delivery_max_attempts: self.delivery_max_attempts,
+            delivery_backoff_base: Duration::from_millis(self.delivery_backoff_base_ms.max(1)),
+            delivery_backoff_cap: Duration::from_millis(self.delivery_backoff_cap_ms.max(1)),
+            stall_backoff_base: Duration::from_millis(self.stall_backoff_base_ms.max(1)),
+            stall_backoff_cap: Duration::from_millis(self.stall_backoff_cap_ms.max(1)),
+            gauges_interval: Duration::from_millis(self.gauges_interval_ms.max(100)),
             delivery_concurrency: self.delivery_concurrency,
             run_delivery_worker: !self.no_delivery,
             run_migrations: !self.no_migrate,
@@ -179,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let (addr, handle) =
                 flashsale_sink::spawn_mock_platform_with(a.listen_addr, cfg).await?;
+            handle.set_failure_status(a.fail_status);
             println!("mock data platform on http://{addr}/events");
             shutdown_signal().await;
             handle.stop();

@@ -1,5 +1,6 @@
 //! A mock of the external data platform: `POST /events` records each body by `Idempotency-Key`,
-//! fails a share of requests with 503 and answers after a delay; `GET /stats`; `POST /reset`.
+//! fails a share of requests (with 503, or the status set by `set_failure_status`) and answers after a
+//! delay; `GET /stats`; `POST /reset`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -36,6 +37,8 @@ pub struct MockPlatformStats {
 #[derive(Default)]
 struct Inner {
     cfg: MockPlatformConfig,
+    /// Status of the failed answers; `None`: 503.
+    failure_status: Option<StatusCode>,
     stats: MockPlatformStats,
     bodies: HashMap<String, Value>,
 }
@@ -72,6 +75,13 @@ impl MockPlatformHandle {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .cfg = cfg;
     }
+    /// The status failed requests get (503 by default); e.g. 400 for a permanent refusal, 429.
+    pub fn set_failure_status(&self, status: u16) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .failure_status = StatusCode::from_u16(status).ok();
+    }
     pub fn reset(&self) {
         let mut g = self
             .inner
@@ -106,10 +116,13 @@ async fn receive(
     headers: HeaderMap,
     body: String,
 ) -> (StatusCode, String) {
-    let cfg = {
+    let (cfg, failure_status) = {
         let mut g = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         g.stats.requests += 1;
-        g.cfg
+        (
+            g.cfg,
+            g.failure_status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        )
     };
     if !cfg.delay.is_zero() {
         tokio::time::sleep(cfg.delay).await;
@@ -126,7 +139,7 @@ async fn receive(
     let mut g = s.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if fail {
         g.stats.failed += 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, "try again later\n".into());
+        return (failure_status, "refused by the mock\n".into());
     }
     g.stats.accepted += 1;
     if g.bodies.contains_key(&key) {

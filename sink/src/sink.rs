@@ -47,9 +47,10 @@ pub async fn run_sink(
 
 async fn run_inner(cfg: SinkConfig, tx: watch::Sender<bool>) -> anyhow::Result<()> {
     let rx = tx.subscribe();
+    let state = Arc::new(crate::state::SinkState::default());
     let mut tasks = Vec::new();
     if let Some(addr) = cfg.listen_addr {
-        let (_, t) = crate::ops::serve(addr, rx.clone()).await?;
+        let (_, t) = crate::ops::serve(addr, state.clone(), rx.clone()).await?;
         tasks.push(t);
     }
 
@@ -62,7 +63,7 @@ async fn run_inner(cfg: SinkConfig, tx: watch::Sender<bool>) -> anyhow::Result<(
         crate::db::migrate(&pool, &mut wait_rx).await?;
     }
 
-    let consumer = Arc::new(crate::consumer::consumer(&cfg)?);
+    let consumer = Arc::new(crate::consumer::consumer(&cfg, state.clone())?);
     consumer.subscribe(&[cfg.topic.as_str()])?;
     let producer = crate::dlq::producer(&cfg.kafka_brokers)?;
     let wake = Arc::new(Notify::new());
@@ -83,6 +84,7 @@ async fn run_inner(cfg: SinkConfig, tx: watch::Sender<bool>) -> anyhow::Result<(
     )));
     tasks.push(tokio::spawn(crate::lag::run(
         consumer.clone(),
+        state.clone(),
         cfg.gauges_interval,
         rx.clone(),
     )));
@@ -93,6 +95,7 @@ async fn run_inner(cfg: SinkConfig, tx: watch::Sender<bool>) -> anyhow::Result<(
         consumer: consumer.clone(),
         producer,
         deliveries: wake,
+        state,
     };
     let result = apply.run(rx.clone()).await;
     drop(apply);

@@ -14,6 +14,12 @@ pub const SINK_ERRORS: &str = "flashsale_sink_errors_total";
 pub const DELIVERIES: &str = "flashsale_data_platform_deliveries_total";
 pub const DELIVERIES_PENDING: &str = "flashsale_data_platform_pending";
 pub const DELIVERIES_DEAD: &str = "flashsale_data_platform_dead";
+pub const DELIVERIES_OLDEST_PENDING_AGE: &str =
+    "flashsale_data_platform_oldest_pending_age_seconds";
+/// Rendered from the sink's own state (crate::state), not the recorder.
+pub const SINK_STALLED_PARTITIONS: &str = "flashsale_sink_stalled_partitions";
+pub const SINK_STALLED_SECONDS: &str = "flashsale_sink_stalled_seconds";
+pub const SINK_CONFLICTS: &str = "flashsale_sink_conflicts_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -72,9 +78,9 @@ fn describe() {
         "Time to apply one batch"
     );
     describe_histogram!(SINK_BATCH_SIZE, "Messages per batch");
-    describe_gauge!(
-        SINK_CONSUMER_LAG,
-        "High watermark minus committed offset, per partition"
+    describe_counter!(
+        SINK_CONFLICTS,
+        "Events the database refused with an integrity-constraint error (their partition stalls)"
     );
     describe_counter!(
         SINK_DEAD_LETTERS,
@@ -85,13 +91,20 @@ fn describe() {
     describe_gauge!(DELIVERIES_PENDING, "Deliveries waiting to be sent");
     describe_gauge!(
         DELIVERIES_DEAD,
-        "Deliveries that gave up (see replay-deliveries)"
+        "Deliveries the data platform refused for good (see replay-deliveries)"
+    );
+    describe_gauge!(
+        DELIVERIES_OLDEST_PENDING_AGE,
+        Unit::Seconds,
+        "Age of the oldest paid order not yet delivered (0 when none)"
     );
 }
 
-/// Prometheus text: the recorder's metrics plus the usual process_* metrics (Linux /proc).
-pub fn render() -> String {
+/// Prometheus text: the recorder's metrics, this sink's partition gauges (lag, stalls) and the usual
+/// process_* metrics (Linux /proc).
+pub fn render(state: &crate::state::SinkState) -> String {
     let mut out = prometheus().render();
+    out.push_str(&state.render());
     out.push_str(&process_metrics());
     out
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use flashsale_sink::{spawn_mock_platform_with, MockPlatformConfig};
+use flashsale_sink::{spawn_mock_platform, spawn_mock_platform_with, MockPlatformConfig};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -566,10 +566,11 @@ async fn g_database_outage_is_waited_out() {
     env.cleanup().await;
 }
 
-/// (h) A delivery that keeps failing ends DEAD after DELIVERY_MAX_ATTEMPTS; replay-deliveries puts it
-/// back to PENDING and it is then delivered.
+/// (h) Only a permanent refusal (a 4xx other than 408/409/425/429) makes a delivery DEAD, at its
+/// first answer; 429 and 503 are retried past the old 12-attempt limit; replay-deliveries puts a DEAD
+/// delivery back to PENDING and it is then delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h_dead_deliveries_can_be_replayed() {
+async fn h_only_a_permanent_refusal_is_dead_and_dead_can_be_replayed() {
     let env = TestEnv::new(1).await;
     let (addr, mock) = spawn_mock_platform_with(
         "127.0.0.1:0".parse().unwrap(),
@@ -580,51 +581,102 @@ async fn h_dead_deliveries_can_be_replayed() {
     )
     .await
     .unwrap();
+    mock.set_failure_status(400);
     let mut cfg = env.config();
     cfg.run_delivery_worker = true;
     cfg.data_platform_url = format!("http://{addr}/events");
-    cfg.delivery_max_attempts = 3;
-    cfg.delivery_backoff_base = Duration::from_millis(20);
+    cfg.delivery_backoff_base = Duration::from_millis(10);
+    cfg.delivery_backoff_cap = Duration::from_millis(50);
+    cfg.delivery_poll_interval = Duration::from_millis(20);
     let sink = start_sink(cfg);
     let p = producer();
-    let o = Order {
+    let refused = Order {
         id: 7,
         member_id: 1,
         items: vec![(1, 1, 100)],
         coupon: None,
     };
-    produce_event(&p, &env.topic, &o.reserved()).await;
-    let paid = o.paid(0);
-    produce_event(&p, &env.topic, &paid).await;
+    produce_event(&p, &env.topic, &refused.reserved()).await;
+    let refused_paid = refused.paid(0);
+    produce_event(&p, &env.topic, &refused_paid).await;
 
+    // 400: DEAD at once, after one request.
     env.wait_count(
-        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DEAD' AND attempts = 3",
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE order_id = 7 AND status = 'DEAD' AND attempts = 1",
         1,
         WAIT,
     )
     .await;
-    assert_eq!(mock.stats().requests, 3);
-    assert_eq!(mock.stats().accepted, 0);
-    let err: String = sqlx::query_scalar("SELECT last_error FROM data_platform_deliveries")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert!(err.contains("503"), "{err}");
-
-    mock.set_config(MockPlatformConfig::default());
-    let n =
-        flashsale_sink::replay_dead_deliveries(&env.pool, Some(paid["event_id"].as_str().unwrap()))
+    assert_eq!(mock.stats().requests, 1);
+    let err: String =
+        sqlx::query_scalar("SELECT last_error FROM data_platform_deliveries WHERE order_id = 7")
+            .fetch_one(&env.pool)
             .await
             .unwrap();
+    assert!(err.contains("400"), "{err}");
+
+    // 429, then 503: retried, never DEAD, well past the old limit of 12 attempts.
+    mock.set_failure_status(429);
+    let retried = Order {
+        id: 8,
+        member_id: 1,
+        items: vec![(1, 1, 100)],
+        coupon: None,
+    };
+    produce_event(&p, &env.topic, &retried.reserved()).await;
+    produce_event(&p, &env.topic, &retried.paid(0)).await;
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE order_id = 8 AND status = 'PENDING' \
+         AND attempts >= 8 AND last_error LIKE 'HTTP 429%'",
+        1,
+        WAIT,
+    )
+    .await;
+    mock.set_failure_status(503);
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE order_id = 8 AND status = 'PENDING' \
+         AND attempts >= 16 AND last_error LIKE 'HTTP 503%'",
+        1,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DEAD'")
+            .await,
+        1
+    );
+    assert_eq!(
+        env.count("SELECT attempts FROM data_platform_deliveries WHERE order_id = 7")
+            .await,
+        1,
+        "a DEAD delivery is not retried"
+    );
+
+    // The platform recovers: the retried one arrives; the DEAD one after a replay.
+    mock.set_config(MockPlatformConfig::default());
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE order_id = 8 AND status = 'DELIVERED'",
+        1,
+        WAIT,
+    )
+    .await;
+    let n = flashsale_sink::replay_dead_deliveries(
+        &env.pool,
+        Some(refused_paid["event_id"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
     assert_eq!(n, 1);
     env.wait_count(
         "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DELIVERED'",
-        1,
+        2,
         WAIT,
     )
     .await;
-    assert_eq!(mock.stats().distinct_event_ids, 1);
-    assert_eq!(mock.stats().order_ids, vec![7]);
+    let stats = mock.stats();
+    assert_eq!(stats.distinct_event_ids, 2, "{stats:?}");
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.order_ids, vec![8, 7]);
     assert_eq!(
         flashsale_sink::replay_dead_deliveries(&env.pool, None)
             .await
@@ -634,6 +686,364 @@ async fn h_dead_deliveries_can_be_replayed() {
     sink.stop().await.unwrap();
     mock.stop();
     env.cleanup().await;
+}
+
+/// (i) The data platform down for many backoff caps (first refusing connections, then answering 503)
+/// loses no order: nothing turns DEAD, and once it is back every paid order arrives exactly once.
+/// The backlog and oldest-pending-age gauges show the outage and clear after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i_platform_outage_longer_than_the_backoff_cap_loses_no_order() {
+    let env = TestEnv::new(2).await;
+    let (addr, mock) = spawn_mock_platform("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let proxy = Proxy::start(addr.to_string()).await;
+    proxy.down();
+    let ops = free_port();
+    let mut cfg = env.config();
+    cfg.run_delivery_worker = true;
+    cfg.data_platform_url = proxy.url(&format!("http://{addr}/events"));
+    cfg.delivery_backoff_base = Duration::from_millis(10);
+    cfg.delivery_backoff_cap = Duration::from_millis(100);
+    cfg.delivery_poll_interval = Duration::from_millis(20);
+    cfg.gauges_interval = Duration::from_millis(200);
+    cfg.listen_addr = Some(ops);
+    let sink = start_sink(cfg);
+
+    const N: i64 = 20;
+    let p = producer();
+    produce_event(&p, &env.topic, &member_registered(1)).await;
+    produce_event(&p, &env.topic, &points_charged(1, 1_000_000, 1_000_000)).await;
+    produce_event(&p, &env.topic, &product_created(3, 500, 1000)).await;
+    let mut balance = 1_000_000;
+    for i in 0..N {
+        let o = Order {
+            id: 2000 + i,
+            member_id: 1,
+            items: vec![(3, 1, 500)],
+            coupon: None,
+        };
+        balance -= o.paid_amount();
+        produce_event(&p, &env.topic, &o.reserved()).await;
+        produce_event(&p, &env.topic, &o.paid(balance)).await;
+    }
+
+    // Refused connections: every delivery retried again and again, still PENDING.
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'PENDING' AND attempts >= 6",
+        N,
+        WAIT,
+    )
+    .await;
+    eventually(WAIT, || async {
+        let text = metrics_text(ops).await;
+        metric(&text, "flashsale_data_platform_pending") == Some(N as f64)
+            && metric(&text, "flashsale_data_platform_oldest_pending_age_seconds")
+                .is_some_and(|age| age > 0.0)
+    })
+    .await;
+    assert_eq!(mock.stats().requests, 0);
+
+    // 503 answers: past the old limit of 12 attempts, still PENDING.
+    mock.set_config(MockPlatformConfig {
+        fail_rate: 1.0,
+        delay: Duration::ZERO,
+    });
+    proxy.up();
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'PENDING' AND attempts >= 16 \
+         AND last_error LIKE 'HTTP 503%'",
+        N,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM data_platform_deliveries WHERE status <> 'PENDING'")
+            .await,
+        0
+    );
+    assert_eq!(mock.stats().accepted, 0);
+
+    // Back: every paid order exactly once.
+    mock.set_config(MockPlatformConfig::default());
+    env.wait_count(
+        "SELECT COUNT(*) FROM data_platform_deliveries WHERE status = 'DELIVERED'",
+        N,
+        WAIT,
+    )
+    .await;
+    let stats = mock.stats();
+    assert_eq!(stats.distinct_event_ids, N as u64, "{stats:?}");
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    let orders: BTreeSet<i64> = stats.order_ids.iter().copied().collect();
+    assert_eq!(orders, (2000..2000 + N).collect::<BTreeSet<_>>());
+    assert_eq!(stats.order_ids.len(), N as usize);
+    eventually(WAIT, || async {
+        let text = metrics_text(ops).await;
+        metric(&text, "flashsale_data_platform_pending") == Some(0.0)
+            && metric(&text, "flashsale_data_platform_oldest_pending_age_seconds") == Some(0.0)
+            && metric(&text, "flashsale_data_platform_dead") == Some(0.0)
+    })
+    .await;
+    sink.stop().await.unwrap();
+    mock.stop();
+    env.cleanup().await;
+}
+
+/// (j) An accepted event the database refuses with a duplicate key (a row the engine never wrote)
+/// is not dead-lettered: its partition stalls (offset not committed past it, later events of the
+/// partition wait, the stall gauge says so) while the other partition flows; once the conflicting
+/// row is removed the event applies, exactly once, and the partition catches up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_integrity_conflict_stalls_the_partition_instead_of_dead_lettering() {
+    let env = TestEnv::new(2).await;
+    let ops = free_port();
+    let mut cfg = env.config();
+    cfg.listen_addr = Some(ops);
+    cfg.stall_backoff_base = Duration::from_millis(50);
+    cfg.stall_backoff_cap = Duration::from_millis(300);
+    let sink = start_sink(cfg);
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 0, WAIT)
+        .await;
+
+    let charge = points_charged(1, 100, 100);
+    let charge_id = charge["event_id"].as_str().unwrap().to_string();
+    insert_conflicting_ledger_row(&env, &charge_id).await;
+
+    let p = producer();
+    produce_to(&p, &env.topic, 0, &member_registered(1)).await;
+    let refused = produce_to(&p, &env.topic, 0, &charge).await;
+    produce_to(&p, &env.topic, 0, &points_charged(1, 50, 150)).await;
+    produce_to(&p, &env.topic, 1, &member_registered(2)).await;
+    produce_to(&p, &env.topic, 1, &points_charged(2, 70, 70)).await;
+
+    // Partition 1 flows; partition 0 applies up to the refused event and stalls there.
+    env.wait_count(
+        "SELECT COALESCE((SELECT balance FROM members WHERE id = 2), -1)",
+        70,
+        WAIT,
+    )
+    .await;
+    eventually(WAIT, || async {
+        let text = metrics_text(ops).await;
+        metric(&text, "flashsale_sink_stalled_partitions") == Some(1.0)
+            && metric(&text, "flashsale_sink_stalled_seconds{partition=\"0\"}").is_some()
+            && metric(&text, "flashsale_sink_conflicts_total").is_some_and(|n| n >= 4.0)
+    })
+    .await;
+    eventually(WAIT, || async {
+        env.committed() == vec![Some(refused.1), Some(high_watermarks(&env.topic)[1])]
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT balance FROM members WHERE id = 1").await,
+        0
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM processed_events").await, 3);
+    assert_eq!(high_watermarks(&env.dlq), vec![0], "nothing dead-lettered");
+
+    // The fix: the conflicting row goes; the sink resumes by itself.
+    sqlx::query("DELETE FROM points_ledger WHERE event_id = ?")
+        .bind(&charge_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    env.wait_count("SELECT balance FROM members WHERE id = 1", 150, WAIT)
+        .await;
+    env.wait_committed_to_end(WAIT).await;
+    eventually(WAIT, || async {
+        metric(
+            &metrics_text(ops).await,
+            "flashsale_sink_stalled_partitions",
+        ) == Some(0.0)
+    })
+    .await;
+    assert_eq!(env.count("SELECT COUNT(*) FROM processed_events").await, 5);
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM points_ledger WHERE event_id = ? AND member_id = 1"
+        )
+        .bind(&charge_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(high_watermarks(&env.dlq), vec![0], "nothing dead-lettered");
+    sink.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// (k) Two sink processes in one group: after the rebalance each reports the lag of the partitions
+/// it holds and no other, so the lag summed over both /metrics is the real lag (before, the first
+/// sink kept reporting the partitions it lost). The lag is held still by stalled partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_rebalance_drops_the_revoked_partitions_lag() {
+    const PARTITIONS: i32 = 4;
+    let env = TestEnv::new(PARTITIONS).await;
+    let first = SinkProcess::start(&env, "first");
+    env.wait_count("SELECT COUNT(*) FROM processed_events", 0, WAIT)
+        .await;
+    let p = producer();
+    for partition in 0..PARTITIONS {
+        let member = 10 + partition as i64;
+        let charge = points_charged(member, 10, 10);
+        insert_conflicting_ledger_row(&env, charge["event_id"].as_str().unwrap()).await;
+        produce_to(&p, &env.topic, partition, &charge).await;
+        produce_to(&p, &env.topic, partition, &member_registered(member)).await;
+        produce_to(&p, &env.topic, partition, &points_charged(member, 5, 15)).await;
+    }
+    let real_lag = |env: &TestEnv| -> f64 {
+        high_watermarks(&env.topic)
+            .iter()
+            .zip(env.committed())
+            .map(|(high, committed)| (high - committed.unwrap_or(0)) as f64)
+            .sum()
+    };
+    assert_eq!(real_lag(&env), 12.0);
+
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    eventually(WAIT, || async {
+        let text = first.metrics().await;
+        lag_partitions(&text)
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            == all
+            && lag_partitions(&text).values().sum::<f64>() == 12.0
+            && metric(&text, "flashsale_sink_stalled_partitions") == Some(PARTITIONS as f64)
+    })
+    .await;
+
+    let second = SinkProcess::start(&env, "second");
+    eventually(Duration::from_secs(90), || async {
+        let (a, b) = (first.metrics().await, second.metrics().await);
+        let (la, lb) = (lag_partitions(&a), lag_partitions(&b));
+        let held_a: BTreeSet<i32> = la.keys().copied().collect();
+        let held_b: BTreeSet<i32> = lb.keys().copied().collect();
+        !held_a.is_empty()
+            && !held_b.is_empty()
+            && held_a.is_disjoint(&held_b)
+            && held_a.union(&held_b).copied().collect::<BTreeSet<_>>() == all
+            && la.values().sum::<f64>() + lb.values().sum::<f64>() == real_lag(&env)
+            && metric(&a, "flashsale_sink_stalled_partitions").unwrap_or(0.0)
+                + metric(&b, "flashsale_sink_stalled_partitions").unwrap_or(0.0)
+                == PARTITIONS as f64
+    })
+    .await;
+    assert_eq!(high_watermarks(&env.dlq), vec![0], "nothing dead-lettered");
+    drop(second);
+    drop(first);
+    env.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------ helpers
+
+/// A points_ledger row under `event_id` that the engine never wrote: the event then hits the
+/// unique key uq_points_ledger_event when the sink applies it.
+async fn insert_conflicting_ledger_row(env: &TestEnv, event_id: &str) {
+    sqlx::query(
+        "INSERT INTO points_ledger (event_id, member_id, type, amount, balance_after, order_id, at) \
+         VALUES (?, 999, 'CHARGE', 1, 1, NULL, '2026-11-24 05:00:00')",
+    )
+    .bind(event_id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+/// Produces an event to one partition.
+async fn produce_to(
+    p: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    ev: &serde_json::Value,
+) -> (i32, i64) {
+    let key = ev["aggregate"].as_str().unwrap().to_string();
+    let value = ev.to_string();
+    p.send(
+        rdkafka::producer::FutureRecord::to(topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&value),
+        rdkafka::util::Timeout::After(Duration::from_secs(30)),
+    )
+    .await
+    .map(|d| (d.partition, d.offset))
+    .map_err(|(e, _)| e)
+    .expect("produced")
+}
+
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the series `name` (with its labels, if any, exactly as rendered).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// flashsale_sink_consumer_lag by partition.
+fn lag_partitions(text: &str) -> std::collections::BTreeMap<i32, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("flashsale_sink_consumer_lag{partition=\"")?;
+            let (partition, rest) = rest.split_once("\"}")?;
+            Some((partition.parse().ok()?, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sink binary as a child process of this test's database and topics; killed on drop, so a
+/// failing test leaves no process behind. Its log goes to a file in the temp dir.
+struct SinkProcess {
+    child: std::process::Child,
+    ops: std::net::SocketAddr,
+}
+
+impl SinkProcess {
+    fn start(env: &TestEnv, name: &str) -> SinkProcess {
+        let ops = free_port();
+        let log_path = std::env::temp_dir().join(format!("sink-test-{}-{name}.log", env.name));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale-sink"))
+            .arg("run")
+            .env("DATABASE_URL", &env.db_url)
+            .env("KAFKA_BROKERS", brokers())
+            .env("KAFKA_TOPIC", &env.topic)
+            .env("KAFKA_DLQ_TOPIC", &env.dlq)
+            .env("KAFKA_GROUP", &env.group)
+            .env("DATA_PLATFORM_URL", "http://127.0.0.1:9/events")
+            .env("SINK_LISTEN_ADDR", ops.to_string())
+            .env("SINK_NO_DELIVERY", "true")
+            .env("SINK_GAUGES_INTERVAL_MS", "200")
+            .env("SINK_STALL_BACKOFF_BASE_MS", "100")
+            .env("SINK_STALL_BACKOFF_CAP_MS", "500")
+            .env("RUST_LOG", "flashsale_sink=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("sink binary starts");
+        SinkProcess { child, ops }
+    }
+
+    async fn metrics(&self) -> String {
+        metrics_text(self.ops).await
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Throughput probe (not part of the suite): `cargo test -p flashsale-sink --release --test sink_e2e
