@@ -100,17 +100,17 @@ impl AuthGuard {
 
     /// Counts one sign-up or login attempt from `client`.
     pub fn check_client(&self, client: IpAddr) -> Result<(), ApiError> {
-        self.by_client
-            .check_key(&client)
-            .map_err(|not_until| self.throttled("client", not_until.wait_time_from(self.clock.now())))
+        self.by_client.check_key(&client).map_err(|not_until| {
+            self.throttled("client", not_until.wait_time_from(self.clock.now()))
+        })
     }
 
     /// Counts one sign-up or login attempt on the account `email` (already normalized).
     pub fn check_account(&self, email: &str) -> Result<(), ApiError> {
         let key: String = email.chars().take(MAX_ACCOUNT_KEY_LEN).collect();
-        self.by_account
-            .check_key(&key)
-            .map_err(|not_until| self.throttled("account", not_until.wait_time_from(self.clock.now())))
+        self.by_account.check_key(&key).map_err(|not_until| {
+            self.throttled("account", not_until.wait_time_from(self.clock.now()))
+        })
     }
 
     fn throttled(&self, scope: &'static str, wait: Duration) -> ApiError {
@@ -134,7 +134,11 @@ impl AuthGuard {
                 Duration::from_secs(1),
             )
         };
-        let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| busy())?;
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
         let running = self
             .hashing
             .clone()

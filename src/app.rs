@@ -218,8 +218,7 @@ impl Application {
             tasks.spawn(relay.run(stop_rx.clone()));
         }
         tracing::info!(addr = %self.local_addr(), "serving");
-        let header_read_timeout =
-            Duration::from_millis(self.state.settings.header_read_timeout_ms);
+        let header_read_timeout = Duration::from_millis(self.state.settings.header_read_timeout_ms);
         crate::http::serve(self.listener, self.router, header_read_timeout, shutdown)
             .await
             .context("serving HTTP")?;
@@ -257,8 +256,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/reconcile", get(ops::reconcile))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        ;
+        .route("/metrics", get(ops::metrics));
     let routes = Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))

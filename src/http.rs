@@ -47,7 +47,10 @@ pub fn with_http_layers(routes: Router, settings: &ServeSettings) -> Router {
     routes
         .route_layer(middleware::from_fn(remember_route))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(limits, enforce_request_limits))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            enforce_request_limits,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(settings.request_timeout_ms),
@@ -118,18 +121,20 @@ fn framework_code(status: StatusCode) -> (&'static str, &'static str) {
             "METHOD_NOT_ALLOWED",
             "the route does not take this method; see Allow",
         ),
-        StatusCode::REQUEST_TIMEOUT => (
-            "REQUEST_TIMEOUT",
-            "the request body did not arrive in time",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("PAYLOAD_TOO_LARGE", "request body is larger than the limit"),
+        StatusCode::REQUEST_TIMEOUT => {
+            ("REQUEST_TIMEOUT", "the request body did not arrive in time")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("PAYLOAD_TOO_LARGE", "request body is larger than the limit")
+        }
         StatusCode::URI_TOO_LONG => ("URI_TOO_LONG", "the request target is too long"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UNSUPPORTED_MEDIA_TYPE", "unsupported content type"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("UNSUPPORTED_MEDIA_TYPE", "unsupported content type")
+        }
         StatusCode::TOO_MANY_REQUESTS => ("RATE_LIMITED", "too many requests, slow down"),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "HEADERS_TOO_LARGE",
-            "the request headers are too large",
-        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ("HEADERS_TOO_LARGE", "the request headers are too large")
+        }
         StatusCode::INTERNAL_SERVER_ERROR => ("INTERNAL", "an internal error occurred"),
         StatusCode::SERVICE_UNAVAILABLE => (
             "SERVICE_UNAVAILABLE",
@@ -254,7 +259,8 @@ async fn enforce_request_limits(
         }
         Ok(Ok(bytes)) => bytes,
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish (up to
@@ -311,4 +317,3 @@ pub async fn serve(
     }
     Ok(())
 }
-

@@ -43,7 +43,10 @@ fn addr_of(app: &common::TestApp) -> SocketAddr {
 }
 
 /// Reads until the server closes the connection (or `deadline` passes: then `None`).
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, deadline: Duration) -> Option<Vec<u8>> {
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    deadline: Duration,
+) -> Option<Vec<u8>> {
     let mut received = Vec::new();
     let read = tokio::time::timeout(deadline, async {
         let mut buf = [0u8; 4096];
@@ -83,7 +86,13 @@ fn parse_raw(received: &[u8]) -> RawReply {
     }
 }
 
-fn assert_problem(what: &str, status: u16, content_type: Option<&str>, body: &Value, want: (u16, &str)) {
+fn assert_problem(
+    what: &str,
+    status: u16,
+    content_type: Option<&str>,
+    body: &Value,
+    want: (u16, &str),
+) {
     assert_eq!(
         (status, body["code"].as_str().unwrap_or_default()),
         want,
@@ -112,7 +121,13 @@ async fn every_refusal_is_problem_json_with_a_code() {
 
     // 405 with Allow (axum answers an empty body on its own).
     let r = app
-        .request(reqwest::Method::DELETE, "/api/v1/products", None, None, None)
+        .request(
+            reqwest::Method::DELETE,
+            "/api/v1/products",
+            None,
+            None,
+            None,
+        )
         .await;
     check("405", &r, (405, "METHOD_NOT_ALLOWED"));
     let allow = r
@@ -125,7 +140,13 @@ async fn every_refusal_is_problem_json_with_a_code() {
     // 413 announced by Content-Length, and 413 streamed without one.
     let huge = "x".repeat(64 * 1024);
     let r = app
-        .request(reqwest::Method::POST, "/api/v1/me/points/charge", Some(&token), Some(&unique("k")), Some(huge.clone()))
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/me/points/charge",
+            Some(&token),
+            Some(&unique("k")),
+            Some(huge.clone()),
+        )
         .await;
     check("413 content-length", &r, (413, "PAYLOAD_TOO_LARGE"));
     let addr = addr_of(&app);
@@ -149,7 +170,10 @@ async fn every_refusal_is_problem_json_with_a_code() {
 
     // 414: a request target longer than 8 KiB.
     let r = app
-        .get(&format!("/api/v1/products?pad={}", "a".repeat(10_000)), None)
+        .get(
+            &format!("/api/v1/products?pad={}", "a".repeat(10_000)),
+            None,
+        )
         .await;
     check("414", &r, (414, "URI_TOO_LONG"));
 
@@ -167,7 +191,13 @@ async fn every_refusal_is_problem_json_with_a_code() {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_problem("431", status, content_type.as_deref(), &body, (431, "HEADERS_TOO_LARGE"));
+    assert_problem(
+        "431",
+        status,
+        content_type.as_deref(),
+        &body,
+        (431, "HEADERS_TOO_LARGE"),
+    );
 
     // A number beyond any numeric type is out of range like any other: 422, not 400.
     let digits = "9".repeat(400);
@@ -263,7 +293,10 @@ async fn a_stalled_body_gets_408_and_an_unfinished_head_is_closed() {
         .await
         .expect("write");
     let closed = read_until_closed(&mut stream, Duration::from_secs(30)).await;
-    assert!(closed.is_some(), "an unfinished request head is still open after 30 s");
+    assert!(
+        closed.is_some(),
+        "an unfinished request head is still open after 30 s"
+    );
 
     // The server still serves everyone else.
     assert_eq!(app.get("/healthz", None).await.status, 200);
@@ -282,15 +315,21 @@ async fn invented_methods_and_paths_fold_into_one_label() {
     let app = spawn_app().await;
     let marker = unique("zz");
     for i in 0..20 {
-        let method = reqwest::Method::from_bytes(format!("{}{i}", marker.to_uppercase()).as_bytes())
-            .expect("a valid token");
-        let r = app.request(method.clone(), "/api/v1/products", None, None, None).await;
+        let method =
+            reqwest::Method::from_bytes(format!("{}{i}", marker.to_uppercase()).as_bytes())
+                .expect("a valid token");
+        let r = app
+            .request(method.clone(), "/api/v1/products", None, None, None)
+            .await;
         assert_eq!(r.status, 405, "{}", r.text);
         let r = app
             .request(method, &format!("/{marker}/{i}"), None, None, None)
             .await;
         assert_eq!(r.status, 404, "{}", r.text);
-        assert_eq!(app.get(&format!("/{marker}/path/{i}"), None).await.status, 404);
+        assert_eq!(
+            app.get(&format!("/{marker}/path/{i}"), None).await.status,
+            404
+        );
     }
     let metrics = app.get("/metrics", None).await.text;
     let series = request_series(&metrics);
@@ -298,18 +337,21 @@ async fn invented_methods_and_paths_fold_into_one_label() {
     assert!(
         !series.iter().any(|l| l.to_lowercase().contains(&lower)),
         "an invented method or path became a label: {:?}",
-        series.iter().filter(|l| l.to_lowercase().contains(&lower)).collect::<Vec<_>>()
-    );
-    assert!(
         series
             .iter()
-            .any(|l| l.contains(r#"method="OTHER""#) && l.contains(r#"route="/api/v1/products""#) && l.contains(r#"status="405""#)),
+            .filter(|l| l.to_lowercase().contains(&lower))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        series.iter().any(|l| l.contains(r#"method="OTHER""#)
+            && l.contains(r#"route="/api/v1/products""#)
+            && l.contains(r#"status="405""#)),
         "{series:#?}"
     );
     assert!(
-        series
-            .iter()
-            .any(|l| l.contains(r#"route="unmatched""#) && l.contains(r#"method="GET""#) && l.contains(r#"status="404""#)),
+        series.iter().any(|l| l.contains(r#"route="unmatched""#)
+            && l.contains(r#"method="GET""#)
+            && l.contains(r#"status="404""#)),
         "{series:#?}"
     );
     app.stop().await;
@@ -338,7 +380,9 @@ async fn timeouts_and_panics_are_counted_with_their_status() {
             }),
         );
     let router = flashsale::http::with_http_layers(routes, &settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flashsale::http::serve(
@@ -351,8 +395,15 @@ async fn timeouts_and_panics_are_counted_with_their_status() {
     ));
     flashsale::telemetry::metrics_handle();
     let client = reqwest::Client::new();
-    for (path, want) in [("/test/never-answers", (503, "SERVICE_UNAVAILABLE")), ("/test/panics", (500, "INTERNAL"))] {
-        let r = client.get(format!("http://{addr}{path}")).send().await.expect("sent");
+    for (path, want) in [
+        ("/test/never-answers", (503, "SERVICE_UNAVAILABLE")),
+        ("/test/panics", (500, "INTERNAL")),
+    ] {
+        let r = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .expect("sent");
         let status = r.status().as_u16();
         let content_type = r
             .headers()
@@ -366,9 +417,11 @@ async fn timeouts_and_panics_are_counted_with_their_status() {
     let series = request_series(&metrics);
     for (route, status) in [("/test/never-answers", "503"), ("/test/panics", "500")] {
         assert!(
-            series.iter().any(|l| l.contains(&format!(r#"route="{route}""#))
-                && l.contains(&format!(r#"status="{status}""#))
-                && l.ends_with(" 1")),
+            series
+                .iter()
+                .any(|l| l.contains(&format!(r#"route="{route}""#))
+                    && l.contains(&format!(r#"status="{status}""#))
+                    && l.ends_with(" 1")),
             "{route} {status} not counted: {series:#?}"
         );
     }
@@ -463,7 +516,9 @@ async fn a_login_burst_is_throttled_while_honest_clients_keep_logging_in() {
                 let secs: u64 = retry_after
                     .as_deref()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("429 without a Retry-After in seconds: {retry_after:?}"));
+                    .unwrap_or_else(|| {
+                        panic!("429 without a Retry-After in seconds: {retry_after:?}")
+                    });
                 assert!(secs >= 1);
             }
             other => panic!("unexpected {other}: {body}"),
@@ -473,7 +528,9 @@ async fn a_login_burst_is_throttled_while_honest_clients_keep_logging_in() {
     app.stop().await;
 }
 
-fn guard_settings(configure: impl FnOnce(&mut flashsale::config::ServeSettings)) -> flashsale::config::ServeSettings {
+fn guard_settings(
+    configure: impl FnOnce(&mut flashsale::config::ServeSettings),
+) -> flashsale::config::ServeSettings {
     let mut settings = common::serve_settings(common::isolated_connections());
     configure(&mut settings);
     settings
@@ -488,8 +545,15 @@ fn x_forwarded_for_counts_only_from_trusted_proxies() {
         ];
     }));
     let mut headers = axum::http::HeaderMap::new();
-    headers.insert("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.1.1.1".parse().expect("header"));
-    let from = |peer: &str| guard.client_ip(peer.parse().expect("peer"), &headers).to_string();
+    headers.insert(
+        "x-forwarded-for",
+        "1.1.1.1, 203.0.113.9, 10.1.1.1".parse().expect("header"),
+    );
+    let from = |peer: &str| {
+        guard
+            .client_ip(peer.parse().expect("peer"), &headers)
+            .to_string()
+    };
     // From a trusted proxy: the right-most hop that is not a proxy of ours.
     assert_eq!(from("10.2.3.4:5000"), "203.0.113.9");
     assert_eq!(from("192.0.2.1:5000"), "203.0.113.9");
@@ -516,11 +580,16 @@ async fn a_full_hashing_queue_is_503_with_retry_after() {
     };
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
-        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("1")
     );
     drop(running);
-    let _next = waiting.await.expect("the queued hash runs once the slot frees");
+    let _next = waiting
+        .await
+        .expect("the queued hash runs once the slot frees");
 }
 
 #[tokio::test]
@@ -533,7 +602,9 @@ async fn the_limiters_forget_clients_whose_quota_refilled() {
         guard
             .check_client(std::net::IpAddr::from([10, 0, 0, i]))
             .expect("within quota");
-        guard.check_account(&format!("{i}@example.com")).expect("within quota");
+        guard
+            .check_account(&format!("{i}@example.com"))
+            .expect("within quota");
     }
     assert_eq!(guard.tracked(), 200);
     // Quotas refill within milliseconds here; poll until pruning forgets everyone.
@@ -543,7 +614,11 @@ async fn the_limiters_forget_clients_whose_quota_refilled() {
         if guard.tracked() == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still tracking {}", guard.tracked());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still tracking {}",
+            guard.tracked()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
