@@ -173,7 +173,7 @@ impl Application {
             keys,
             ids: IdAllocator::new(),
             tokens: Tokens::new(&secret, settings.jwt_ttl_secs),
-            auth_limiter: AppState::limiter(settings.auth_rate_per_sec),
+            auth_guard: crate::abuse::AuthGuard::new(&settings),
             producer,
             settings,
         });
@@ -204,6 +204,10 @@ impl Application {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::abuse::prune_periodically(
+            self.state.clone(),
+            stop_rx.clone(),
+        ));
         if self.state.settings.run_relay {
             let relay = crate::relay::Relay::new(
                 &self.state.settings.connections,
@@ -214,14 +218,10 @@ impl Application {
             tasks.spawn(relay.run(stop_rx.clone()));
         }
         tracing::info!(addr = %self.local_addr(), "serving");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+        let header_read_timeout = Duration::from_millis(self.state.settings.header_read_timeout_ms);
+        crate::http::serve(self.listener, self.router, header_read_timeout, shutdown)
+            .await
+            .context("serving HTTP")?;
         tracing::info!("HTTP drained; stopping background tasks");
         let _ = stop_tx.send(true);
         while tasks.join_next().await.is_some() {}
@@ -230,7 +230,6 @@ impl Application {
 }
 
 pub fn router(state: AppState) -> Router {
-    let settings = &state.settings;
     let api = Router::new()
         .route("/api/v1/members", post(members::signup))
         .route("/api/v1/auth/login", post(members::login))
@@ -257,42 +256,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/reconcile", get(ops::reconcile))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route_layer(middleware::from_fn(track_http));
-    let body_limit = settings.body_limit_bytes;
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    Router::new()
+        .route("/metrics", get(ops::metrics));
+    let routes = Router::new()
         .merge(api)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-        }))
+        .with_state(state.clone());
+    crate::http::with_http_layers(routes, &state.settings)
 }
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
-}
-
-/// Request count and latency by route template, method and status.
-async fn track_http(matched: MatchedPath, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = matched.as_str().to_string();
-    let method = request.method().as_str().to_string();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("route", route), ("method", method), ("status", status)];
-    metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
-    metrics::histogram!("flashsale_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -84,8 +84,27 @@ pub struct ServeSettings {
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]
     pub body_limit_bytes: usize,
     /// Requests per second allowed per client address on signup and login (brute-force guard).
-    #[arg(long, env = "AUTH_RATE_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "AUTH_RATE_PER_SEC", default_value_t = 10)]
     pub auth_rate_per_sec: u32,
+    /// Sign-up and login attempts per minute allowed per account (email), whatever the client address.
+    #[arg(long, env = "AUTH_ACCOUNT_RATE_PER_MIN", default_value_t = 10)]
+    pub auth_account_rate_per_min: u32,
+    /// Proxies (CIDR list, comma separated) whose `X-Forwarded-For` names the client; from any other peer
+    /// the header is ignored and the peer address is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::abuse::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Password hashes (argon2, 19 MiB each) computed at once; more wait in a queue.
+    #[arg(long, env = "HASH_CONCURRENCY", default_value_t = 4)]
+    pub hash_concurrency: usize,
+    /// Password hashes allowed to wait; beyond that sign-up and login answer 503 with Retry-After.
+    #[arg(long, env = "HASH_QUEUE", default_value_t = 64)]
+    pub hash_queue: usize,
+    /// A request head not complete after this long is closed (slowloris guard).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// A request body not complete after this long is answered 408 REQUEST_TIMEOUT.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_read_timeout_ms: u64,
     #[command(flatten)]
     pub relay: RelaySettings,
 }

@@ -30,6 +30,14 @@ pub enum ApiError {
     },
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A refusal the client should retry later (429 RATE_LIMITED, 503 BUSY): sent with `Retry-After`.
+    #[error("{detail}")]
+    RetryLater {
+        status: StatusCode,
+        code: &'static str,
+        detail: &'static str,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -50,6 +58,23 @@ impl ApiError {
         }
     }
 
+    /// `wait` is rounded up to whole seconds, at least one (`Retry-After` takes seconds).
+    pub fn retry_later(
+        status: StatusCode,
+        code: &'static str,
+        detail: &'static str,
+        wait: std::time::Duration,
+    ) -> Self {
+        let nanos = wait.as_nanos();
+        let secs = nanos.div_ceil(1_000_000_000).max(1);
+        Self::RetryLater {
+            status,
+            code,
+            detail,
+            retry_after_secs: u64::try_from(secs).unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
@@ -59,6 +84,7 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Problem { status, .. } => *status,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RetryLater { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +98,7 @@ impl ApiError {
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::Problem { code, .. } => code,
             Self::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            Self::RetryLater { code, .. } => code,
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -152,6 +179,14 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::RetryLater {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -32,6 +32,14 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge;
     }
+    if let JsonRejection::JsonSyntaxError(syntax) = &rejection {
+        let out_of_range = std::error::Error::source(syntax)
+            .and_then(|e| e.downcast_ref::<serde_json::Error>())
+            .is_some_and(crate::routes::is_number_out_of_range);
+        if out_of_range {
+            return ApiError::validation("body", "a number is out of range");
+        }
+    }
     ApiError::InvalidRequest(rejection.body_text())
 }
 

@@ -1,5 +1,6 @@
 //! flashsale: a Redis-first flash-sale engine. See docs/architecture.md for the shape.
 
+pub mod abuse;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod expiry;
 pub mod extract;
 pub mod gauges;
+pub mod http;
 pub mod idempotency;
 pub mod ids;
 pub mod kafka;

@@ -1,12 +1,10 @@
 //! Shared state handed explicitly to every handler.
 
-use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use fred::prelude::Pool;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rdkafka::producer::FutureProducer;
 use sqlx::MySqlPool;
 
@@ -28,19 +26,12 @@ pub struct Inner {
     pub tokens: Tokens,
     pub settings: ServeSettings,
     pub producer: FutureProducer,
-    pub auth_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    pub auth_guard: crate::abuse::AuthGuard,
 }
 
 impl AppState {
     pub fn new(inner: Inner) -> Self {
         Self(Arc::new(inner))
-    }
-
-    pub fn limiter(per_second: u32) -> DefaultKeyedRateLimiter<IpAddr> {
-        let quota = Quota::per_second(
-            std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
-        );
-        RateLimiter::keyed(quota)
     }
 }
 

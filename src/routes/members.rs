@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fred::prelude::*;
@@ -22,14 +22,10 @@ use crate::ids::Entity;
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
-fn rate_limit(state: &AppState, addr: &SocketAddr) -> Result<(), ApiError> {
-    state.auth_limiter.check_key(&addr.ip()).map_err(|_| {
-        ApiError::problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            "too many attempts, slow down",
-        )
-    })
+/// Counts an attempt against the client's quota (the address behind a trusted proxy).
+fn rate_limit(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    let client = state.auth_guard.client_ip(*peer, headers);
+    state.auth_guard.check_client(client)
 }
 
 /// Runs member_signup; shared by sign-up and seeding.
@@ -78,10 +74,12 @@ async fn register(
 pub async fn signup(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    rate_limit(&state, &addr)?;
+    rate_limit(&state, &addr, &headers)?;
     let signup = parse_json::<SignupRequest>(&body)?.parse()?;
+    state.auth_guard.check_account(&signup.email)?;
     // Cheap pre-check so a taken email does not cost an argon2 hash; the script decides for real.
     let taken: bool = state.redis.exists(state.keys.email(&signup.email)).await?;
     if taken {
@@ -91,7 +89,9 @@ pub async fn signup(
             "an account with this email already exists",
         ));
     }
+    let permit = state.auth_guard.hash_permit().await?;
     let hash = hash_password(signup.password).await?;
+    drop(permit);
     let (_, reply) = register(&state, &signup.email, &signup.name, &hash).await?;
     Ok(reply.into_response())
 }
@@ -106,12 +106,14 @@ pub async fn signup(
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<TokenView>> {
-    rate_limit(&state, &addr)?;
+    rate_limit(&state, &addr, &headers)?;
     let request: LoginRequest = parse_json(&body)?;
     let mut member: Option<(i64, String)> = None;
     if let Ok(email) = parse_email(&request.email) {
+        state.auth_guard.check_account(&email)?;
         let id: Option<i64> = state.redis.get(state.keys.email(&email)).await?;
         if let Some(id) = id {
             let hash: Option<String> = state
@@ -122,7 +124,10 @@ pub async fn login(
         }
     }
     let stored = member.as_ref().map(|(_, h)| h.clone());
-    if !verify_password(request.password, stored).await? {
+    let permit = state.auth_guard.hash_permit().await?;
+    let verified = verify_password(request.password, stored).await?;
+    drop(permit);
+    if !verified {
         return Err(ApiError::problem(
             StatusCode::UNAUTHORIZED,
             "INVALID_CREDENTIALS",
@@ -171,7 +176,9 @@ pub async fn seed_members(
         ));
     }
     // One argon2 hash for the whole batch: seeding must not spend a hash per member.
+    let permit = state.auth_guard.hash_permit().await?;
     let hash = hash_password(SEED_PASSWORD.to_string()).await?;
+    drop(permit);
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         // The baseline keeps everything in MySQL, members and their balances included.
         let emails: Vec<String> = (0..count)

@@ -16,10 +16,22 @@ use crate::error::ApiError;
 use crate::idempotency::{fingerprint, IdempotencyKey, RECORD_TTL_SECS};
 use crate::state::AppState;
 
-/// Parses a JSON body: malformed JSON or wrong types -> 400 INVALID_REQUEST.
+/// Parses a JSON body: malformed JSON or wrong types -> 400 INVALID_REQUEST; a number too large for any
+/// numeric type (`1e400`, hundreds of digits) -> 422 VALIDATION_FAILED like any other out-of-range value.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| json_error(&e))
+}
+
+pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
+    if is_number_out_of_range(e) {
+        return ApiError::validation("body", format!("a number is out of range: {e}"));
+    }
+    ApiError::InvalidRequest(format!("invalid JSON body: {e}"))
+}
+
+/// serde_json reports a number beyond f64 as this syntax error; it has no error kind of its own.
+pub(crate) fn is_number_out_of_range(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("number out of range")
 }
 
 /// Parses an optional JSON body (empty means the type's default).

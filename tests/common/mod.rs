@@ -79,6 +79,12 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
         request_timeout_ms: 30_000,
         body_limit_bytes: 16 * 1024,
         auth_rate_per_sec: 100_000,
+        auth_account_rate_per_min: 1_000_000,
+        trusted_proxies: Vec::new(),
+        hash_concurrency: 4,
+        hash_queue: 1_000,
+        header_read_timeout_ms: 10_000,
+        body_read_timeout_ms: 5_000,
         relay: RelaySettings {
             relay_batch: 256,
             relay_claim_idle_ms: 2_000,

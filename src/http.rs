@@ -1,0 +1,319 @@
+//! HTTP as clients and proxies expect it: the layers around every route (metrics that see timeouts
+//! and panics, problem+json for the refusals the framework makes, request size and body-read limits)
+//! and the connection loop (hyper with a header-read timeout, so a head that never ends is closed).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::ServeSettings;
+use crate::error::{problem_body, problem_response, ApiError};
+
+/// Longest request target answered; longer is 414 URI_TOO_LONG.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request head (names and values of all headers) answered; larger is 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most headers in a request answered; more is 431.
+pub const MAX_HEADERS: usize = 100;
+/// hyper's own limit, kept above ours so that our 431 (problem+json) answers first; beyond it hyper
+/// answers an empty 431 itself.
+const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+/// Longest wait for in-flight requests at shutdown.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Wraps `routes` (state applied, fallback set) in the layers every request goes through. From the
+/// outside in: metrics, problem+json for framework refusals, catch-panic, tracing, the request timeout,
+/// then size and body-read limits.
+pub fn with_http_layers(routes: Router, settings: &ServeSettings) -> Router {
+    let limits = RequestLimits {
+        body_limit: settings.body_limit_bytes,
+        body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
+    };
+    routes
+        .route_layer(middleware::from_fn(remember_route))
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            limits,
+            enforce_request_limits,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(settings.request_timeout_ms),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(middleware::from_fn(problem_for_framework_refusals))
+        .layer(middleware::from_fn(track_http))
+}
+
+/// The route template of the request, filled in once routing matched (unset: no route matched).
+#[derive(Clone, Default)]
+struct RouteSlot(Arc<OnceLock<String>>);
+
+async fn remember_route(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
+    if let (Some(matched), Some(slot)) = (matched, request.extensions().get::<RouteSlot>()) {
+        let _ = slot.0.set(matched.as_str().to_string());
+    }
+    next.run(request).await
+}
+
+/// Methods a client may invent are folded into one label so they cannot grow the series.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Request count and latency by route template, method and status. Sits outside the timeout and
+/// catch-panic layers so 503s and 500s are counted; unmatched paths share the route "unmatched".
+async fn track_http(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let slot = RouteSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let method = method_label(request.method());
+    let response = next.run(request).await;
+    let route = slot
+        .0
+        .get()
+        .cloned()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let labels = [
+        ("route", route),
+        ("method", method.to_string()),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("flashsale_http_requests_total", &labels).increment(1);
+    metrics::histogram!("flashsale_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The stable code of a refusal the framework (not a handler) made.
+fn framework_code(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::BAD_REQUEST => ("INVALID_REQUEST", "the request is malformed"),
+        StatusCode::NOT_FOUND => ("NOT_FOUND", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "METHOD_NOT_ALLOWED",
+            "the route does not take this method; see Allow",
+        ),
+        StatusCode::REQUEST_TIMEOUT => {
+            ("REQUEST_TIMEOUT", "the request body did not arrive in time")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("PAYLOAD_TOO_LARGE", "request body is larger than the limit")
+        }
+        StatusCode::URI_TOO_LONG => ("URI_TOO_LONG", "the request target is too long"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("UNSUPPORTED_MEDIA_TYPE", "unsupported content type")
+        }
+        StatusCode::TOO_MANY_REQUESTS => ("RATE_LIMITED", "too many requests, slow down"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            ("HEADERS_TOO_LARGE", "the request headers are too large")
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => ("INTERNAL", "an internal error occurred"),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "SERVICE_UNAVAILABLE",
+            "the request did not complete in time",
+        ),
+        _ if status.is_client_error() => ("INVALID_REQUEST", "the request was refused"),
+        _ => ("INTERNAL", "an internal error occurred"),
+    }
+}
+
+/// Every refusal is problem+json with a code: the framework's own (405 with an empty body, 503 from the
+/// timeout, text/plain rejections) are rewritten, keeping their headers (`Allow`). A 429 or 503 without
+/// `Retry-After` gets one.
+async fn problem_for_framework_refusals(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let framework_made = content_type.is_empty() || content_type.starts_with("text/plain");
+    let mut response = if framework_made {
+        let (code, detail) = framework_code(status);
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let mut rewritten = problem_response(status, problem_body(status, code, detail, None));
+        for (name, value) in parts.headers.iter() {
+            rewritten.headers_mut().append(name.clone(), value.clone());
+        }
+        *rewritten.extensions_mut() = parts.extensions;
+        rewritten
+    } else {
+        Response::from_parts(parts, body)
+    };
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+#[derive(Clone)]
+struct RequestLimits {
+    body_limit: usize,
+    body_read_timeout: Duration,
+}
+
+/// Refuses oversized targets and heads (414, 431), then reads the whole body up front: over the limit
+/// is 413, a body that stalls is 408 REQUEST_TIMEOUT, a malformed one (bad chunking) is 400. Handlers
+/// then get the body already buffered.
+async fn enforce_request_limits(
+    State(limits): State<RequestLimits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URI_BYTES {
+        return ApiError::problem(
+            StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            format!("the request target is longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let head_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || head_bytes > MAX_HEADER_BYTES {
+        return ApiError::problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "HEADERS_TOO_LARGE",
+            format!("at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them"),
+        )
+        .into_response();
+    }
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > limits.body_limit as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(
+        limits.body_read_timeout,
+        axum::body::to_bytes(body, limits.body_limit),
+    )
+    .await;
+    let bytes = match read {
+        Err(_) => {
+            return ApiError::problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "the request body did not arrive in time",
+            )
+            .into_response()
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                ApiError::PayloadTooLarge.into_response()
+            } else {
+                ApiError::InvalidRequest(format!("could not read the request body: {e}"))
+                    .into_response()
+            };
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests finish (up to
+/// `DRAIN_LIMIT`). Like `axum::serve` (HTTP/1.1, `ConnectInfo<SocketAddr>`), plus a header-read
+/// timeout: a request head not complete in time closes the connection (slowloris). The timeout also
+/// closes a keep-alive connection idle that long.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(HYPER_MAX_HEADERS);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(request.map(Body::new))
+            });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain limit; closing them");
+    }
+    Ok(())
+}
