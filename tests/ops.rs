@@ -134,7 +134,8 @@ async fn admin_reconcile_answers_a_bounded_page_and_a_cursor() {
     assert_eq!(page["cursor"], "product:0");
     assert!(page["checked"].as_i64().unwrap() <= 1000, "{page}");
     assert!(page["next_cursor"].is_string(), "more to compare: {page}");
-    assert_eq!(page["pending_events"], 0);
+    // The relay is off: the product.created event is still in the outbox.
+    assert_eq!(page["pending_events"], 1);
 
     // Walk every page to the end: the union finds exactly the one drift.
     let mut drift = Vec::new();
