@@ -93,7 +93,19 @@ produced2=$(( $(events_added) - produced ))
 t0=$(now)
 for _ in $(seq 1 3000); do [ "$(relay_backlog)" = 0 ] && [ "$(applied)" -ge "$(events_added)" ] && break; sleep 0.2; done
 drain_secs=$(since "$t0")
-insync=$(curl -fs "$API/api/v1/admin/reconcile" -H "X-Admin-Key: $ADMIN_API_KEY" | python3 -c 'import json,sys; print(json.load(sys.stdin)["in_sync"])')
+# The admin reconcile answers one page at a time: in sync when every page through the last says so.
+insync=$(API="$API" ADMIN_API_KEY="$ADMIN_API_KEY" python3 -c '
+import json, os, urllib.request
+cursor, ok = None, True
+while True:
+    url = os.environ["API"] + "/api/v1/admin/reconcile?limit=5000" + (f"&cursor={cursor}" if cursor else "")
+    req = urllib.request.Request(url, headers={"X-Admin-Key": os.environ["ADMIN_API_KEY"]})
+    page = json.load(urllib.request.urlopen(req))
+    ok = ok and page["in_sync"]
+    cursor = page.get("next_cursor")
+    if not cursor:
+        break
+print(ok)')
 
 rate() { python3 -c "print(f'{$1 / max($2, 0.001):,.0f}')"; }
 cat >"$OUT" <<MD

@@ -482,6 +482,33 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
 }
 
+/// One bounded page of the admin reconcile: the ids from `cursor` on, at most `limit` of them.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReconcilePage {
+    /// No event pending and no drift among the ids this page compared. The data set is in sync when
+    /// every page up to the last (`next_cursor` null) says so.
+    pub in_sync: bool,
+    /// Events accepted by Redis and not yet applied to MySQL (outbox backlog + Kafka lag of the sink).
+    pub pending_events: i64,
+    /// The differences among the ids this page compared.
+    pub drift: Vec<Drift>,
+    /// Where this page started (`entity:after_id`).
+    pub cursor: String,
+    /// How many ids this page compared.
+    pub checked: i64,
+    /// Pass as `cursor` to get the next page; null when this page reached the end.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReconcileQuery {
+    /// `next_cursor` of the previous page; the start when absent.
+    pub cursor: Option<String>,
+    /// Ids compared per page: 1..5000, default 1000.
+    pub limit: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Expires what is due now; returns how many due reservations it looked at.
+/// How long a reservation the sweep could not expire waits before it is tried again: long enough not
+/// to flood the log, short enough that a fixed order is released soon after.
+const RETRY_FAILED_AFTER_MS: i64 = 60_000;
+
+/// Expires what is due now; returns how many due reservations it looked at. One order that cannot be
+/// expired (unparsable, or its script fails) is logged, counted and retried later; the others go on.
 pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
     let now = Now::read();
     let due: Vec<i64> = state
@@ -42,42 +47,66 @@ pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
         )
         .await?;
     for order_id in &due {
-        for _ in 0..3 {
-            let products = read_order_keys(state, *order_id)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .map(|v| v.product_ids)
-                .unwrap_or_default();
-            let mut keys = vec![
-                state.keys.order(*order_id),
-                state.keys.reservations(),
-                state.keys.outbox(),
-            ];
-            let mut args = vec![
-                order_id.to_string(),
-                now.ms().to_string(),
-                now.rfc3339(),
-                event_id(),
-            ];
-            for p in &products {
-                keys.push(state.keys.product(*p));
-                args.push(p.to_string());
-            }
-            let outcome: String = state
-                .scripts
-                .run(&state.redis, Script::OrderExpire, keys, args)
-                .await?
-                .as_string()
-                .unwrap_or_default();
-            metrics::counter!("flashsale_script_outcomes_total", "script" => "order_expire", "outcome" => outcome.clone())
-                .increment(1);
-            if outcome == "expired" {
-                metrics::counter!("flashsale_orders_total", "status" => "EXPIRED").increment(1);
-            }
-            if outcome != "stale" {
-                break;
-            }
+        if let Err(e) = expire_one(state, *order_id, &now).await {
+            tracing::error!(order_id, error = %e, "cannot expire this order; skipped, retried later");
+            metrics::counter!("flashsale_expiry_skipped_total").increment(1);
+            // Moved back in the queue (only if still there) so that it neither blocks the orders due
+            // after it nor is retried on every sweep.
+            let _: Result<i64, _> = state
+                .redis
+                .zadd(
+                    state.keys.reservations(),
+                    Some(SetOptions::XX),
+                    None,
+                    false,
+                    false,
+                    (
+                        (now.ms() + RETRY_FAILED_AFTER_MS) as f64,
+                        order_id.to_string(),
+                    ),
+                )
+                .await;
         }
     }
     Ok(due.len())
+}
+
+async fn expire_one(state: &AppState, order_id: i64, now: &Now) -> anyhow::Result<()> {
+    for _ in 0..3 {
+        let products = read_order_keys(state, order_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map(|v| v.product_ids)
+            .unwrap_or_default();
+        let mut keys = vec![
+            state.keys.order(order_id),
+            state.keys.reservations(),
+            state.keys.outbox(),
+        ];
+        let mut args = vec![
+            order_id.to_string(),
+            now.ms().to_string(),
+            now.rfc3339(),
+            event_id(),
+        ];
+        for p in &products {
+            keys.push(state.keys.product(*p));
+            args.push(p.to_string());
+        }
+        let outcome: String = state
+            .scripts
+            .run(&state.redis, Script::OrderExpire, keys, args)
+            .await?
+            .as_string()
+            .unwrap_or_default();
+        metrics::counter!("flashsale_script_outcomes_total", "script" => "order_expire", "outcome" => outcome.clone())
+            .increment(1);
+        if outcome == "expired" {
+            metrics::counter!("flashsale_orders_total", "status" => "EXPIRED").increment(1);
+        }
+        if outcome != "stale" {
+            return Ok(());
+        }
+    }
+    Ok(())
 }

@@ -40,7 +40,7 @@ impl Modify for BearerAuth {
         Problem, SignupRequest, MemberView, LoginRequest, TokenView, SeedMembersRequest, SeededMember, SeededMembers,
         ChargeRequest, BalanceView, PointsHistoryEntry, CreateProductRequest, AddStockRequest, ProductView,
         ProductPage, PopularProduct, CreateCouponRequest, CouponView, IssuedCouponView, MyCouponView,
-        OrderItemRequest, CreateOrderRequest, PayOrderRequest, OrderItemView, OrderView, Drift, ReconcileReport,
+        OrderItemRequest, CreateOrderRequest, PayOrderRequest, OrderItemView, OrderView, Drift, ReconcileReport, ReconcilePage,
         WholeNumber,
     )),
     modifiers(&BearerAuth),

@@ -276,7 +276,16 @@ pub async fn sample_backlog(redis: Pool, keys: Keys, mut stop: watch::Receiver<b
     }
 }
 
-/// Outbox backlog: (entries in the stream, entries not yet forwarded = pending + never read).
+/// Entries per XRANGE page when the backlog is counted from ids, and pages per side before it is
+/// estimated instead (a backlog above ~10,000 entries is large whatever its exact size).
+const BACKLOG_PAGE: u64 = 1000;
+const BACKLOG_PAGES: usize = 10;
+
+/// Outbox backlog: (entries in the stream, entries not yet forwarded). Not yet forwarded = the relay
+/// group's pending list (XPENDING) + the entries after its last-delivered id, counted from ids.
+/// XINFO GROUPS `lag`/`entries-read` are deliberately not used: after Redis reloads its AOF they can
+/// stay wrong for good (a false backlog of thousands). The one count behind the
+/// `flashsale_outbox_pending` gauge, reconcile and rebuild-redis's in-flight check.
 pub async fn outbox_backlog<C: StreamsInterface + Sync>(
     redis: &C,
     keys: &Keys,
@@ -286,35 +295,75 @@ pub async fn outbox_backlog<C: StreamsInterface + Sync>(
         .xinfo_groups(keys.outbox())
         .await
         .unwrap_or(Value::Null);
-    let mut unforwarded = 0;
-    for group in groups.into_array() {
+    let last_delivered = groups.into_array().into_iter().find_map(|group| {
         let fields = group.into_array();
-        if field(&fields, "name")
-            .and_then(|v| v.as_string())
-            .as_deref()
-            != Some(RELAY_GROUP)
-        {
-            continue;
+        let name = field(&fields, "name").and_then(|v| v.as_string());
+        (name.as_deref() == Some(RELAY_GROUP)).then(|| {
+            field(&fields, "last-delivered-id")
+                .and_then(|v| v.as_string())
+                .unwrap_or_else(|| "0-0".into())
+        })
+    });
+    // Without the group (not created yet) nothing has been forwarded.
+    let Some(last_delivered) = last_delivered else {
+        return Ok((length, length));
+    };
+    let summary: Value = redis.xpending(keys.outbox(), RELAY_GROUP, ()).await?;
+    let pending = summary
+        .into_array()
+        .first()
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    let after = entries_after(redis, keys, &last_delivered, length, pending).await?;
+    Ok((length, pending + after))
+}
+
+/// Entries with an id above `last`, counted from whichever side of it is shorter: the trimmer keeps
+/// the side at or below it down to the pending list plus about a second of acknowledged entries.
+async fn entries_after<C: StreamsInterface + Sync>(
+    redis: &C,
+    keys: &Keys,
+    last: &str,
+    length: i64,
+    pending: i64,
+) -> anyhow::Result<i64> {
+    let mut above_from = format!("({last}");
+    let mut below_from = last.to_string();
+    let (mut above, mut below) = (0i64, 0i64);
+    for _ in 0..BACKLOG_PAGES {
+        let page: Value = redis
+            .xrange(keys.outbox(), above_from.as_str(), "+", Some(BACKLOG_PAGE))
+            .await?;
+        let (count, last_id) = page_ids(page);
+        above += count;
+        match last_id {
+            Some(id) if count == BACKLOG_PAGE as i64 => above_from = format!("({id}"),
+            _ => return Ok(above),
         }
-        let pending = field(&fields, "pending")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
-        // `lag` is null when Redis cannot tell (after deletions); then count what follows the last id.
-        let lag = match field(&fields, "lag").and_then(|v| v.as_i64()) {
-            Some(lag) => lag,
-            None => {
-                let last = field(&fields, "last-delivered-id")
-                    .and_then(|v| v.as_string())
-                    .unwrap_or("0-0".into());
-                let after: Vec<Value> = redis
-                    .xrange(keys.outbox(), format!("({last}"), "+", None)
-                    .await?;
-                after.len() as i64
-            }
-        };
-        unforwarded = pending + lag;
+        let page: Value = redis
+            .xrevrange(keys.outbox(), below_from.as_str(), "-", Some(BACKLOG_PAGE))
+            .await?;
+        let (count, last_id) = page_ids(page);
+        below += count;
+        match last_id {
+            Some(id) if count == BACKLOG_PAGE as i64 => below_from = format!("({id}"),
+            // Exact; never below what was counted above (entries appended since XLEN was read).
+            _ => return Ok((length - below).max(above)),
+        }
     }
-    Ok((length, unforwarded))
+    // Both sides are long: an estimate. Pending entries all lie at or below `last`.
+    Ok((length - below.max(pending)).max(above))
+}
+
+/// How many entries an XRANGE/XREVRANGE page holds, and the id of its last one.
+fn page_ids(page: Value) -> (i64, Option<String>) {
+    let entries = page.into_array();
+    let last = entries
+        .last()
+        .cloned()
+        .and_then(|entry| entry.into_array().into_iter().next())
+        .and_then(|id| id.as_string());
+    (entries.len() as i64, last)
 }
 
 /// The smallest id still needed: the oldest pending entry, else the group's last delivered id.

@@ -113,6 +113,32 @@ impl Api {
         Ok(v)
     }
 
+    /// The whole admin reconcile: every page from the first to the last (`next_cursor` null), merged
+    /// into one `{in_sync, pending_events, drift}` (pending_events as the first page saw it).
+    pub async fn reconcile(&self) -> Result<Value> {
+        let first = self.admin_get("/api/v1/admin/reconcile?limit=5000").await?;
+        let pending = first.get("pending_events").cloned().unwrap_or(Value::Null);
+        let mut in_sync = true;
+        let mut drift = Vec::new();
+        let mut page = first;
+        loop {
+            in_sync &= page.get("in_sync").and_then(Value::as_bool) == Some(true);
+            drift.extend(
+                page.get("drift")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let Some(next) = page.get("next_cursor").and_then(Value::as_str) else {
+                break;
+            };
+            page = self
+                .admin_get(&format!("/api/v1/admin/reconcile?limit=5000&cursor={next}"))
+                .await?;
+        }
+        Ok(json!({"in_sync": in_sync, "pending_events": pending, "drift": drift}))
+    }
+
     /// GET as a member (or anonymous), expecting 2xx.
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Result<Value> {
         let mut rb = self.http.get(self.url(path));
@@ -223,7 +249,7 @@ impl Api {
     pub async fn drift_baseline(&self, wait_pending: Duration) -> Result<HashSet<String>> {
         let deadline = Instant::now() + wait_pending;
         loop {
-            let v = self.admin_get("/api/v1/admin/reconcile").await?;
+            let v = self.reconcile().await?;
             let pending = v.get("pending_events").and_then(Value::as_i64).unwrap_or(0);
             if pending == 0 || Instant::now() > deadline {
                 return Ok(drift_keys(&v));
@@ -245,7 +271,7 @@ impl Api {
         let mut truncated = false;
         loop {
             polls += 1;
-            let last_err = match self.admin_get("/api/v1/admin/reconcile").await {
+            let last_err = match self.reconcile().await {
                 Ok(v) => {
                     let pending = v.get("pending_events").and_then(Value::as_i64);
                     let in_sync = v.get("in_sync").and_then(Value::as_bool) == Some(true);

@@ -8,8 +8,10 @@ use fred::prelude::*;
 use serde_json::json;
 
 use crate::auth::Admin;
-use crate::domain::ReconcileReport;
-use crate::error::{ApiResult, Problem};
+use crate::domain::{query_number, ReconcilePage, ReconcileQuery};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiQuery;
+use crate::reconcile::ScanCursor;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process runs")))]
@@ -46,22 +48,43 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
+/// Ids compared per admin reconcile page: small enough to answer well within the request timeout.
+const RECONCILE_PAGE_DEFAULT: i64 = 1000;
+const RECONCILE_PAGE_MAX: i64 = 5000;
+
 #[utoipa::path(get, path = "/api/v1/admin/reconcile", tag = "admin",
-    params(("X-Admin-Key" = String, Header, description = "admin key")),
+    params(("X-Admin-Key" = String, Header, description = "admin key"), ReconcileQuery),
     responses(
-        (status = 200, description = "Redis compared with MySQL", body = ReconcileReport),
+        (status = 200, description = "One page of Redis compared with MySQL; follow `next_cursor` to the end (`flashsale reconcile` runs the whole scan)", body = ReconcilePage),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn reconcile(
     State(state): State<AppState>,
     _admin: Admin,
-) -> ApiResult<Json<ReconcileReport>> {
-    let report = crate::reconcile::reconcile(
+    ApiQuery(query): ApiQuery<ReconcileQuery>,
+) -> ApiResult<Json<ReconcilePage>> {
+    let limit = query_number(
+        "limit",
+        query.limit.as_deref(),
+        RECONCILE_PAGE_DEFAULT,
+        1,
+        RECONCILE_PAGE_MAX,
+    )?;
+    let cursor = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(ScanCursor::parse(text).ok_or_else(|| {
+            ApiError::validation("cursor", "must be a next_cursor this endpoint returned")
+        })?),
+    };
+    let page = crate::reconcile::reconcile_page(
         &state.redis,
         &state.db,
         &state.keys,
         &state.settings.connections,
+        cursor,
+        limit,
     )
     .await?;
-    Ok(Json(report))
+    Ok(Json(page))
 }

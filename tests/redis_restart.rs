@@ -1,0 +1,209 @@
+//! Redis is killed (-9) mid-workload and restarted from its AOF (issue 8 item 20): nothing acknowledged
+//! is lost, the pipeline drains, and reconcile and the `flashsale_outbox_pending` gauge say so instead
+//! of a false backlog left by XINFO GROUPS after the reload. The test runs its own redis-server (own
+//! port, own data dir), never the shared one; its own binary, because it reads process-wide gauges.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::json;
+
+use common::pipeline::{drain, mixed_workload, platform, start_sink, DRAIN};
+use common::{isolated_connections, serve_settings, spawn_with_settings, unique};
+
+/// A private redis-server with AOF (fsync always: an acknowledged write survives kill -9). Killed and
+/// its data removed on drop, so a failing test leaves nothing behind.
+struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(unique("flashsale-redis-"));
+        std::fs::create_dir_all(&dir).expect("redis data dir");
+        let mut redis = Self {
+            port,
+            dir,
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--daemonize", "no", "--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls PING until PONG (not LOADING) or the deadline.
+    async fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pong = std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    s.write_all(b"PING\r\n")?;
+                    let mut buf = [0u8; 64];
+                    let n = s.read(&mut buf)?;
+                    Ok(buf[..n].starts_with(b"+PONG"))
+                })
+                .unwrap_or(false);
+            if pong {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private redis-server never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process killed (-9) on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of an unlabelled gauge in /metrics.
+async fn gauge(app: &common::TestApp, name: &str) -> Option<f64> {
+    app.get("/metrics", None)
+        .await
+        .text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
+    let mut redis = PrivateRedis::start();
+    redis.wait_ready().await;
+    let mut connections = isolated_connections();
+    connections.redis_url = redis.url();
+    let mut settings = serve_settings(connections);
+    settings.run_relay = true;
+    settings.reservation_ttl_secs = 2;
+    let app = spawn_with_settings(settings).await;
+    let (url, _platform) = platform(0.0, 0).await;
+    let _sink = KillOnDrop(start_sink(&app.settings.connections, &url, &[]));
+    mixed_workload(&app, 40).await;
+
+    // Charges, orders and pays keep coming while Redis is killed and restarted; a request that fails
+    // while it is down is fine, what was acknowledged must not be lost.
+    let product = app.create_product(100, 1_000_000).await;
+    let people = app.seed_members(40, 1_000_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = join_all(people.iter().map(|(_, token)| {
+        let stop = stop.clone();
+        let app = &app;
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                app.post(
+                    "/api/v1/me/points/charge",
+                    Some(token),
+                    Some(&unique("c")),
+                    json!({"amount": 10}),
+                )
+                .await;
+                let order = app
+                    .order(token, json!([{"product_id": product, "quantity": 1}]))
+                    .await;
+                if let Some(id) = order.json()["id"].as_i64() {
+                    app.pay(token, id, None).await;
+                }
+            }
+        }
+    }));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        redis.kill9();
+        redis.spawn();
+        redis.wait_ready().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    tokio::join!(busy, chaos);
+    // The engine works after the restart.
+    mixed_workload(&app, 30).await;
+
+    let report = drain(&app, DRAIN).await;
+    assert!(
+        report.in_sync && report.pending_events == 0,
+        "reconcile after the drain: {report:?}"
+    );
+    let (_, backlog) = flashsale::relay::outbox_backlog(app.redis.next(), &app.keys)
+        .await
+        .expect("backlog");
+    assert_eq!(backlog, 0);
+    // The engine's gauge follows (sampled every two seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending = gauge(&app, "flashsale_outbox_pending").await;
+        if pending == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flashsale_outbox_pending stays at {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    app.stop().await;
+}
