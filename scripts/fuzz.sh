@@ -5,7 +5,8 @@
 #                             the full run (`make fuzz`)
 #   scripts/fuzz.sh bounded   starts its own engine (release binary, own database, Redis key prefix and
 #                             Kafka topics on the running services), runs a bounded pass
-#                             (FUZZ_MAX_EXAMPLES per operation, default 30) and stops it (`make test`)
+#                             (FUZZ_MAX_EXAMPLES per operation, default 30; fixed FUZZ_SEED) and stops it
+#                             (`make test`)
 #
 # Either way it seeds a member (admin API) and hands schemathesis that member's bearer token and the
 # admin key, and exits non-zero on any failure. Schemathesis is pinned and installed into a venv under
@@ -88,11 +89,14 @@ case "$MODE" in
     bounded)
         start_engine
         MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-30}
+        # make test must be deterministic: a fixed seed and no example database (make fuzz explores).
+        SEED_ARGS=(--seed "${FUZZ_SEED:-20261126}" --generation-database none)
         ;;
     stack)
         BASE_URL=${BASE_URL:-http://${LISTEN_ADDR:-127.0.0.1:8080}}
         ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
         MAX_EXAMPLES=${FUZZ_MAX_EXAMPLES:-}
+        SEED_ARGS=()
         ;;
     *) die "usage: $0 bounded|stack" ;;
 esac
@@ -110,5 +114,6 @@ args=(--config-file "$REPO/schemathesis.toml" run "$BASE_URL/openapi.json" --url
       --checks all --phases examples,coverage,fuzzing,stateful
       --report junit --report-dir "$LOCAL/fuzz-report")
 [ -z "$MAX_EXAMPLES" ] || args+=(--max-examples "$MAX_EXAMPLES")
+args+=("${SEED_ARGS[@]}")
 log "st ${args[*]}"
 "$VENV/bin/st" "${args[@]}" "${@:2}"
