@@ -88,11 +88,21 @@ fn text(field: &'static str, value: &str, max_chars: usize) -> Result<String, Ap
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignupRequest {
-    #[schema(example = "alice@example.com", min_length = 3, max_length = 254, pattern = r#"^\s*[^@\s{}"<>\x00-\x1f\x7f-\x9f]+@[^@\s{}"<>\x00-\x1f\x7f-\x9f.]([^@\s{}"<>\x00-\x1f\x7f-\x9f]*\.)+[^@\s{}"<>\x00-\x1f\x7f-\x9f]*[^@\s{}"<>\x00-\x1f\x7f-\x9f.]\s*$"#)]
+    #[schema(
+        example = "alice@example.com",
+        min_length = 3,
+        max_length = 254,
+        pattern = r#"^\s*[^@\s{}"<>\x00-\x1f\x7f-\x9f]+@[^@\s{}"<>\x00-\x1f\x7f-\x9f.]([^@\s{}"<>\x00-\x1f\x7f-\x9f]*\.)+[^@\s{}"<>\x00-\x1f\x7f-\x9f]*[^@\s{}"<>\x00-\x1f\x7f-\x9f.]\s*$"#
+    )]
     pub email: String,
     #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     pub password: String,
-    #[schema(example = "Alice", min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        example = "Alice",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
 }
 
@@ -219,7 +229,11 @@ pub struct PointsHistoryEntry {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateProductRequest {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     #[schema(value_type = i64, minimum = 1, maximum = 100_000_000)]
     pub price: WholeNumber,
@@ -321,7 +335,11 @@ pub struct PopularProduct {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCouponRequest {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
     #[schema(value_type = DiscountType)]
     pub discount_type: String,
@@ -330,9 +348,16 @@ pub struct CreateCouponRequest {
     pub discount_value: WholeNumber,
     #[schema(value_type = i64, minimum = 1, maximum = 10_000_000)]
     pub total_quantity: WholeNumber,
-    /// Default: now.
+    /// Default: now. RFC 3339; the pattern states the form the parser takes (`format` alone lets any
+    /// string through), narrowed to days 01..28 so that every string it admits is a real date.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
     pub valid_from: Option<DateTime<Utc>>,
     /// Must be after valid_from.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
     pub valid_until: DateTime<Utc>,
 }
 

@@ -183,7 +183,11 @@ fn retry_after() -> Header {
     header
 }
 
-fn add(responses: &mut std::collections::BTreeMap<String, RefOr<Response>>, status: &str, description: &str) {
+fn add(
+    responses: &mut std::collections::BTreeMap<String, RefOr<Response>>,
+    status: &str,
+    description: &str,
+) {
     responses.entry(status.to_string()).or_insert_with(|| {
         RefOr::T(
             ResponseBuilder::new()
@@ -238,4 +242,3 @@ fn operations(
         .flatten()
     })
 }
-
