@@ -25,7 +25,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-openapi test-rules test-dashboards bench fmt fmt-check lint env build-loadtest
+        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench fmt fmt-check lint env build-loadtest
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -34,6 +34,7 @@ help:
 	@echo "make clean       down + delete $(FLASHSALE_LOCAL)"
 	@echo "make status      what runs;   make logs: tail the logs;   make env: connection variables"
 	@echo "make test        services up, cargo test --release (reuses make up's build), promtool rule tests, dashboard check"
+	@echo "make fuzz        schemathesis (all checks, all phases) against the running stack (make up)"
 	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
 	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus"
@@ -75,7 +76,7 @@ prometheus:
 build:
 	scripts/build.sh
 
-test: services test-rust test-openapi test-rules test-dashboards
+test: services test-rust test-openapi test-fuzz test-rules test-dashboards
 
 # --release: the tests reuse the engine, sink and dependencies that `make up` built (see Cargo.toml).
 test-rust:
@@ -85,6 +86,15 @@ test-rust:
 
 test-openapi:
 	cargo run -q --release -p flashsale --bin flashsale -- openapi | python3 scripts/validate_openapi.py
+
+# A bounded schemathesis pass against an engine the script starts itself (release build, own database,
+# key prefix and topics on the test services); fails on any failure. See docs/api.md.
+test-fuzz:
+	scripts/build.sh
+	REDIS_URL='$(TEST_REDIS_URL)' KAFKA_BROKERS='$(TEST_KAFKA_BROKERS)' scripts/fuzz.sh bounded
+
+fuzz:
+	scripts/fuzz.sh stack
 
 test-rules:
 	@if compgen -G 'prometheus/tests/*.yml' >/dev/null; then \

@@ -62,6 +62,11 @@ impl WholeNumber {
     }
 }
 
+// The schema patterns below state these parse rules as JSON Schema (ECMA-262) regexes. Text: at least
+// one character that is not white space, no control characters. Email: one `@`, a dotted domain that
+// neither starts nor ends with a dot, no white space, control characters or `{}"<>`. Outer white space
+// is trimmed by the parse, so the patterns allow it.
+
 fn text(field: &'static str, value: &str, max_chars: usize) -> Result<String, ApiError> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max_chars {
@@ -83,11 +88,21 @@ fn text(field: &'static str, value: &str, max_chars: usize) -> Result<String, Ap
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignupRequest {
-    #[schema(example = "alice@example.com")]
+    #[schema(
+        example = "alice@example.com",
+        min_length = 3,
+        max_length = 254,
+        pattern = r#"^\s*[^@\s{}"<>\x00-\x1f\x7f-\x9f]+@[^@\s{}"<>\x00-\x1f\x7f-\x9f.]([^@\s{}"<>\x00-\x1f\x7f-\x9f]*\.)+[^@\s{}"<>\x00-\x1f\x7f-\x9f]*[^@\s{}"<>\x00-\x1f\x7f-\x9f.]\s*$"#
+    )]
     pub email: String,
-    #[schema(example = "correct horse battery")]
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     pub password: String,
-    #[schema(example = "Alice")]
+    #[schema(
+        example = "Alice",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
 }
 
@@ -162,12 +177,15 @@ pub struct TokenView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SeedMembersRequest {
-    /// How many members to create (1..5000).
+    /// How many members to create.
+    #[schema(value_type = i64, minimum = 1, maximum = 5_000)]
     pub count: WholeNumber,
     /// Points each starts with.
     #[serde(default)]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub balance: Option<WholeNumber>,
-    /// Emails are `<prefix>-<n>@seed.flashsale.test`.
+    /// Emails are `<prefix>-<n>@seed.flashsale.test` (the prefix lower-cased).
+    #[schema(min_length = 1, pattern = r"^\s*[A-Za-z0-9_-]{1,64}\s*$")]
     pub email_prefix: String,
 }
 
@@ -187,7 +205,8 @@ pub struct SeededMembers {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChargeRequest {
-    /// Points to add (1..100,000,000).
+    /// Points to add.
+    #[schema(value_type = i64, minimum = 1, maximum = 100_000_000)]
     pub amount: WholeNumber,
 }
 
@@ -210,8 +229,15 @@ pub struct PointsHistoryEntry {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateProductRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
+    #[schema(value_type = i64, minimum = 1, maximum = 100_000_000)]
     pub price: WholeNumber,
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub stock: WholeNumber,
 }
 
@@ -233,6 +259,8 @@ impl CreateProductRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AddStockRequest {
+    /// Units to add; the stock after it is at most 1,000,000,000.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
     pub add: WholeNumber,
 }
 
@@ -255,17 +283,22 @@ pub struct ProductPage {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListProductsQuery {
-    /// 1..100, default 20.
+    /// Page size, default 20.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
+    /// The previous page's `next_cursor`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     pub cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PopularQuery {
-    /// 1..30, default 3.
+    /// Window in days, default 3.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 30)]
     pub days: Option<String>,
-    /// 1..100, default 5.
+    /// How many products, default 5.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
 }
 
@@ -302,13 +335,39 @@ pub struct PopularProduct {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCouponRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub name: String,
-    /// FIXED or PERCENT.
+    #[schema(value_type = DiscountType)]
     pub discount_type: String,
+    /// FIXED: points off (1..100,000,000); PERCENT: percent off (1..100).
+    #[schema(value_type = i64, minimum = 1, maximum = 100_000_000)]
     pub discount_value: WholeNumber,
+    #[schema(value_type = i64, minimum = 1, maximum = 10_000_000)]
     pub total_quantity: WholeNumber,
+    /// Default: now. RFC 3339; the pattern states the form the parser takes (`format` alone lets any
+    /// string through), narrowed to days 01..28 so that every string it admits is a real date.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
     pub valid_from: Option<DateTime<Utc>>,
+    /// Must be after valid_from.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
     pub valid_until: DateTime<Utc>,
+}
+
+/// How a coupon discounts: FIXED subtracts discount_value points, PERCENT floor(total * value / 100).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub enum DiscountType {
+    #[serde(rename = "FIXED")]
+    Fixed,
+    #[serde(rename = "PERCENT")]
+    Percent,
 }
 
 pub struct NewCoupon {
@@ -393,13 +452,17 @@ pub struct MyCouponView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderItemRequest {
+    #[schema(value_type = i64, minimum = 1)]
     pub product_id: WholeNumber,
+    /// At most 100 per product, counting repeated entries of the same product together.
+    #[schema(value_type = i64, minimum = 1, maximum = 100)]
     pub quantity: WholeNumber,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateOrderRequest {
-    /// 1..20 items; quantities 1..100 (repeated products are merged).
+    /// Repeated products are merged (their quantities summed).
+    #[schema(min_items = 1, max_items = 20)]
     pub items: Vec<OrderItemRequest>,
 }
 
@@ -435,6 +498,8 @@ impl CreateOrderRequest {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct PayOrderRequest {
+    /// A coupon the member holds, unused and valid now.
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub coupon_id: Option<WholeNumber>,
 }
 
