@@ -216,7 +216,10 @@ impl Application {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
-        tasks.spawn(crate::dependencies::run(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::dependencies::run(
+            self.state.clone(),
+            stop_rx.clone(),
+        ));
         if self.state.settings.run_relay {
             let relay = crate::relay::Relay::new(
                 &self.state.settings.connections,

@@ -41,8 +41,9 @@ pub async fn ensure_topics(c: &ConnectionSettings) -> anyhow::Result<()> {
             c.kafka_partitions,
             TopicReplication::Fixed(replication),
         )
+        .set("min.insync.replicas", &min_insync),
+        NewTopic::new(&c.kafka_dlq_topic, 1, TopicReplication::Fixed(replication))
             .set("min.insync.replicas", &min_insync),
-        NewTopic::new(&c.kafka_dlq_topic, 1, TopicReplication::Fixed(replication)).set("min.insync.replicas", &min_insync),
     ];
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
@@ -65,7 +66,9 @@ pub async fn ensure_topics(c: &ConnectionSettings) -> anyhow::Result<()> {
             )) => anyhow::bail!("creating topic {name}: {code}"),
             // The broker answered and said no (e.g. not authorized: topics made by operations, or a
             // replication factor the cluster cannot hold): say so and go on; sends tell the rest.
-            Err((name, code)) => tracing::error!(topic = %name, error = %code, "could not create the topic"),
+            Err((name, code)) => {
+                tracing::error!(topic = %name, error = %code, "could not create the topic")
+            }
         }
     }
     Ok(())

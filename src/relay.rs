@@ -163,9 +163,7 @@ impl Relay {
                             .unwrap_or(Duration::from_millis(500));
                         until_due.as_millis().clamp(1, 500) as u64
                     });
-                    let due_now = self
-                        .next_due()
-                        .is_some_and(|due| due <= Instant::now());
+                    let due_now = self.next_due().is_some_and(|due| due <= Instant::now());
                     fresh.extend(self.read(">", if due_now { None } else { block }).await?);
                 }
                 for entry in fresh {

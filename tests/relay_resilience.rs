@@ -86,7 +86,10 @@ async fn an_entry_kafka_refuses_for_good_is_parked_and_everything_else_flows() {
     };
 
     let report = drain(&app, DRAIN).await;
-    assert!(report.in_sync, "the pipeline drains around the refused entry: {report:?}");
+    assert!(
+        report.in_sync,
+        "the pipeline drains around the refused entry: {report:?}"
+    );
     assert_eq!(
         processed_events(&app).await,
         events_produced(&app).await - 1,
@@ -105,7 +108,10 @@ async fn an_entry_kafka_refuses_for_good_is_parked_and_everything_else_flows() {
     assert_eq!(dead.len(), 1, "one parked entry");
     let fields = &dead[0].1;
     assert_eq!(fields.get("dead_entry_id"), Some(&huge_id));
-    assert_eq!(fields.get("type").map(String::as_str), Some("test.oversized"));
+    assert_eq!(
+        fields.get("type").map(String::as_str),
+        Some("test.oversized")
+    );
     assert!(
         fields
             .get("dead_error")
@@ -192,8 +198,7 @@ async fn engine_stays_ready_for_redis_sales_while_mysql_is_unreachable() {
             .next()
             .unwrap_or("fs")
             .to_string();
-        s.connections.database_url =
-            format!("mysql://{user}@127.0.0.1:{}/{database}", proxy.port);
+        s.connections.database_url = format!("mysql://{user}@127.0.0.1:{}/{database}", proxy.port);
     })
     .await;
     let product = app.create_product(500, 100).await;

@@ -74,7 +74,11 @@ impl Drop for ChildGuard {
 }
 
 /// A sink process for this deployment. `extra` adds environment (e.g. SINK_CRASH_POINT).
-pub fn start_sink(c: &ConnectionSettings, platform_url: &str, extra: &[(&str, &str)]) -> ChildGuard {
+pub fn start_sink(
+    c: &ConnectionSettings,
+    platform_url: &str,
+    extra: &[(&str, &str)],
+) -> ChildGuard {
     let mut cmd = Command::new(sink_binary());
     cmd.arg("run")
         .env("DATA_PLATFORM_URL", platform_url)
