@@ -117,8 +117,17 @@ pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
             &app.keys,
             &app.settings.connections,
         )
-        .await
-        .expect("reconcile runs");
+        .await;
+        // A broker that just started answers NotCoordinator until its offsets topic exists: retry.
+        let report = match report {
+            Ok(report) => report,
+            Err(e) if started.elapsed() < timeout => {
+                tracing::debug!(error = %e, "reconcile failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(e) => panic!("reconcile runs: {e:#}"),
+        };
         if report.in_sync || started.elapsed() > timeout {
             return report;
         }
