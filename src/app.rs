@@ -136,13 +136,24 @@ impl Application {
         let c = &settings.connections;
         let redis = connect_redis(c).await?;
         let db = connect_mysql(c).await?;
-        crate::kafka::ensure_topics(
-            &c.kafka_brokers,
-            &c.kafka_topic,
-            &c.kafka_dlq_topic,
-            c.kafka_partitions,
+        // Sales need only Redis: without Kafka the engine starts anyway and the relay creates the
+        // topics once a broker answers (bounded here so a dead broker does not delay the start long).
+        let kafka_up = match tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::kafka::ensure_topics(&settings.connections),
         )
-        .await?;
+        .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka topics not created yet; the relay retries");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("Kafka does not answer; starting without it, the relay retries");
+                false
+            }
+        };
         let producer = crate::kafka::producer(&c.kafka_brokers)?;
         let scripts = Scripts::load(&redis).await.context("loading Lua scripts")?;
         let keys = Keys::new(c.key_prefix.clone());
@@ -175,6 +186,7 @@ impl Application {
             tokens: Tokens::new(&secret, settings.jwt_ttl_secs),
             auth_guard: crate::abuse::AuthGuard::new(&settings),
             producer,
+            dependencies: crate::dependencies::DependencyStatus::new(kafka_up),
             settings,
         });
         let router = router(state.clone());
@@ -205,6 +217,10 @@ impl Application {
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::abuse::prune_periodically(
+            self.state.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(crate::dependencies::run(
             self.state.clone(),
             stop_rx.clone(),
         ));

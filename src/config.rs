@@ -42,6 +42,12 @@ pub struct ConnectionSettings {
     /// Partitions of the events topic when the engine creates it.
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 6)]
     pub kafka_partitions: i32,
+    /// Replication factor of the topics when the engine creates them (production: 3; locally 1).
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub kafka_replication_factor: i32,
+    /// `min.insync.replicas` of the topics when the engine creates them (production: 2; locally 1).
+    #[arg(long, env = "KAFKA_MIN_INSYNC_REPLICAS", default_value_t = 1)]
+    pub kafka_min_insync_replicas: i32,
     /// Prefix of every Redis key; tests give each app its own.
     #[arg(long, env = "KEY_PREFIX", default_value = "fs")]
     pub key_prefix: String,
@@ -120,6 +126,12 @@ pub struct RelaySettings {
     /// Consumer name of this relay in the `relay` group (default: host name and pid).
     #[arg(long, env = "RELAY_CONSUMER")]
     pub relay_consumer: Option<String>,
+    /// First retry delay of an entry Kafka did not acknowledge; doubles per attempt up to the max.
+    #[arg(long, env = "RELAY_RETRY_BASE_MS", default_value_t = 200)]
+    pub relay_retry_base_ms: u64,
+    /// Longest retry delay of one entry (also caps the wait for Kafka at start).
+    #[arg(long, env = "RELAY_RETRY_MAX_MS", default_value_t = 10_000)]
+    pub relay_retry_max_ms: u64,
 }
 
 impl RelaySettings {

@@ -27,6 +27,7 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
     let (length, unforwarded) = crate::relay::outbox_backlog(client, &state.keys).await?;
     metrics::gauge!("flashsale_outbox_stream_length").set(length as f64);
     metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
+    crate::relay::sample_dead_letters(client, &state.keys).await;
     let reservations: i64 = client.zcard(state.keys.reservations()).await?;
     metrics::gauge!("flashsale_reservations_active").set(reservations as f64);
 

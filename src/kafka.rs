@@ -11,6 +11,8 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
+use crate::config::ConnectionSettings;
+
 /// Idempotent producer: acks from all in-sync replicas, retries without duplicates or reordering.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
@@ -24,22 +26,28 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .context("creating the Kafka producer")
 }
 
-/// Creates the events and dead-letter topics when missing (a second call is harmless).
-pub async fn ensure_topics(
-    brokers: &str,
-    topic: &str,
-    dlq: &str,
-    partitions: i32,
-) -> anyhow::Result<()> {
+/// Creates the events and dead-letter topics when missing (a second call is harmless), with the
+/// configured replication factor and `min.insync.replicas` (production: 3 and 2; locally 1 and 1).
+pub async fn ensure_topics(c: &ConnectionSettings) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &c.kafka_brokers)
         .create()
         .context("creating the Kafka admin client")?;
+    let replication = c.kafka_replication_factor.max(1);
+    let min_insync = c.kafka_min_insync_replicas.max(1).to_string();
     let topics = [
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(dlq, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(
+            &c.kafka_topic,
+            c.kafka_partitions,
+            TopicReplication::Fixed(replication),
+        )
+        .set("min.insync.replicas", &min_insync),
+        NewTopic::new(&c.kafka_dlq_topic, 1, TopicReplication::Fixed(replication))
+            .set("min.insync.replicas", &min_insync),
     ];
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin
         .create_topics(&topics, &options)
         .await
@@ -47,7 +55,20 @@ pub async fn ensure_topics(
     {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+            // Worth another try: the cluster is still coming up.
+            Err((
+                name,
+                code @ (RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::NotController
+                | RDKafkaErrorCode::BrokerNotAvailable
+                | RDKafkaErrorCode::LeaderNotAvailable),
+            )) => anyhow::bail!("creating topic {name}: {code}"),
+            // The broker answered and said no (e.g. not authorized: topics made by operations, or a
+            // replication factor the cluster cannot hold): say so and go on; sends tell the rest.
+            Err((name, code)) => {
+                tracing::error!(topic = %name, error = %code, "could not create the topic")
+            }
         }
     }
     Ok(())

@@ -78,6 +78,10 @@ impl Keys {
     pub fn outbox(&self) -> String {
         format!("{}:outbox:{{outbox}}", self.prefix)
     }
+    /// Outbox entries Kafka refused for good, parked by the relay (same hash slot as the outbox).
+    pub fn outbox_dead(&self) -> String {
+        format!("{}:outbox:{{outbox}}:dead", self.prefix)
+    }
 
     /// Pattern matching every key of this deployment (used by rebuild to clear state).
     pub fn all_pattern(&self) -> String {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dblock;
+pub mod dependencies;
 pub mod domain;
 pub mod error;
 pub mod expiry;

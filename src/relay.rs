@@ -3,15 +3,28 @@
 //! XACKs an entry only after Kafka acknowledged it. On start it re-sends its own pending entries; it
 //! claims entries a crashed relay left pending; it trims only entries every group has acknowledged.
 //! Two relays at once are safe: the sink drops a redelivered event by its id.
+//!
+//! One entry never stalls the others: sends are in flight concurrently while new entries are read; an
+//! entry Kafka did not acknowledge waits for its own capped backoff, and the later entries of the same
+//! aggregate queue behind it (so they still reach Kafka in order) while every other aggregate flows. An
+//! entry Kafka refuses for good (too large, invalid record) or that cannot be read as an event is parked
+//! in the dead-letter stream `<prefix>:outbox:{outbox}:dead` (see the runbook) instead of being retried
+//! forever. A producer in a fatal state (an idempotence error librdkafka cannot recover from) is
+//! replaced by a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::streams::XReadValue;
 use fred::types::Value;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 
 use crate::app::{connect_redis_client, RELAY_GROUP};
@@ -20,14 +33,64 @@ use crate::keys::Keys;
 
 type Entry = XReadValue<String, String, String>;
 
+/// Parks an entry in the dead-letter stream and acknowledges it, atomically. Resent after a reconnect it
+/// is harmless: an entry already acknowledged is not parked twice.
+/// KEYS: [1] outbox stream, [2] dead-letter stream. ARGV: [1] group, [2] entry id, [3] error,
+/// [4..] the entry's fields and values. Returns 1 when parked, 0 when it was already acknowledged.
+const DEAD_LETTER_SCRIPT: &str = r#"
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+local fields = {'dead_entry_id', ARGV[2], 'dead_error', ARGV[3]}
+for i = 4, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('XADD', KEYS[2], '*', unpack(fields))
+return 1
+"#;
+
+/// A send that settled: the entry, how many attempts it has had, and Kafka's answer.
+struct Settled {
+    entry: Entry,
+    attempts: u32,
+    result: Result<(), String>,
+    verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Sent,
+    /// Not acknowledged this time (broker down, timeout, leader moving): retry after a backoff.
+    Retry,
+    /// The producer itself is unusable: retry with a new producer.
+    RetryNewProducer,
+    /// Kafka will never take it.
+    Dead,
+}
+
+/// Entries of one aggregate waiting behind a failed one, oldest first.
+struct Waiting {
+    queue: VecDeque<(Entry, u32)>,
+    /// When the head may be sent again.
+    due: Instant,
+    /// The id of the head while it is being sent.
+    head_in_flight: Option<String>,
+}
+
 pub struct Relay {
     redis: Client,
     keys: Keys,
+    connections: ConnectionSettings,
     producer: FutureProducer,
-    topic: String,
     consumer: String,
     batch: u64,
     claim_idle_ms: u64,
+    retry_base: Duration,
+    retry_max: Duration,
+    /// Entries sent or waiting at most: beyond it no new entry is read (Kafka is down, most likely).
+    window: usize,
+    waiting: HashMap<String, Waiting>,
+    in_flight: HashSet<String>,
 }
 
 impl Relay {
@@ -36,45 +99,99 @@ impl Relay {
         settings: &RelaySettings,
         producer: FutureProducer,
     ) -> anyhow::Result<Self> {
+        let batch = settings.relay_batch.max(1);
         Ok(Self {
             redis: connect_redis_client(connections).await?,
             keys: Keys::new(connections.key_prefix.clone()),
+            connections: connections.clone(),
             producer,
-            topic: connections.kafka_topic.clone(),
             consumer: settings.consumer_name(),
-            batch: settings.relay_batch.max(1) as u64,
+            batch: batch as u64,
             claim_idle_ms: settings.relay_claim_idle_ms,
+            retry_base: Duration::from_millis(settings.relay_retry_base_ms.max(1)),
+            retry_max: Duration::from_millis(
+                settings
+                    .relay_retry_max_ms
+                    .max(settings.relay_retry_base_ms.max(1)),
+            ),
+            window: batch * 4,
+            waiting: HashMap::new(),
+            in_flight: HashSet::new(),
         })
     }
 
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         tracing::info!(consumer = %self.consumer, "relay started");
+        if !self.wait_for_topics(&mut stop).await {
+            return;
+        }
+        let mut sends: FuturesUnordered<BoxFuture<'static, Settled>> = FuturesUnordered::new();
         // Our own pending entries first: they were read before a crash but maybe never acknowledged.
-        let mut read_own_pending = true;
+        // Walked with a cursor, so entries waiting for a retry do not hide the ones after them.
+        let mut own_pending_cursor: Option<String> = Some("0-0".into());
         let mut last_claim = Instant::now() - Duration::from_secs(3600);
         let mut last_trim = Instant::now();
         while !*stop.borrow() {
             let step = async {
+                let mut settled = Vec::new();
+                while let Some(Some(done)) = sends.next().now_or_never() {
+                    settled.push(done);
+                }
+                self.settle(settled).await?;
+
+                let mut fresh = Vec::new();
                 if last_claim.elapsed() >= Duration::from_secs(5) {
                     last_claim = Instant::now();
                     let claimed = self.claim_abandoned().await?;
                     if !claimed.is_empty() {
                         tracing::warn!(count = claimed.len(), "claimed entries of a crashed relay");
-                        self.forward(claimed).await?;
+                        fresh.extend(claimed);
                     }
                 }
-                let from = if read_own_pending { "0" } else { ">" };
-                let entries = self.read(from).await?;
-                if read_own_pending && entries.is_empty() {
-                    read_own_pending = false;
+                let busy = sends.len() + self.waiting_count();
+                if let Some(cursor) = own_pending_cursor.clone() {
+                    let entries = self.read(&cursor, None).await?;
+                    own_pending_cursor = entries.last().map(|(id, _)| id.clone());
+                    fresh.extend(entries);
+                } else if busy < self.window {
+                    // Block only when there is nothing else to do, and not past the next retry.
+                    let idle = sends.is_empty() && fresh.is_empty();
+                    let block = idle.then(|| {
+                        let until_due = self
+                            .next_due()
+                            .map(|due| due.saturating_duration_since(Instant::now()))
+                            .unwrap_or(Duration::from_millis(500));
+                        until_due.as_millis().clamp(1, 500) as u64
+                    });
+                    let due_now = self.next_due().is_some_and(|due| due <= Instant::now());
+                    fresh.extend(self.read(">", if due_now { None } else { block }).await?);
                 }
-                if !entries.is_empty() {
-                    let all_sent = self.forward(entries).await?;
-                    if !all_sent {
-                        // Some entries stay pending: go through our own pending list again.
-                        read_own_pending = true;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                for entry in fresh {
+                    if let Some(send) = self.admit(entry, 0) {
+                        sends.push(send);
                     }
+                }
+                for send in self.due_heads() {
+                    sends.push(send);
+                }
+                metrics::gauge!("flashsale_relay_retrying").set(self.waiting_count() as f64);
+                metrics::gauge!("flashsale_relay_in_flight").set(sends.len() as f64);
+
+                if !sends.is_empty() {
+                    // Wait a little for a send to settle, then look for new entries again.
+                    if let Ok(Some(done)) =
+                        tokio::time::timeout(Duration::from_millis(20), sends.next()).await
+                    {
+                        self.settle(vec![done]).await?;
+                    }
+                } else if own_pending_cursor.is_none() && self.waiting_count() > 0 {
+                    // Nothing in flight, only entries waiting for their backoff.
+                    let wait = self
+                        .next_due()
+                        .map(|due| due.saturating_duration_since(Instant::now()))
+                        .unwrap_or(Duration::from_millis(100))
+                        .min(Duration::from_millis(500));
+                    tokio::time::sleep(wait).await;
                 }
                 if last_trim.elapsed() >= Duration::from_secs(1) {
                     last_trim = Instant::now();
@@ -87,7 +204,6 @@ impl Relay {
                     if let Err(e) = result {
                         metrics::counter!("flashsale_relay_errors_total").increment(1);
                         tracing::error!(error = %e, "relay step failed; retrying");
-                        read_own_pending = true;
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -97,8 +213,236 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    async fn read(&self, from: &str) -> anyhow::Result<Vec<Entry>> {
-        let block = if from == ">" { Some(500) } else { None };
+    /// Creates the topics, retrying with a capped backoff while Kafka is unreachable. False when stopped.
+    async fn wait_for_topics(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut wait = self.retry_base;
+        loop {
+            match crate::kafka::ensure_topics(&self.connections).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "Kafka topics not ready; the relay waits");
+                    metrics::counter!("flashsale_relay_errors_total").increment(1);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return false;
+            }
+            wait = (wait * 2).min(self.retry_max.max(Duration::from_secs(1)));
+        }
+    }
+
+    fn waiting_count(&self) -> usize {
+        self.waiting.values().map(|w| w.queue.len()).sum()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting
+            .values()
+            .filter(|w| w.head_in_flight.is_none() && !w.queue.is_empty())
+            .map(|w| w.due)
+            .min()
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+
+    /// Sends the entry now, or queues it behind a waiting entry of the same aggregate.
+    fn admit(&mut self, entry: Entry, attempts: u32) -> Option<BoxFuture<'static, Settled>> {
+        if self.in_flight.contains(&entry.0) {
+            return None; // claimed while our own send of it is still out
+        }
+        let aggregate = entry.1.get("aggregate").cloned().unwrap_or_default();
+        if let Some(waiting) = self.waiting.get_mut(&aggregate) {
+            if !waiting.queue.iter().any(|(e, _)| e.0 == entry.0) {
+                insert_in_order(&mut waiting.queue, entry, attempts);
+            }
+            return None;
+        }
+        Some(self.send(entry, attempts))
+    }
+
+    /// The heads of the aggregate queues whose backoff has passed.
+    fn due_heads(&mut self) -> Vec<BoxFuture<'static, Settled>> {
+        let now = Instant::now();
+        let mut heads = Vec::new();
+        for waiting in self.waiting.values_mut() {
+            if waiting.head_in_flight.is_none() && waiting.due <= now {
+                if let Some(head) = waiting.queue.pop_front() {
+                    waiting.head_in_flight = Some(head.0 .0.clone());
+                    heads.push(head);
+                }
+            }
+        }
+        heads
+            .into_iter()
+            .map(|(entry, attempts)| self.send(entry, attempts))
+            .collect()
+    }
+
+    fn send(&mut self, entry: Entry, attempts: u32) -> BoxFuture<'static, Settled> {
+        self.in_flight.insert(entry.0.clone());
+        let producer = self.producer.clone();
+        let topic = self.connections.kafka_topic.clone();
+        async move {
+            let Some((key, value, event_id, event_type)) = kafka_message(&entry.1) else {
+                return Settled {
+                    entry,
+                    attempts: attempts + 1,
+                    result: Err("malformed outbox entry: not an event".into()),
+                    verdict: Verdict::Dead,
+                };
+            };
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "event_id",
+                    value: Some(event_id.as_str()),
+                })
+                .insert(Header {
+                    key: "type",
+                    value: Some(event_type.as_str()),
+                });
+            let record = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers);
+            let sent = producer.send(record, Duration::from_secs(10)).await;
+            let (result, verdict) = match sent {
+                Ok(_) => (Ok(()), Verdict::Sent),
+                Err((e, _)) => {
+                    let verdict = verdict_of(&e, &producer);
+                    (Err(e.to_string()), verdict)
+                }
+            };
+            Settled {
+                entry,
+                attempts: attempts + 1,
+                result,
+                verdict,
+            }
+        }
+        .boxed()
+    }
+
+    /// Acknowledges what Kafka took, parks what it refuses for good, schedules the rest for a retry.
+    async fn settle(&mut self, settled: Vec<Settled>) -> anyhow::Result<()> {
+        if settled.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut acked = Vec::new();
+        let mut failed = 0u64;
+        let mut new_producer = false;
+        for done in settled {
+            let Settled {
+                entry,
+                attempts,
+                result,
+                verdict,
+            } = done;
+            self.in_flight.remove(&entry.0);
+            let aggregate = entry.1.get("aggregate").cloned().unwrap_or_default();
+            match verdict {
+                Verdict::Sent => {
+                    acked.push(entry.0.clone());
+                    self.advance(&aggregate, &entry.0);
+                }
+                Verdict::Dead => {
+                    let error = result.err().unwrap_or_default();
+                    self.dead_letter(&entry, &error).await?;
+                    self.advance(&aggregate, &entry.0);
+                }
+                Verdict::Retry | Verdict::RetryNewProducer => {
+                    failed += 1;
+                    new_producer |= verdict == Verdict::RetryNewProducer;
+                    let wait = self.backoff(attempts);
+                    if attempts == 1 || attempts % 10 == 0 {
+                        tracing::warn!(entry = %entry.0, attempts, retry_in = ?wait,
+                            error = %result.err().unwrap_or_default(), "Kafka did not acknowledge; retrying");
+                    }
+                    let due = Instant::now() + wait;
+                    match self.waiting.get_mut(&aggregate) {
+                        Some(waiting) => {
+                            if waiting.head_in_flight.as_ref() == Some(&entry.0) {
+                                waiting.head_in_flight = None;
+                                waiting.due = due;
+                            }
+                            insert_in_order(&mut waiting.queue, entry, attempts);
+                        }
+                        None => {
+                            self.waiting.insert(
+                                aggregate,
+                                Waiting {
+                                    queue: VecDeque::from([(entry, attempts)]),
+                                    due,
+                                    head_in_flight: None,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if !acked.is_empty() {
+            let _: i64 = self
+                .redis
+                .xack(self.keys.outbox(), RELAY_GROUP, acked.clone())
+                .await?;
+        }
+        if new_producer {
+            tracing::error!("the Kafka producer is in a fatal state; replacing it");
+            metrics::counter!("flashsale_relay_producer_replaced_total").increment(1);
+            self.producer = crate::kafka::producer(&self.connections.kafka_brokers)?;
+        }
+        metrics::counter!("flashsale_relay_published_total").increment(acked.len() as u64);
+        metrics::counter!("flashsale_relay_errors_total").increment(failed);
+        metrics::histogram!("flashsale_relay_publish_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The head of the aggregate's queue went through: the next one may go at once.
+    fn advance(&mut self, aggregate: &str, id: &str) {
+        if let Some(waiting) = self.waiting.get_mut(aggregate) {
+            if waiting.head_in_flight.as_deref() == Some(id) {
+                waiting.head_in_flight = None;
+                waiting.due = Instant::now();
+            }
+            if waiting.queue.is_empty() && waiting.head_in_flight.is_none() {
+                self.waiting.remove(aggregate);
+            }
+        }
+    }
+
+    async fn dead_letter(&self, entry: &Entry, error: &str) -> anyhow::Result<()> {
+        let mut args: Vec<String> = vec![RELAY_GROUP.into(), entry.0.clone(), error.into()];
+        let mut fields: Vec<(&String, &String)> = entry.1.iter().collect();
+        fields.sort();
+        for (name, value) in fields {
+            args.push(name.clone());
+            args.push(value.clone());
+        }
+        let parked: i64 = self
+            .redis
+            .eval(
+                DEAD_LETTER_SCRIPT,
+                vec![self.keys.outbox(), self.keys.outbox_dead()],
+                args,
+            )
+            .await?;
+        if parked == 1 {
+            metrics::counter!("flashsale_relay_dead_lettered_total").increment(1);
+            tracing::error!(entry = %entry.0, error, "outbox entry refused for good; parked in the dead-letter stream");
+        }
+        Ok(())
+    }
+
+    async fn read(&self, from: &str, block: Option<u64>) -> anyhow::Result<Vec<Entry>> {
         // Parsed by hand: a BLOCK timeout answers nil, which typed map conversions refuse.
         let response: Value = self
             .redis
@@ -136,67 +480,23 @@ impl Relay {
                 false,
             )
             .await?;
-        Ok(reply
+        let claimed: Vec<Entry> = reply
             .into_array()
             .into_iter()
             .nth(1)
             .map(parse_entries)
-            .unwrap_or_default())
-    }
-
-    /// Produces the entries and acknowledges those Kafka acknowledged. True when all were sent.
-    async fn forward(&self, entries: Vec<Entry>) -> anyhow::Result<bool> {
-        let started = Instant::now();
-        let sends = entries.iter().map(|(id, fields)| {
-            let message = kafka_message(fields);
-            async move {
-                let Some((key, value, event_id, event_type)) = message else {
-                    // A malformed entry can never be sent; acknowledge it so it does not block the stream
-                    // (the sink would dead-letter it anyway), and say so loudly.
-                    tracing::error!(entry = %id, "malformed outbox entry skipped");
-                    return (id.clone(), true);
-                };
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "event_id",
-                        value: Some(event_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "type",
-                        value: Some(event_type.as_str()),
-                    });
-                let record = FutureRecord::to(&self.topic)
-                    .key(&key)
-                    .payload(&value)
-                    .headers(headers);
-                let sent = self.producer.send(record, Duration::from_secs(10)).await;
-                match sent {
-                    Ok(_) => (id.clone(), true),
-                    Err((e, _)) => {
-                        tracing::warn!(entry = %id, error = %e, "Kafka did not acknowledge");
-                        (id.clone(), false)
-                    }
-                }
-            }
-        });
-        let results = futures::future::join_all(sends).await;
-        let acked: Vec<String> = results
-            .iter()
-            .filter(|(_, ok)| *ok)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let failed = results.len() - acked.len();
-        if !acked.is_empty() {
-            let _: i64 = self
-                .redis
-                .xack(self.keys.outbox(), RELAY_GROUP, acked.clone())
-                .await?;
-        }
-        metrics::counter!("flashsale_relay_published_total").increment(acked.len() as u64);
-        metrics::counter!("flashsale_relay_errors_total").increment(failed as u64);
-        metrics::histogram!("flashsale_relay_publish_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        Ok(failed == 0)
+            .unwrap_or_default();
+        // Our own entries waiting for a retry are idle too; they are not abandoned.
+        Ok(claimed
+            .into_iter()
+            .filter(|(id, _)| {
+                !self.in_flight.contains(id)
+                    && !self
+                        .waiting
+                        .values()
+                        .any(|w| w.queue.iter().any(|(e, _)| &e.0 == id))
+            })
+            .collect())
     }
 
     /// Drops entries every consumer group has acknowledged, and nothing else.
@@ -210,6 +510,35 @@ impl Relay {
             .await?;
         Ok(())
     }
+}
+
+/// What a failed send means for the entry.
+fn verdict_of(error: &KafkaError, producer: &FutureProducer) -> Verdict {
+    use rdkafka::producer::Producer;
+    if producer.client().fatal_error().is_some() {
+        return Verdict::RetryNewProducer;
+    }
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::Fatal) => Verdict::RetryNewProducer,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidMessage,
+        ) => Verdict::Dead,
+        _ => Verdict::Retry,
+    }
+}
+
+/// Inserts the entry by stream id (a retried entry goes back before the later ones).
+fn insert_in_order(queue: &mut VecDeque<(Entry, u32)>, entry: Entry, attempts: u32) {
+    let id = parse_id(&entry.0);
+    let at = queue
+        .iter()
+        .position(|(e, _)| parse_id(&e.0) > id)
+        .unwrap_or(queue.len());
+    queue.insert(at, (entry, attempts));
 }
 
 /// (key, value, event id, type) of the Kafka message for an outbox entry.
@@ -269,6 +598,7 @@ pub async fn sample_backlog(redis: Pool, keys: Keys, mut stop: watch::Receiver<b
             }
             Err(e) => tracing::debug!(error = %e, "sampling the outbox failed"),
         }
+        sample_dead_letters(redis.next(), &keys).await;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => {}
@@ -400,4 +730,12 @@ async fn safe_trim_id(redis: &Client, keys: &Keys) -> anyhow::Result<Option<Stri
 fn parse_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Samples the length of the relay's dead-letter stream (entries Kafka refused for good).
+pub async fn sample_dead_letters<C: StreamsInterface + Sync>(redis: &C, keys: &Keys) {
+    match redis.xlen::<i64, _>(keys.outbox_dead()).await {
+        Ok(length) => metrics::gauge!("flashsale_relay_dead_letter_length").set(length as f64),
+        Err(e) => tracing::debug!(error = %e, "sampling the dead-letter stream failed"),
+    }
 }

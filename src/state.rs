@@ -27,6 +27,8 @@ pub struct Inner {
     pub settings: ServeSettings,
     pub producer: FutureProducer,
     pub auth_guard: crate::abuse::AuthGuard,
+    /// Last probe of Kafka, MySQL and Redis (reported by /readyz; only Redis decides readiness).
+    pub dependencies: crate::dependencies::DependencyStatus,
 }
 
 impl AppState {

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod kafka;
 pub mod pipeline;
+pub mod proxy;
 
 use flashsale::app::Application;
 use flashsale::config::{ConnectionSettings, HotPath, RelaySettings, ServeSettings};
@@ -58,6 +60,8 @@ pub fn isolated_connections() -> ConnectionSettings {
         kafka_dlq_topic: format!("fs-{id}.events.dlq"),
         kafka_group: format!("fs-{id}-sink"),
         kafka_partitions: 3,
+        kafka_replication_factor: 1,
+        kafka_min_insync_replicas: 1,
         key_prefix: id,
         redis_pool_size: 4,
         database_pool_size: 8,
@@ -89,6 +93,8 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
             relay_batch: 256,
             relay_claim_idle_ms: 2_000,
             relay_consumer: None,
+            relay_retry_base_ms: 100,
+            relay_retry_max_ms: 2_000,
         },
     }
 }

@@ -50,8 +50,35 @@ fn common_env(cmd: &mut Command, c: &ConnectionSettings) {
         .stderr(Stdio::inherit());
 }
 
+/// A child process that is killed (-9) and reaped when dropped, so a failing test (a panic unwinds
+/// through it) leaves no sink or relay running. Derefs to the `Child`.
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        kill9(&mut self.0);
+    }
+}
+
 /// A sink process for this deployment. `extra` adds environment (e.g. SINK_CRASH_POINT).
-pub fn start_sink(c: &ConnectionSettings, platform_url: &str, extra: &[(&str, &str)]) -> Child {
+pub fn start_sink(
+    c: &ConnectionSettings,
+    platform_url: &str,
+    extra: &[(&str, &str)],
+) -> ChildGuard {
     let mut cmd = Command::new(sink_binary());
     cmd.arg("run")
         .env("DATA_PLATFORM_URL", platform_url)
@@ -60,18 +87,18 @@ pub fn start_sink(c: &ConnectionSettings, platform_url: &str, extra: &[(&str, &s
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("sink starts")
+    ChildGuard(cmd.spawn().expect("sink starts"))
 }
 
 /// A standalone relay process (`flashsale relay`).
-pub fn start_relay(c: &ConnectionSettings, consumer: &str) -> Child {
+pub fn start_relay(c: &ConnectionSettings, consumer: &str) -> ChildGuard {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
     cmd.arg("relay")
         .env("RELAY_CONSUMER", consumer)
         .env("RELAY_CLAIM_IDLE_MS", "1000")
         .env("RELAY_METRICS_ADDR", "127.0.0.1:0");
     common_env(&mut cmd, c);
-    cmd.spawn().expect("relay starts")
+    ChildGuard(cmd.spawn().expect("relay starts"))
 }
 
 /// kill -9.
@@ -90,8 +117,17 @@ pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
             &app.keys,
             &app.settings.connections,
         )
-        .await
-        .expect("reconcile runs");
+        .await;
+        // A broker that just started answers NotCoordinator until its offsets topic exists: retry.
+        let report = match report {
+            Ok(report) => report,
+            Err(e) if started.elapsed() < timeout => {
+                tracing::debug!(error = %e, "reconcile failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(e) => panic!("reconcile runs: {e:#}"),
+        };
         if report.in_sync || started.elapsed() > timeout {
             return report;
         }
