@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::routes::orders::read_order_keys;
 use crate::scripts::Script;
-use crate::state::{event_id, AppState, Now};
+use crate::state::{event_id, AppState};
 
 const BATCH: i64 = 200;
 
@@ -30,13 +30,20 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 
 /// Expires what is due now; returns how many due reservations it looked at.
 pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
-    let now = Now::read();
+    // Due by Redis's clock (the script decides by it too), not by this engine's, which may be skewed.
+    let time: Vec<i64> = state
+        .redis
+        .next()
+        .custom(fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false), Vec::<String>::new())
+        .await?;
+    let now_ms = time.first().copied().unwrap_or_default() * 1000
+        + time.get(1).copied().unwrap_or_default() / 1000;
     let due: Vec<i64> = state
         .redis
         .zrangebyscore(
             state.keys.reservations(),
             "-inf",
-            now.ms(),
+            now_ms,
             false,
             Some((0, BATCH)),
         )
@@ -53,12 +60,7 @@ pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
                 state.keys.reservations(),
                 state.keys.outbox(),
             ];
-            let mut args = vec![
-                order_id.to_string(),
-                now.ms().to_string(),
-                now.rfc3339(),
-                event_id(),
-            ];
+            let mut args = vec![order_id.to_string(), event_id()];
             for p in &products {
                 keys.push(state.keys.product(*p));
                 args.push(p.to_string());

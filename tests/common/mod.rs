@@ -84,6 +84,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
             relay_claim_idle_ms: 2_000,
             relay_consumer: None,
         },
+        env: std::env::var("FLASHSALE_ENV").unwrap_or_else(|_| "dev".into()),
     }
 }
 

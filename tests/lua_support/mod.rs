@@ -292,7 +292,6 @@ impl Ctx {
                 email.into(),
                 name.into(),
                 PASSWORD_HASH.into(),
-                rfc(at),
                 event.into(),
             ],
         )
@@ -316,7 +315,6 @@ impl Ctx {
                 RECORD_TTL_SECS.to_string(),
                 amount.to_string(),
                 limit.to_string(),
-                rfc(at),
                 event.into(),
             ],
         )
@@ -441,14 +439,13 @@ impl Ctx {
                 self.k.member_coupons(member),
                 key,
                 self.k.outbox(),
+                self.k.member(member),
             ],
             vec![
                 fp,
                 RECORD_TTL_SECS.to_string(),
                 sent.into(),
                 member.to_string(),
-                at.to_string(),
-                rfc(at),
                 event.into(),
             ],
         )
@@ -471,15 +468,15 @@ impl Ctx {
             self.k.reservations(),
             idem.key.clone(),
             self.k.outbox(),
+            self.k.member(member),
         ];
+        // The script stamps Redis time and expires the order this TTL later (negative: already due).
         let mut args = vec![
             idem.fp.clone(),
             RECORD_TTL_SECS.to_string(),
             member.to_string(),
             order.to_string(),
-            rfc(at),
-            expires_ms.to_string(),
-            rfc(expires_ms),
+            (expires_ms - at).to_string(),
             event.into(),
         ];
         for (product, quantity) in items {
@@ -516,8 +513,6 @@ impl Ctx {
                 RECORD_TTL_SECS.to_string(),
                 member.to_string(),
                 coupon.map(|c| c.to_string()).unwrap_or_default(),
-                at.to_string(),
-                rfc(at),
                 today,
                 POPULAR_DAY_TTL_SECS.to_string(),
                 event.into(),
@@ -571,7 +566,6 @@ impl Ctx {
             idem.fp.clone(),
             RECORD_TTL_SECS.to_string(),
             member.to_string(),
-            rfc(at),
             event.into(),
             paid_day.into(),
         ];
@@ -612,7 +606,8 @@ impl Ctx {
 
     pub async fn expire_raw(&self, order: i64, products: &[i64], event: &str, at: i64) -> String {
         let mut keys = vec![self.k.order(order), self.k.reservations(), self.k.outbox()];
-        let mut args = vec![order.to_string(), at.to_string(), rfc(at), event.into()];
+        let _ = at; // due by Redis time now
+        let mut args = vec![order.to_string(), event.into()];
         for p in products {
             keys.push(self.k.product(*p));
             args.push(p.to_string());
