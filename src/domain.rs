@@ -522,7 +522,10 @@ mod tests {
             parse_email(" Alice@Example.COM ").unwrap(),
             "alice@example.com"
         );
-        assert_eq!(parse_email("jos\u{65}\u{301}@example.com").unwrap(), "jos\u{e9}@example.com");
+        assert_eq!(
+            parse_email("jos\u{65}\u{301}@example.com").unwrap(),
+            "jos\u{e9}@example.com"
+        );
         assert_eq!(
             parse_email("\u{ff2a}\u{ff2f}\u{ff33}\u{ff25}@example.com").unwrap(),
             "jose@example.com"

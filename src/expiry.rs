@@ -34,7 +34,10 @@ pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
     let time: Vec<i64> = state
         .redis
         .next()
-        .custom(fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false), Vec::<String>::new())
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false),
+            Vec::<String>::new(),
+        )
         .await?;
     let now_ms = time.first().copied().unwrap_or_default() * 1000
         + time.get(1).copied().unwrap_or_default() / 1000;

@@ -108,10 +108,11 @@ async fn email_twins_are_one_identity_in_both_stores() {
 
     let report = drain(&app, DRAIN).await;
     assert!(report.in_sync, "reconcile not in sync: {report:?}");
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, CAST(email AS BINARY) FROM members ORDER BY id")
-        .fetch_all(&app.state.db)
-        .await
-        .expect("members");
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, CAST(email AS BINARY) FROM members ORDER BY id")
+            .fetch_all(&app.state.db)
+            .await
+            .expect("members");
     assert_eq!(
         rows,
         vec![
@@ -120,7 +121,11 @@ async fn email_twins_are_one_identity_in_both_stores() {
         ]
     );
     assert_eq!(processed_events(&app).await, events_produced(&app).await);
-    assert_eq!(dead_letters(&app), 0, "an accepted sign-up was dead-lettered");
+    assert_eq!(
+        dead_letters(&app),
+        0,
+        "an accepted sign-up was dead-lettered"
+    );
     app.stop().await;
 }
 
@@ -147,13 +152,20 @@ async fn password_hash_stays_out_of_the_pipeline_and_rebuild_restores_logins() {
         .collect();
     assert_eq!(registered.len(), 1);
     let payload: Value = serde_json::from_str(&registered[0].1["payload"]).expect("payload");
-    assert!(payload.get("password_hash").is_none(), "hash in the event: {payload}");
-    assert!(!registered[0].1["payload"].contains("$argon2"), "hash in the event");
-    let (hash,): (String,) = sqlx::query_as("SELECT password_hash FROM member_credentials WHERE member_id = ?")
-        .bind(id)
-        .fetch_one(&app.state.db)
-        .await
-        .expect("credential row written by the engine");
+    assert!(
+        payload.get("password_hash").is_none(),
+        "hash in the event: {payload}"
+    );
+    assert!(
+        !registered[0].1["payload"].contains("$argon2"),
+        "hash in the event"
+    );
+    let (hash,): (String,) =
+        sqlx::query_as("SELECT password_hash FROM member_credentials WHERE member_id = ?")
+            .bind(id)
+            .fetch_one(&app.state.db)
+            .await
+            .expect("credential row written by the engine");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 
     let report = drain(&app, DRAIN).await;
@@ -231,8 +243,11 @@ async fn member_signup_refuses_a_taken_member_id() {
     let r = signup(&app, &email, PASSWORD).await;
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.json()["id"].as_i64().expect("id");
-    let before: std::collections::HashMap<String, String> =
-        app.redis.hgetall(app.keys.member(id)).await.expect("member");
+    let before: std::collections::HashMap<String, String> = app
+        .redis
+        .hgetall(app.keys.member(id))
+        .await
+        .expect("member");
     let events = app.outbox_count("member.registered").await;
 
     let call = |email: String, event: String| {
@@ -243,8 +258,18 @@ async fn member_signup_refuses_a_taken_member_id() {
                 .call(
                     &app.redis,
                     Script::MemberSignup,
-                    vec![app.keys.email(&email), app.keys.member(id), app.keys.outbox()],
-                    vec![id.to_string(), email, "Mallory".into(), "$argon2id$other".into(), event],
+                    vec![
+                        app.keys.email(&email),
+                        app.keys.member(id),
+                        app.keys.outbox(),
+                    ],
+                    vec![
+                        id.to_string(),
+                        email,
+                        "Mallory".into(),
+                        "$argon2id$other".into(),
+                        event,
+                    ],
                 )
                 .await
                 .expect("script runs")
@@ -252,13 +277,22 @@ async fn member_signup_refuses_a_taken_member_id() {
     };
     let other = format!("{}@example.com", unique("x"));
     match call(other.clone(), flashsale::state::event_id()).await {
-        ScriptReply::Refused { status: 409, code, .. } if code == "CONFLICT" => {}
+        ScriptReply::Refused {
+            status: 409, code, ..
+        } if code == "CONFLICT" => {}
         reply => panic!("a taken member id must be refused, got {reply:?}"),
     }
-    let after: std::collections::HashMap<String, String> =
-        app.redis.hgetall(app.keys.member(id)).await.expect("member");
+    let after: std::collections::HashMap<String, String> = app
+        .redis
+        .hgetall(app.keys.member(id))
+        .await
+        .expect("member");
     assert_eq!(after, before, "the member was overwritten");
-    let other_key: bool = app.redis.exists(app.keys.email(&other)).await.expect("exists");
+    let other_key: bool = app
+        .redis
+        .exists(app.keys.email(&other))
+        .await
+        .expect("exists");
     assert!(!other_key);
     assert_eq!(app.outbox_count("member.registered").await, events);
 
@@ -316,7 +350,9 @@ async fn order_reserve_refuses_a_taken_order_id() {
         reply => panic!("{reply:?}"),
     };
     match reserve(intruder, flashsale::state::event_id()).await {
-        ScriptReply::Refused { status: 409, code, .. } if code == "CONFLICT" => {}
+        ScriptReply::Refused {
+            status: 409, code, ..
+        } if code == "CONFLICT" => {}
         reply => panic!("another call's order must not be answered, got {reply:?}"),
     }
     // The same call resent (same event id, even under a fresh record key) gets its order back.
@@ -339,7 +375,12 @@ async fn scripts_refuse_a_member_missing_in_redis_and_write_nothing() {
     let coupon = app.create_coupon("FIXED", 10, 5).await;
     let (ghost, token) = app.member(0).await;
     let (_, other_token) = app.member(1000).await;
-    let order = app.order(&other_token, json!({"items": [{"product_id": product, "quantity": 1}]})).await;
+    let order = app
+        .order(
+            &other_token,
+            json!({"items": [{"product_id": product, "quantity": 1}]}),
+        )
+        .await;
     assert_eq!(order.status, 201, "{}", order.text);
     let order_id = order.json()["id"].as_i64().expect("order id");
     // The member vanishes from Redis; a stray hash without `id` is what old order_pay left behind.
@@ -358,7 +399,13 @@ async fn scripts_refuse_a_member_missing_in_redis_and_write_nothing() {
     for attempt in 0..2 {
         let key = format!("ghost-charge-{attempt}");
         check(
-            app.post("/api/v1/me/points/charge", Some(&token), Some(&key), json!({"amount": 500})).await,
+            app.post(
+                "/api/v1/me/points/charge",
+                Some(&token),
+                Some(&key),
+                json!({"amount": 500}),
+            )
+            .await,
             "charge",
         );
         check(
@@ -372,22 +419,41 @@ async fn scripts_refuse_a_member_missing_in_redis_and_write_nothing() {
             "reserve",
         );
         check(
-            app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&token), Some("ghost-pay"), json!({}))
-                .await,
+            app.post(
+                &format!("/api/v1/orders/{order_id}/pay"),
+                Some(&token),
+                Some("ghost-pay"),
+                json!({}),
+            )
+            .await,
             "pay",
         );
         check(
-            app.post(&format!("/api/v1/orders/{order_id}/cancel"), Some(&token), Some("ghost-cancel"), json!({}))
-                .await,
+            app.post(
+                &format!("/api/v1/orders/{order_id}/cancel"),
+                Some(&token),
+                Some("ghost-cancel"),
+                json!({}),
+            )
+            .await,
             "cancel",
         );
         check(
-            app.post(&format!("/api/v1/coupons/{coupon}/issue"), Some(&token), None, json!({})).await,
+            app.post(
+                &format!("/api/v1/coupons/{coupon}/issue"),
+                Some(&token),
+                None,
+                json!({}),
+            )
+            .await,
             "issue",
         );
     }
-    let ghost_hash: std::collections::HashMap<String, String> =
-        app.redis.hgetall(app.keys.member(ghost)).await.expect("hgetall");
+    let ghost_hash: std::collections::HashMap<String, String> = app
+        .redis
+        .hgetall(app.keys.member(ghost))
+        .await
+        .expect("hgetall");
     assert_eq!(ghost_hash.len(), 1, "only the stray field: {ghost_hash:?}");
     assert_eq!(ghost_hash["balance"], "0", "credited a missing member");
     let records: Vec<String> = app
@@ -395,10 +461,21 @@ async fn scripts_refuse_a_member_missing_in_redis_and_write_nothing() {
         .keys(format!("{}:idem:{{m:{ghost}}}:*", app.keys.prefix()))
         .await
         .expect("keys");
-    assert!(records.is_empty(), "idempotency records written: {records:?}");
-    let coupons: bool = app.redis.exists(app.keys.member_coupons(ghost)).await.expect("exists");
+    assert!(
+        records.is_empty(),
+        "idempotency records written: {records:?}"
+    );
+    let coupons: bool = app
+        .redis
+        .exists(app.keys.member_coupons(ghost))
+        .await
+        .expect("exists");
     assert!(!coupons, "coupon issued to a missing member");
-    assert_eq!(app.stock(product).await, 9, "only the other member's reservation");
+    assert_eq!(
+        app.stock(product).await,
+        9,
+        "only the other member's reservation"
+    );
     assert_eq!(app.outbox_counts().await, events_before, "events appended");
     app.stop().await;
 }
@@ -410,7 +487,10 @@ async fn openapi_lists_no_impossible_codes_and_cancel_names_order_busy() {
     let app = spawn_app().await;
     let doc = app.get("/openapi.json", None).await;
     assert_eq!(doc.status, 200);
-    assert!(!doc.text.contains("IDEMPOTENCY_IN_PROGRESS"), "listed where it cannot happen");
+    assert!(
+        !doc.text.contains("IDEMPOTENCY_IN_PROGRESS"),
+        "listed where it cannot happen"
+    );
     let cancel = &doc.json()["paths"]["/api/v1/orders/{id}/cancel"]["post"]["responses"]["409"];
     assert!(cancel.to_string().contains("ORDER_BUSY"), "{cancel}");
     app.stop().await;
