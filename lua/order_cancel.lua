@@ -8,16 +8,21 @@
 -- KEYS[6] idempotency key       fs:idem:{m:ID}:SHA
 -- KEYS[7] outbox stream         fs:outbox:{outbox}
 -- KEYS[8..] product hashes      one per order item, in item order
--- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] now (RFC 3339)
--- ARGV[5] event id   ARGV[6] paid day the engine read ('' if it read the order unpaid)
--- ARGV[7..] product id per item, as the engine read them
+-- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] event id
+-- ARGV[5] paid day the engine read ('' if it read the order unpaid)
+-- ARGV[6..] product id per item, as the engine read them
+-- closed_at is Redis time.
 -- Returns (prelude protocol):
+--   err 404 NOT_FOUND                  member unknown to Redis (stale token): nothing written
 --   ok 200 order                       cancelled; status CANCELLED
 --   err 404 NOT_FOUND                  no such order, or another member's
 --   err 409 ORDER_NOT_CANCELLABLE      already cancelled or expired
 --   stale {'stale'}                    the order changed since the engine read it: read again and retry
 --   replay / reused                    see prelude
 -- Event: order.cancelled
+if not redis.call('HGET', KEYS[2], 'id') then
+  return refuse_unstored(404, 'NOT_FOUND', 'member not found')
+end
 local early = idem_begin(KEYS[6], ARGV[1], ARGV[2])
 if early then return early end
 
@@ -29,7 +34,7 @@ if o.status ~= 'RESERVED' and o.status ~= 'PAID' then
   return fail(409, 'ORDER_NOT_CANCELLABLE', 'order is ' .. o.status)
 end
 local items = cjson.decode(o.items)
-if not items_match(items, 7) or (o.paid_day or '') ~= ARGV[6] or #items ~= #KEYS - 7 then
+if not items_match(items, 6) or (o.paid_day or '') ~= ARGV[5] or #items ~= #KEYS - 7 then
   return { 'stale' }
 end
 
@@ -57,10 +62,10 @@ if previous == 'PAID' then
 else
   redis.call('ZREM', KEYS[4], o.id)
 end
-o.status, o.closed_at = 'CANCELLED', ARGV[4]
+o.status, o.closed_at = 'CANCELLED', rfc3339(now_ms())
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
 local snapshot = order_snapshot(o)
-outbox(KEYS[7], ARGV[5], 'order.cancelled', 'order:' .. o.id, ARGV[4], {
+outbox(KEYS[7], ARGV[4], 'order.cancelled', 'order:' .. o.id, o.closed_at, {
   order = snapshot, previous_status = previous, refunded_amount = refunded, balance_after = balance_after,
 })
 return ok(200, snapshot)

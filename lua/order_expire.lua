@@ -4,8 +4,9 @@
 -- KEYS[2] reservations zset     fs:reservations:{reservations}
 -- KEYS[3] outbox stream         fs:outbox:{outbox}
 -- KEYS[4..] product hashes      one per order item, in item order
--- ARGV[1] order id   ARGV[2] now (ms)   ARGV[3] now (RFC 3339)   ARGV[4] event id
--- ARGV[5..] product id per item, as the engine read them
+-- ARGV[1] order id   ARGV[2] event id
+-- ARGV[3..] product id per item, as the engine read them
+-- Due means expires_at_ms <= Redis time, which also stamps closed_at.
 -- Returns a status string:
 --   'expired'        stock released, status EXPIRED
 --   'not_reserved'   paid, cancelled or expired already (reservation entry dropped)
@@ -22,19 +23,20 @@ if o.status ~= 'RESERVED' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 'not_reserved'
 end
-if tonumber(o.expires_at_ms) > tonumber(ARGV[2]) then
+local now = now_ms()
+if tonumber(o.expires_at_ms) > now then
   return 'not_due'
 end
 local items = cjson.decode(o.items)
-if not items_match(items, 5) or #items ~= #KEYS - 3 then
+if not items_match(items, 3) or #items ~= #KEYS - 3 then
   return 'stale'
 end
 
 for i, item in ipairs(items) do
   redis.call('HINCRBY', KEYS[3 + i], 'stock', int(item.quantity))
 end
-o.status, o.closed_at = 'EXPIRED', ARGV[3]
+o.status, o.closed_at = 'EXPIRED', rfc3339(now)
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
 redis.call('ZREM', KEYS[2], ARGV[1])
-outbox(KEYS[3], ARGV[4], 'order.expired', 'order:' .. o.id, ARGV[3], { order = order_snapshot(o) })
+outbox(KEYS[3], ARGV[2], 'order.expired', 'order:' .. o.id, o.closed_at, { order = order_snapshot(o) })
 return 'expired'

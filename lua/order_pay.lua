@@ -9,9 +9,10 @@
 -- KEYS[7] idempotency key       fs:idem:{m:ID}:SHA
 -- KEYS[8] outbox stream         fs:outbox:{outbox}
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] coupon id or ''
--- ARGV[5] now (ms)   ARGV[6] now (RFC 3339)   ARGV[7] today YYYYMMDD   ARGV[8] popular day TTL (s)
--- ARGV[9] event id
+-- ARGV[5] today YYYYMMDD (the engine's popular bucket)   ARGV[6] popular day TTL (s)   ARGV[7] event id
+-- Order expiry and coupon validity are checked against Redis time, which also stamps paid_at.
 -- Returns (prelude protocol):
+--   err 404 NOT_FOUND                 member unknown to Redis (stale token): nothing written
 --   ok 200 order                      paid; status PAID
 --   err 404 NOT_FOUND                 no such order, or another member's
 --   err 409 ORDER_EXPIRED             expired, or past its expiry and not yet swept
@@ -20,6 +21,9 @@
 --   err 409 INSUFFICIENT_POINTS       balance below the amount due; nothing changed
 --   replay / reused                   see prelude
 -- Event: order.paid
+if not redis.call('HGET', KEYS[2], 'id') then
+  return refuse_unstored(404, 'NOT_FOUND', 'member not found')
+end
 local early = idem_begin(KEYS[7], ARGV[1], ARGV[2])
 if early then return early end
 
@@ -27,7 +31,7 @@ local o = hgetall(KEYS[1])
 if not o.id or o.member_id ~= ARGV[3] then
   return fail(404, 'NOT_FOUND', 'order not found')
 end
-local now = tonumber(ARGV[5])
+local now = now_ms()
 if o.status == 'EXPIRED' or (o.status == 'RESERVED' and now >= tonumber(o.expires_at_ms)) then
   return fail(409, 'ORDER_EXPIRED', 'the reservation expired before payment')
 end
@@ -72,14 +76,14 @@ if coupon_entry then
   redis.call('HSET', KEYS[3], coupon_id, coupon_entry)
 end
 o.status, o.discount_amount, o.paid_amount = 'PAID', int(discount), int(paid)
-o.coupon_id, o.paid_at, o.paid_day = coupon_id, ARGV[6], ARGV[7]
+o.coupon_id, o.paid_at, o.paid_day = coupon_id, rfc3339(now), ARGV[5]
 redis.call('HSET', KEYS[1], 'status', o.status, 'discount_amount', o.discount_amount, 'paid_amount', o.paid_amount,
   'coupon_id', o.coupon_id, 'paid_at', o.paid_at, 'paid_day', o.paid_day)
 redis.call('ZREM', KEYS[5], o.id)
 for _, item in ipairs(cjson.decode(o.items)) do
   redis.call('ZINCRBY', KEYS[6], int(item.quantity), int(item.product_id))
 end
-redis.call('EXPIRE', KEYS[6], ARGV[8])
+redis.call('EXPIRE', KEYS[6], ARGV[6])
 local snapshot = order_snapshot(o)
-outbox(KEYS[8], ARGV[9], 'order.paid', 'order:' .. o.id, ARGV[6], { order = snapshot, balance_after = balance_after })
+outbox(KEYS[8], ARGV[7], 'order.paid', 'order:' .. o.id, o.paid_at, { order = snapshot, balance_after = balance_after })
 return ok(200, snapshot)

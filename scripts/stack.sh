@@ -40,6 +40,8 @@ load_env() {
     export SINK_LISTEN_ADDR=${SINK_LISTEN_ADDR:-127.0.0.1:8081}
     export MOCK_PLATFORM_LISTEN_ADDR=${MOCK_PLATFORM_LISTEN_ADDR:-127.0.0.1:8082}
     export ADMIN_API_KEY=${ADMIN_API_KEY:-dev-admin-key}
+    # a development stack: the engine accepts the dev admin key only with FLASHSALE_ENV=dev
+    export FLASHSALE_ENV=${FLASHSALE_ENV:-dev}
     if [ -n "${DATA_PLATFORM_URL:-}" ]; then
         USE_MOCK=0
     else
@@ -210,7 +212,7 @@ case "${1:-}" in
     env)
         load_env
         for v in REDIS_URL DATABASE_URL KAFKA_BROKERS LISTEN_ADDR SINK_LISTEN_ADDR DATA_PLATFORM_URL \
-                 ADMIN_API_KEY JWT_SECRET CARGO_TARGET_DIR; do
+                 ADMIN_API_KEY JWT_SECRET FLASHSALE_ENV CARGO_TARGET_DIR; do
             printf 'export %s=%q\n' "$v" "${!v}"
         done
         ;;

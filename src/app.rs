@@ -125,6 +125,36 @@ pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()
     }
 }
 
+/// The token signing secret. Outside `FLASHSALE_ENV=dev` the engine refuses to start with a generated
+/// secret or the development admin key; a generated secret is never logged (it signs every token).
+pub fn signing_secret(settings: &ServeSettings) -> anyhow::Result<Vec<u8>> {
+    if settings.admin_api_key == crate::config::DEV_ADMIN_KEY {
+        anyhow::ensure!(
+            settings.is_dev(),
+            "ADMIN_API_KEY is the development key {:?}: set a real key (or FLASHSALE_ENV=dev for development)",
+            crate::config::DEV_ADMIN_KEY
+        );
+        tracing::warn!("using the development admin key (FLASHSALE_ENV=dev)");
+    }
+    match &settings.jwt_secret {
+        Some(s) if s.len() >= 32 => Ok(s.clone().into_bytes()),
+        Some(_) => anyhow::bail!("JWT_SECRET must be at least 32 bytes"),
+        None => {
+            anyhow::ensure!(
+                settings.is_dev(),
+                "JWT_SECRET is not set: set one of at least 32 bytes (or FLASHSALE_ENV=dev to generate one)"
+            );
+            tracing::warn!(
+                "JWT_SECRET not set: generated one for development (not logged; tokens die with the process)"
+            );
+            Ok((0..48)
+                .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+                .collect::<String>()
+                .into_bytes())
+        }
+    }
+}
+
 pub struct Application {
     listener: TcpListener,
     state: AppState,
@@ -133,6 +163,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        // First: a production engine with development secrets must not even connect.
+        let secret = signing_secret(&settings)?;
         let c = &settings.connections;
         let redis = connect_redis(c).await?;
         let db = connect_mysql(c).await?;
@@ -159,20 +191,6 @@ impl Application {
         let keys = Keys::new(c.key_prefix.clone());
         ensure_outbox_group(&redis, &keys).await?;
 
-        let secret = match &settings.jwt_secret {
-            Some(s) if s.len() >= 32 => s.clone().into_bytes(),
-            Some(_) => anyhow::bail!("JWT_SECRET must be at least 32 bytes"),
-            None => {
-                let generated: String = (0..48)
-                    .map(|_| format!("{:x}", rand::random::<u8>() % 16))
-                    .collect();
-                tracing::warn!(jwt_secret = %generated, "JWT_SECRET not set: generated one for development");
-                generated.into_bytes()
-            }
-        };
-        if settings.admin_api_key == "dev-admin-key" {
-            tracing::warn!(admin_api_key = %settings.admin_api_key, "using the development admin key");
-        }
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .context("binding LISTEN_ADDR")?;

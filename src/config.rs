@@ -113,7 +113,20 @@ pub struct ServeSettings {
     pub body_read_timeout_ms: u64,
     #[command(flatten)]
     pub relay: RelaySettings,
+    /// Deployment kind: only `dev` may start with the dev admin key or a generated JWT secret.
+    #[arg(long, env = "FLASHSALE_ENV", default_value = "production")]
+    pub env: String,
 }
+
+impl ServeSettings {
+    /// `FLASHSALE_ENV=dev` (make up, the tests): development defaults are allowed.
+    pub fn is_dev(&self) -> bool {
+        self.env.eq_ignore_ascii_case("dev")
+    }
+}
+
+/// The development admin key; refused outside `FLASHSALE_ENV=dev`.
+pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
 
 #[derive(Debug, Clone, Args)]
 pub struct RelaySettings {

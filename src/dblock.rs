@@ -255,16 +255,22 @@ pub async fn seed_members(
     }
     let now = Now::read().at.naive_utc();
     for chunk in ids.iter().zip(emails).collect::<Vec<_>>().chunks(500) {
-        let rows = vec!["(?, ?, 'seeded member', ?, ?, ?)"; chunk.len()].join(",");
-        let sql = format!("INSERT INTO members (id, email, name, password_hash, balance, created_at) VALUES {rows}");
+        let rows = vec!["(?, ?, 'seeded member', ?, ?)"; chunk.len()].join(",");
+        let sql =
+            format!("INSERT INTO members (id, email, name, balance, created_at) VALUES {rows}");
         let mut q = sqlx::query(&sql);
         for (id, email) in chunk {
-            q = q
-                .bind(**id)
-                .bind(email.as_str())
-                .bind(hash)
-                .bind(balance)
-                .bind(now);
+            q = q.bind(**id).bind(email.as_str()).bind(balance).bind(now);
+        }
+        q.execute(&state.db).await?;
+        // The password hash lives apart from the member row (issue 8 item 14).
+        let rows = vec!["(?, ?, ?)"; chunk.len()].join(",");
+        let sql = format!(
+            "INSERT INTO member_credentials (member_id, password_hash, created_at) VALUES {rows}"
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, _) in chunk {
+            q = q.bind(**id).bind(hash).bind(now);
         }
         q.execute(&state.db).await?;
     }

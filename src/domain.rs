@@ -112,9 +112,14 @@ pub struct Signup {
     pub name: String,
 }
 
-/// Lower-cased, one `@`, no spaces, and none of the characters that would break a Redis hash tag.
+/// One definition of an email for Redis and MySQL alike: Unicode NFKC (a decomposed `e` + U+0301 is the
+/// precomposed `é`, a full-width `ｊ` is `j`), then lower-cased, then NFKC again (lower-casing may
+/// denormalize); MySQL compares the result byte for byte (`utf8mb4_bin`). Also: one `@`, no spaces,
+/// and none of the characters that would break a Redis hash tag.
 pub fn parse_email(email: &str) -> Result<String, ApiError> {
-    let email = email.trim().to_lowercase();
+    use unicode_normalization::UnicodeNormalization;
+    let lowered = email.trim().nfkc().collect::<String>().to_lowercase();
+    let email = lowered.nfkc().collect::<String>();
     let valid = (3..=254).contains(&email.len())
         && email.matches('@').count() == 1
         && !email.starts_with('@')
@@ -608,6 +613,18 @@ mod tests {
         assert_eq!(
             parse_email(" Alice@Example.COM ").unwrap(),
             "alice@example.com"
+        );
+        assert_eq!(
+            parse_email("jos\u{65}\u{301}@example.com").unwrap(),
+            "jos\u{e9}@example.com"
+        );
+        assert_eq!(
+            parse_email("\u{ff2a}\u{ff2f}\u{ff33}\u{ff25}@example.com").unwrap(),
+            "jose@example.com"
+        );
+        assert_eq!(
+            parse_email("JOS\u{c9}@EXAMPLE.COM").unwrap(),
+            "jos\u{e9}@example.com"
         );
         for bad in ["", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a{x}@b.c"] {
             assert!(parse_email(bad).is_err(), "{bad}");

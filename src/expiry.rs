@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::routes::orders::read_order_keys;
 use crate::scripts::Script;
-use crate::state::{event_id, AppState, Now};
+use crate::state::{event_id, AppState};
 
 const BATCH: i64 = 200;
 
@@ -35,19 +35,29 @@ const RETRY_FAILED_AFTER_MS: i64 = 60_000;
 /// Expires what is due now; returns how many due reservations it looked at. One order that cannot be
 /// expired (unparsable, or its script fails) is logged, counted and retried later; the others go on.
 pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
-    let now = Now::read();
+    // Due by Redis's clock (the script decides by it too), not by this engine's, which may be skewed.
+    let time: Vec<i64> = state
+        .redis
+        .next()
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false),
+            Vec::<String>::new(),
+        )
+        .await?;
+    let now_ms = time.first().copied().unwrap_or_default() * 1000
+        + time.get(1).copied().unwrap_or_default() / 1000;
     let due: Vec<i64> = state
         .redis
         .zrangebyscore(
             state.keys.reservations(),
             "-inf",
-            now.ms(),
+            now_ms,
             false,
             Some((0, BATCH)),
         )
         .await?;
     for order_id in &due {
-        if let Err(e) = expire_one(state, *order_id, &now).await {
+        if let Err(e) = expire_one(state, *order_id).await {
             tracing::error!(order_id, error = %e, "cannot expire this order; skipped, retried later");
             metrics::counter!("flashsale_expiry_skipped_total").increment(1);
             // Moved back in the queue (only if still there) so that it neither blocks the orders due
@@ -61,7 +71,7 @@ pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
                     false,
                     false,
                     (
-                        (now.ms() + RETRY_FAILED_AFTER_MS) as f64,
+                        (now_ms + RETRY_FAILED_AFTER_MS) as f64,
                         order_id.to_string(),
                     ),
                 )
@@ -71,7 +81,7 @@ pub async fn expire_due(state: &AppState) -> anyhow::Result<usize> {
     Ok(due.len())
 }
 
-async fn expire_one(state: &AppState, order_id: i64, now: &Now) -> anyhow::Result<()> {
+async fn expire_one(state: &AppState, order_id: i64) -> anyhow::Result<()> {
     for _ in 0..3 {
         let products = read_order_keys(state, order_id)
             .await
@@ -83,12 +93,7 @@ async fn expire_one(state: &AppState, order_id: i64, now: &Now) -> anyhow::Resul
             state.keys.reservations(),
             state.keys.outbox(),
         ];
-        let mut args = vec![
-            order_id.to_string(),
-            now.ms().to_string(),
-            now.rfc3339(),
-            event_id(),
-        ];
+        let mut args = vec![order_id.to_string(), event_id()];
         for p in &products {
             keys.push(state.keys.product(*p));
             args.push(p.to_string());

@@ -56,7 +56,11 @@ pub async fn rebuild(
     let client = redis.next();
 
     let members: Vec<(i64, String, String, String, i64, NaiveDateTime)> =
-        sqlx::query_as("SELECT id, email, name, password_hash, balance, created_at FROM members")
+        // Logins come back from the credentials table (the hash never travels through the pipeline).
+        sqlx::query_as(
+            "SELECT m.id, m.email, m.name, COALESCE(c.password_hash, ''), m.balance, m.created_at \
+             FROM members m LEFT JOIN member_credentials c ON c.member_id = m.id",
+        )
             .fetch_all(db)
             .await?;
     for (id, email, name, hash, balance, created) in &members {

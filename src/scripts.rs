@@ -204,6 +204,19 @@ impl ScriptReply {
         })
     }
 
+    /// Logs and counts a refusal to overwrite an existing entity (`CONFLICT`: an id taken by another
+    /// entity, i.e. an id-sequence fault such as a rebuild that lost the sequences); alerting watches
+    /// `flashsale_entity_conflicts_total`.
+    pub fn note_entity_conflict(&self, script: Script, id: i64) {
+        if let Self::Refused { code, detail, .. } = self {
+            if code == "CONFLICT" {
+                tracing::error!(script = script.name(), id, detail = %detail, "refused to overwrite an existing entity");
+                metrics::counter!("flashsale_entity_conflicts_total", "script" => script.name())
+                    .increment(1);
+            }
+        }
+    }
+
     pub fn outcome_label(&self) -> String {
         match self {
             Self::Ok { .. } => "ok".into(),

@@ -50,9 +50,21 @@ pub struct Now {
     pub at: DateTime<Utc>,
 }
 
+/// Test hook: shifts this process's engine clock (ms) to show that no expiry or validity decision
+/// depends on it (the scripts decide by Redis time). Zero in production; nothing else sets it.
+static CLOCK_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+#[doc(hidden)]
+pub fn skew_engine_clock_for_tests(ms: i64) {
+    CLOCK_SKEW_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Now {
     pub fn read() -> Self {
-        Self { at: Utc::now() }
+        let skew = CLOCK_SKEW_MS.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            at: Utc::now() + chrono::Duration::milliseconds(skew),
+        }
     }
     pub fn ms(&self) -> i64 {
         self.at.timestamp_millis()

@@ -12,6 +12,11 @@ use flashsale::scripts::ScriptReply;
 use lua_support::*;
 use serde_json::{json, Value as Json};
 
+/// Expected times: scripts stamp Redis time, so the harness masks every RFC 3339 value (see TIME).
+fn rfc(_ms: i64) -> String {
+    TIME.into()
+}
+
 const M: i64 = 1; // the member most tests use
 const M2: i64 = 2;
 
@@ -1672,5 +1677,59 @@ async fn the_state_dump_sees_every_key_but_idempotency_records() {
     );
     assert_eq!(dump[c.k.member(M)][1]["balance"], "10");
     assert_eq!(dump[c.k.outbox()][1].as_array().unwrap().len(), 3);
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// prelude: the RFC 3339 formatter every script stamps Redis time with
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn prelude_rfc3339_matches_chrono_for_many_instants() {
+    use chrono::{TimeZone, Utc};
+    use fred::prelude::*;
+    let c = Ctx::new().await;
+    let script = format!(
+        "{}\nlocal out = {{}}\nfor i = 1, #ARGV do out[i] = rfc3339(tonumber(ARGV[i])) end\nreturn out",
+        include_str!("../lua/lib/prelude.lua")
+    );
+    // Edges (epoch, leap days, century rules, year ends, 9999) and a deterministic spread of the rest.
+    let mut instants: Vec<i64> = vec![
+        0,
+        1,
+        999,
+        1_000,
+        86_399_999,
+        86_400_000,
+        951_782_400_000,
+        951_868_799_999,
+        4_107_542_400_000,
+        4_102_444_799_999,
+        1_709_164_800_123,
+        1_735_689_599_999,
+        253_402_300_799_999,
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while instants.len() < 2_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        instants.push((x % 253_402_300_800_000) as i64);
+    }
+    for chunk in instants.chunks(500) {
+        let got: Vec<String> = c
+            .redis
+            .eval(
+                script.as_str(),
+                Vec::<String>::new(),
+                chunk.iter().map(|ms| ms.to_string()).collect::<Vec<_>>(),
+            )
+            .await
+            .expect("eval");
+        for (ms, text) in chunk.iter().zip(got) {
+            let want = flashsale::state::rfc3339(Utc.timestamp_millis_opt(*ms).unwrap());
+            assert_eq!(text, want, "{ms} ms");
+        }
+    }
     c.cleanup().await;
 }

@@ -18,6 +18,40 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- Redis's clock in ms: every decision against an expiry or validity window uses it, so engines with
+-- skewed clocks all agree (issue 8 item 5). Scripts that call TIME are replicated as effects (Redis 7).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- RFC 3339 UTC with milliseconds and `Z` (as the engine's chrono formatter writes it), years 0000-9999.
+-- Redis Lua has no os.date: civil-from-days (H. Hinnant's algorithm) on the day count since 1970.
+local function rfc3339(ms)
+  local secs = math.floor(ms / 1000)
+  local milli = ms - secs * 1000
+  local days = math.floor(secs / 86400)
+  local sod = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', year, month, day, math.floor(sod / 3600),
+    math.floor(sod % 3600 / 60), sod % 60, milli)
+end
+
+-- A refusal that writes nothing at all, not even the idempotency record: for a member that does not
+-- exist (a stale token after a rebuild), where even the record under the member's keys is a write.
+local function refuse_unstored(status, code, detail)
+  return { 'err', status, 'problem', code, detail }
+end
+
 local function hgetall(key)
   local flat = redis.call('HGETALL', key)
   local t = {}

@@ -121,14 +121,25 @@ async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
             } else {
                 let balance = ledger_balance(conn, b.member_id.0).await?;
                 sqlx::query(
-                    "INSERT INTO members (id, email, name, password_hash, balance, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO members (id, email, name, balance, created_at) \
+                     VALUES (?, ?, ?, ?, ?)",
                 )
                 .bind(b.member_id.0)
                 .bind(&b.email)
                 .bind(&b.name)
-                .bind(&b.password_hash)
                 .bind(balance)
+                .bind(b.created_at.0)
+                .execute(&mut *conn)
+                .await?;
+            }
+            // The engine writes credentials itself; an event from an older engine still carries them.
+            if let Some(hash) = &b.password_hash {
+                sqlx::query(
+                    "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) \
+                     VALUES (?, ?, ?)",
+                )
+                .bind(b.member_id.0)
+                .bind(hash)
                 .bind(b.created_at.0)
                 .execute(&mut *conn)
                 .await?;

@@ -96,7 +96,10 @@ pub struct MemberRegistered {
     pub member_id: Int,
     pub email: String,
     pub name: String,
-    pub password_hash: String,
+    /// Only in events of engines before issue 8 item 14 (the engine now writes the hash to
+    /// member_credentials itself); kept so such events still restore their login.
+    #[serde(default)]
+    pub password_hash: Option<String>,
     pub created_at: Ts,
 }
 

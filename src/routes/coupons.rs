@@ -125,7 +125,6 @@ pub async fn issue(
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::issue_coupon(&state, member, id).await;
     }
-    let now = Now::read();
     let reply = state
         .scripts
         .call(
@@ -137,14 +136,13 @@ pub async fn issue(
                 state.keys.member_coupons(member),
                 idem.key_or_placeholder(&state, member),
                 state.keys.outbox(),
+                state.keys.member(member),
             ],
             vec![
                 idem.fingerprint.clone(),
                 Idempotent::ttl_arg(),
                 if idem.record_key.is_some() { "1" } else { "0" }.to_string(),
                 member.to_string(),
-                now.ms().to_string(),
-                now.rfc3339(),
                 event_id(),
             ],
         )

@@ -28,18 +28,81 @@ fn rate_limit(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> Resul
     state.auth_guard.check_client(client)
 }
 
-/// Runs member_signup; shared by sign-up and seeding.
+/// Why sign-up could not run: MySQL (the credential store) is down, or the script's answer.
+enum RegisterError {
+    CredentialStoreDown(sqlx::Error),
+    Api(ApiError),
+}
+
+impl From<ApiError> for RegisterError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<fred::error::Error> for RegisterError {
+    fn from(e: fred::error::Error) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::CredentialStoreDown(e) => {
+                ApiError::Internal(anyhow::anyhow!("writing member credentials: {e}"))
+            }
+            RegisterError::Api(e) => e,
+        }
+    }
+}
+
+/// 503 + Retry-After: sign-up needs MySQL for the credential; every other sale path only needs Redis.
+fn credential_store_down(e: &sqlx::Error) -> Response {
+    tracing::warn!(error = %e, "sign-up refused: cannot write member credentials to MySQL");
+    let mut response = ApiError::Unavailable(
+        "sign-up is unavailable for a moment (credential store unreachable); retry".into(),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
+}
+
+/// Runs member_signup; shared by sign-up and seeding. The password hash is written to MySQL
+/// (member_credentials, keyed by the new id) BEFORE the script, so it never travels in an event and
+/// rebuild-redis restores logins from there; a refused sign-up removes its credential row again.
 async fn register(
     state: &AppState,
     email: &str,
     name: &str,
     password_hash: &str,
-) -> ApiResult<(i64, ScriptReply)> {
+) -> Result<(i64, ScriptReply), RegisterError> {
     let id = state
         .ids
         .next(&state.redis, &state.keys, Entity::Member)
         .await?;
-    let now = Now::read();
+    let written = sqlx::query(
+        "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) VALUES (?, ?, ?)",
+    )
+    .bind(id)
+    .bind(password_hash)
+    .bind(Now::read().at.naive_utc())
+    .execute(&state.db)
+    .await
+    .map_err(RegisterError::CredentialStoreDown)?;
+    if written.rows_affected() == 0 {
+        // Another member's credential holds this id: an id-sequence fault. Never overwrite it.
+        let reply = ScriptReply::Refused {
+            status: 409,
+            code: "CONFLICT".into(),
+            detail: "member id already in use".into(),
+        };
+        reply.note_entity_conflict(Script::MemberSignup, id);
+        return Ok((id, reply));
+    }
     let reply = state
         .scripts
         .call(
@@ -55,11 +118,20 @@ async fn register(
                 email.into(),
                 name.into(),
                 password_hash.into(),
-                now.rfc3339(),
                 event_id(),
             ],
         )
         .await?;
+    reply.note_entity_conflict(Script::MemberSignup, id);
+    if let ScriptReply::Refused { code, .. } = &reply {
+        if code != "CONFLICT" {
+            // Best effort: an orphan row is harmless (rebuild joins from members), just untidy.
+            let _ = sqlx::query("DELETE FROM member_credentials WHERE member_id = ?")
+                .bind(id)
+                .execute(&state.db)
+                .await;
+        }
+    }
     Ok((id, reply))
 }
 
@@ -92,8 +164,11 @@ pub async fn signup(
     let permit = state.auth_guard.hash_permit().await?;
     let hash = hash_password(signup.password).await?;
     drop(permit);
-    let (_, reply) = register(&state, &signup.email, &signup.name, &hash).await?;
-    Ok(reply.into_response())
+    match register(&state, &signup.email, &signup.name, &hash).await {
+        Ok((_, reply)) => Ok(reply.into_response()),
+        Err(RegisterError::CredentialStoreDown(e)) => Ok(credential_store_down(&e)),
+        Err(RegisterError::Api(e)) => Err(e),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "members", request_body = LoginRequest,
@@ -221,7 +296,6 @@ pub async fn seed_members(
                 if balance > 0 {
                     // Keyed per member, so seeding the same prefix again does not charge twice.
                     let key = IdempotencyKey::internal("seed-balance");
-                    let now = Now::read();
                     state
                         .scripts
                         .call(
@@ -237,7 +311,6 @@ pub async fn seed_members(
                                 super::Idempotent::ttl_arg(),
                                 balance.to_string(),
                                 MAX_BALANCE.to_string(),
-                                now.rfc3339(),
                                 event_id(),
                             ],
                         )

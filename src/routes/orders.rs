@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Duration;
 use fred::prelude::*;
 
 use super::{parse_json, parse_optional_json, Idempotent};
@@ -18,7 +17,7 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
 use crate::scripts::{Script, ScriptReply};
-use crate::state::{event_id, rfc3339, AppState, Now};
+use crate::state::{event_id, AppState, Now};
 
 /// Popular-ranking day buckets outlive the longest window (30 days).
 pub const POPULAR_DAY_TTL_SECS: i64 = 35 * 24 * 3600;
@@ -36,7 +35,7 @@ fn count_transition(reply: &ScriptReply, status: &'static str) {
         (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND (a product)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "OUT_OF_STOCK (nothing reserved), IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "OUT_OF_STOCK (nothing reserved), CONFLICT (order id taken: an id-sequence fault)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -56,22 +55,21 @@ pub async fn create(
         .ids
         .next(&state.redis, &state.keys, Entity::Order)
         .await?;
-    let now = Now::read();
-    let expires = now.at + Duration::seconds(state.settings.reservation_ttl_secs as i64);
+    // The script stamps the order with Redis time and expires it the TTL after that.
+    let ttl_ms = state.settings.reservation_ttl_secs.saturating_mul(1000);
     let mut keys = vec![
         state.keys.order(order_id),
         state.keys.reservations(),
         idem.key_or_placeholder(&state, member),
         state.keys.outbox(),
+        state.keys.member(member),
     ];
     let mut args = vec![
         idem.fingerprint.clone(),
         Idempotent::ttl_arg(),
         member.to_string(),
         order_id.to_string(),
-        now.rfc3339(),
-        expires.timestamp_millis().to_string(),
-        rfc3339(expires),
+        ttl_ms.to_string(),
         event_id(),
     ];
     for (product, quantity) in &items {
@@ -82,6 +80,7 @@ pub async fn create(
         .scripts
         .call(&state.redis, Script::OrderReserve, keys, args)
         .await?;
+    reply.note_entity_conflict(Script::OrderReserve, order_id);
     count_transition(&reply, "RESERVED");
     Ok(reply.into_response())
 }
@@ -93,7 +92,7 @@ pub async fn create(
         (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "INSUFFICIENT_POINTS, ORDER_EXPIRED, ORDER_NOT_PAYABLE, COUPON_NOT_USABLE, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "INSUFFICIENT_POINTS, ORDER_EXPIRED, ORDER_NOT_PAYABLE, COUPON_NOT_USABLE", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn pay(
@@ -114,8 +113,8 @@ pub async fn pay(
     if state.settings.hot_path == HotPath::DbLock {
         return crate::dblock::pay_order(&state, member, order_id, coupon).await;
     }
-    let now = Now::read();
-    let day = now.day();
+    // The popular-ranking bucket is the engine's day; every time decision is the script's (Redis time).
+    let day = Now::read().day();
     let reply = state
         .scripts
         .call(
@@ -136,8 +135,6 @@ pub async fn pay(
                 Idempotent::ttl_arg(),
                 member.to_string(),
                 coupon.map(|c| c.to_string()).unwrap_or_default(),
-                now.ms().to_string(),
-                now.rfc3339(),
                 day,
                 POPULAR_DAY_TTL_SECS.to_string(),
                 event_id(),
@@ -177,7 +174,7 @@ pub async fn read_order_keys(state: &AppState, order_id: i64) -> ApiResult<Optio
         (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "ORDER_NOT_CANCELLABLE, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "ORDER_NOT_CANCELLABLE, ORDER_BUSY (the order kept changing under the call; Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn cancel(
@@ -197,9 +194,8 @@ pub async fn cancel(
         let (product_ids, paid_day) = view
             .map(|v| (v.product_ids, v.paid_day))
             .unwrap_or_default();
-        let now = Now::read();
         let popular_day = if paid_day.is_empty() {
-            now.day()
+            Now::read().day()
         } else {
             paid_day.clone()
         };
@@ -216,7 +212,6 @@ pub async fn cancel(
             idem.fingerprint.clone(),
             Idempotent::ttl_arg(),
             member.to_string(),
-            now.rfc3339(),
             event_id(),
             paid_day,
         ];
@@ -233,11 +228,18 @@ pub async fn cancel(
             return Ok(reply.into_response());
         }
     }
-    Err(ApiError::problem(
+    // Not an idempotency matter: the order kept changing (paid/cancelled concurrently) under this call.
+    let mut busy = ApiError::problem(
         axum::http::StatusCode::CONFLICT,
-        "IDEMPOTENCY_IN_PROGRESS",
+        "ORDER_BUSY",
         "the order is changing under this request; retry",
-    ))
+    )
+    .into_response();
+    busy.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    Ok(busy)
 }
 
 pub fn order_from_hash(h: &HashMap<String, String>) -> Option<OrderView> {

@@ -12,7 +12,7 @@ use crate::auth::AuthMember;
 use crate::domain::{BalanceView, ChargeRequest, PointsHistoryEntry, MAX_BALANCE, MAX_CHARGE};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::scripts::Script;
-use crate::state::{event_id, AppState, Now};
+use crate::state::{event_id, AppState};
 
 #[utoipa::path(get, path = "/api/v1/me/points", tag = "points", security(("bearer" = [])),
     responses(
@@ -42,7 +42,7 @@ pub async fn balance(
         (status = 200, description = "Charged (or replayed: header Idempotent-Replayed: true)", body = BalanceView),
         (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "BALANCE_LIMIT_EXCEEDED, IDEMPOTENCY_IN_PROGRESS", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "BALANCE_LIMIT_EXCEEDED", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn charge(
@@ -57,7 +57,6 @@ pub async fn charge(
     let amount = parse_json::<ChargeRequest>(&body)?
         .amount
         .in_range("amount", 1, MAX_CHARGE)?;
-    let now = Now::read();
     let reply = state
         .scripts
         .call(
@@ -73,7 +72,6 @@ pub async fn charge(
                 Idempotent::ttl_arg(),
                 amount.to_string(),
                 MAX_BALANCE.to_string(),
-                now.rfc3339(),
                 event_id(),
             ],
         )

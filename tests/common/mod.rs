@@ -96,6 +96,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
             relay_retry_base_ms: 100,
             relay_retry_max_ms: 2_000,
         },
+        env: std::env::var("FLASHSALE_ENV").unwrap_or_else(|_| "dev".into()),
     }
 }
 
