@@ -3,7 +3,6 @@
 //! and the connection loop (hyper with a header-read timeout, so a head that never ends is closed).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 

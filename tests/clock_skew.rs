@@ -67,7 +67,7 @@ async fn a_skewed_engine_clock_cannot_pay_an_expired_order_or_issue_an_inactive_
     let order = app
         .order(
             &token,
-            json!({"items": [{"product_id": product, "quantity": 1}]}),
+            json!([{"product_id": product, "quantity": 1}]),
         )
         .await;
     assert_eq!(order.status, 201, "{}", order.text);

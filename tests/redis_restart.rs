@@ -108,15 +108,6 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A child process killed (-9) on drop.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The value of an unlabelled gauge in /metrics.
 async fn gauge(app: &common::TestApp, name: &str) -> Option<f64> {
@@ -142,7 +133,7 @@ async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
     settings.reservation_ttl_secs = 2;
     let app = spawn_with_settings(settings).await;
     let (url, _platform) = platform(0.0, 0).await;
-    let _sink = KillOnDrop(start_sink(&app.settings.connections, &url, &[]));
+    let _sink = start_sink(&app.settings.connections, &url, &[]);
     mixed_workload(&app, 40).await;
 
     // Charges, orders and pays keep coming while Redis is killed and restarted; a request that fails
