@@ -109,6 +109,7 @@ async fn member_signup_creates_the_member_once_and_refuses_a_taken_email() {
     assert_eq!(h["password_hash"], PASSWORD_HASH);
     assert_eq!(h["balance"], "0");
     assert_eq!(h["created_at"], rfc(t));
+    assert_eq!(h["create_event"], e1);
     let email_owner = c.get(&c.k.email("ann@example.test")).await;
     assert_eq!(email_owner.as_deref(), Some("7"));
 
@@ -131,8 +132,8 @@ async fn member_signup_creates_the_member_once_and_refuses_a_taken_email() {
     );
     assert_eq!(
         e.payload,
-        json!({"member_id": 7, "email": "ann@example.test", "name": "Ann",
-               "password_hash": PASSWORD_HASH, "created_at": rfc(t)})
+        json!({"member_id": 7, "email": "ann@example.test", "name": "Ann", "created_at": rfc(t)}),
+        "no password hash in the event"
     );
 
     // The very same call resent: same answer, one effect.
@@ -146,6 +147,12 @@ async fn member_signup_creates_the_member_once_and_refuses_a_taken_email() {
     assert_refused(&refused, 409, "EMAIL_TAKEN");
     assert_eq!(c.dump().await, before);
     assert!(!c.exists(&c.k.member(8)).await);
+
+    // Another call on the same member id (an id-sequence fault): refused, the member is not overwritten.
+    let refused = c.signup(7, "bob@example.test", "Bob", &ev(), t + 6).await;
+    assert_refused(&refused, 409, "CONFLICT");
+    assert_eq!(c.dump().await, before);
+    assert!(!c.exists(&c.k.email("bob@example.test")).await);
     c.cleanup().await;
 }
 
@@ -215,14 +222,14 @@ async fn points_charge_refusals_change_nothing_but_the_record() {
     assert_refused(&reply, 404, "NOT_FOUND");
     assert_eq!(c.dump().await, before);
     assert!(!c.exists(&c.k.member(99)).await);
-    assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
-    // Its replay is the refusal, as a problem.
-    assert_replay(
-        &c.charge(99, &idem, 10, &ev(), t).await,
-        404,
-        true,
-        "NOT_FOUND",
+    // Not even the idempotency record is written for an unknown member: a retry is refused afresh.
+    assert!(
+        !c.exists(&idem.key).await,
+        "no record for an unknown member"
     );
+    assert_refused(&c.charge(99, &idem, 10, &ev(), t).await, 404, "NOT_FOUND");
+    assert!(!c.exists(&idem.key).await);
+    assert_eq!(c.dump().await, before);
 
     // Up to the limit exactly is fine; one more point is refused.
     let limit = 1_000;
@@ -447,7 +454,9 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
     c.coupon(9, "FIXED", 500, 1, t - 10_000, t + 10_000, t)
         .await;
     let e1 = ev();
+    let t0 = c.redis_ms().await;
     let reply = c.issue(9, M, None, &e1, t).await;
+    let t1 = c.redis_ms().await;
     assert_eq!(
         ok_body(&reply, 201),
         json!({"coupon_id": 9, "issued_at": rfc(t)})
@@ -457,9 +466,22 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
         c.set(&c.k.coupon_holders(9)).await,
         ["1".to_string()].into()
     );
+    // "issued_ms|0|event|issued_at", stamped with Redis time.
+    let entry = c.field(&c.k.member_coupons(M), "9").await.unwrap();
+    let parts: Vec<&str> = entry.split('|').collect();
+    assert_eq!(parts.len(), 4, "{entry}");
+    let issued_ms: i64 = parts[0].parse().expect("issued_ms");
+    assert!(
+        t0 <= issued_ms && issued_ms <= t1,
+        "{entry} issued within [{t0}, {t1}]"
+    );
+    assert_eq!(&parts[1..3], ["0", e1.as_str()], "{entry}");
+    assert_eq!(parts[3], lua_support::rfc(issued_ms), "{entry}");
+    let issued_at = serde_json::from_str::<Json>(&ok_raw(&reply)).unwrap()["issued_at"].clone();
     assert_eq!(
-        c.field(&c.k.member_coupons(M), "9").await.unwrap(),
-        format!("{t}|0|{e1}|{}", rfc(t))
+        issued_at,
+        json!(parts[3]),
+        "the body's issued_at is the entry's"
     );
     // No key sent: the placeholder record is left alone.
     assert!(!c.exists(&c.k.idempotency(M, "none")).await);
@@ -559,8 +581,12 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
     let c = Ctx::new().await;
     let t = clock();
     c.member_with(M, 0, t).await;
-    let (from, until) = (t + 1_000, t + 2_000);
-    c.coupon(3, "FIXED", 100, 10, from, until, t).await;
+    // Validity is judged by Redis time: one window still ahead, one already over, one open now.
+    let now = c.redis_ms().await;
+    c.coupon(3, "FIXED", 100, 10, now + 60_000, now + 120_000, t)
+        .await;
+    c.coupon(4, "FIXED", 100, 10, now - 120_000, now - 60_000, t)
+        .await;
     let before = c.dump().await;
 
     let idem = c.idem(M);
@@ -573,23 +599,58 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
     assert_refused(&c.issue(77, M, None, &ev(), t).await, 404, "NOT_FOUND");
     assert_eq!(c.dump().await, before);
 
-    for at in [from - 1, until + 1] {
+    // Before valid_from, after valid_until: refused; under a key the refusal is recorded.
+    for coupon in [3, 4] {
         assert_refused(
-            &c.issue(3, M, None, &ev(), at).await,
+            &c.issue(coupon, M, None, &ev(), t).await,
             422,
             "COUPON_NOT_ACTIVE",
         );
         assert_eq!(c.dump().await, before);
+        let idem = c.idem(M);
+        assert_refused(
+            &c.issue(coupon, M, Some(&idem), &ev(), t).await,
+            422,
+            "COUPON_NOT_ACTIVE",
+        );
+        assert_problem_record(&c, &idem, 422, "COUPON_NOT_ACTIVE").await;
+        assert_eq!(c.dump().await, before);
     }
-    // Both ends of the window are inside it.
+    // A window opening at the Redis time just read is open.
     c.member_with(M2, 0, t).await;
-    ok_body(&c.issue(3, M, None, &ev(), from).await, 201);
-    ok_body(&c.issue(3, M2, None, &ev(), until).await, 201);
-    assert_eq!(c.num(&c.k.coupon(3), "remaining").await, 8);
+    let now = c.redis_ms().await;
+    c.coupon(5, "FIXED", 100, 10, now, now + 60_000, t).await;
+    ok_body(&c.issue(5, M, None, &ev(), t).await, 201);
+    ok_body(&c.issue(5, M2, None, &ev(), t).await, 201);
+    assert_eq!(c.num(&c.k.coupon(5), "remaining").await, 8);
     assert_eq!(
-        c.set(&c.k.coupon_holders(3)).await,
+        c.set(&c.k.coupon_holders(5)).await,
         ["1".to_string(), "2".to_string()].into()
     );
+    // A window that closes shortly: issued inside it, refused once Redis time has passed it.
+    let now = c.redis_ms().await;
+    c.coupon(6, "FIXED", 100, 10, now - 60_000, now + 2_000, t)
+        .await;
+    ok_body(&c.issue(6, M, None, &ev(), t).await, 201);
+    // The window closed 2 s after it was read: a stalled machine cannot make the first call late.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let before = c.dump().await;
+    assert_refused(
+        &c.issue(6, M2, None, &ev(), t).await,
+        422,
+        "COUPON_NOT_ACTIVE",
+    );
+    assert_eq!(c.dump().await, before);
+    assert_eq!(c.num(&c.k.coupon(6), "remaining").await, 9);
+    // An unknown member (a stale token) is refused before anything else, writing nothing at all.
+    let idem = c.idem(99);
+    assert_refused(
+        &c.issue(5, 99, Some(&idem), &ev(), t).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert!(!c.exists(&idem.key).await);
+    assert_eq!(c.dump().await, before);
     c.cleanup().await;
 }
 
@@ -606,10 +667,12 @@ async fn order_reserve_reserves_every_item_and_replays() {
     c.product(2, 250, 3, t).await;
     let idem = c.idem(M);
     let e1 = ev();
-    let expires = t + RESERVATION_MS;
+    let expires = t + RESERVATION_MS; // ARGV carries the TTL, expires - t
+    let t0 = c.redis_ms().await;
     let reply = c
         .reserve(M, 40, &idem, &[(1, 2), (2, 3)], expires, &e1, t)
         .await;
+    let t1 = c.redis_ms().await;
     let items = json!([
         {"product_id": 1, "quantity": 2, "unit_price": 1000},
         {"product_id": 2, "quantity": 3, "unit_price": 250},
@@ -640,7 +703,6 @@ async fn order_reserve_reserves_every_item_and_replays() {
         ("discount_amount", "0".into()),
         ("paid_amount", "0".into()),
         ("coupon_id", "".into()),
-        ("expires_at_ms", expires.to_string()),
         ("expires_at", rfc(expires)),
         ("created_at", rfc(t)),
         ("paid_at", "".into()),
@@ -649,10 +711,25 @@ async fn order_reserve_reserves_every_item_and_replays() {
     ] {
         assert_eq!(h[f], v, "order field {f}");
     }
+    assert_eq!(h["create_event"], e1);
     assert_eq!(serde_json::from_str::<Json>(&h["items"]).unwrap(), items);
+    // Created at Redis time, expiring the TTL later; the reservation entry scores the expiry.
+    let expires_ms: i64 = h["expires_at_ms"].parse().expect("expires_at_ms");
+    let created_ms = expires_ms - RESERVATION_MS;
+    assert!(
+        t0 <= created_ms && created_ms <= t1,
+        "created {created_ms} within [{t0}, {t1}]"
+    );
+    let raw = serde_json::from_str::<Json>(&ok_raw(&reply)).unwrap();
+    assert_eq!(raw["created_at"], json!(lua_support::rfc(created_ms)));
+    assert_eq!(raw["expires_at"], json!(lua_support::rfc(expires_ms)));
+    assert_eq!(
+        c.field(&c.k.order(40), "created_at").await.unwrap(),
+        lua_support::rfc(created_ms)
+    );
     assert_eq!(
         c.zset(&c.k.reservations()).await,
-        [("40".to_string(), expires.to_string())].into()
+        [("40".to_string(), expires_ms.to_string())].into()
     );
     assert_ok_record(&c, &idem, 201, &ok_raw(&reply)).await;
     let e = c.last_event().await;
@@ -694,7 +771,30 @@ async fn order_reserve_reserves_every_item_and_replays() {
     let again = c
         .reserve(M, 40, &other_key, &[(1, 2), (2, 3)], expires, &e1, t)
         .await;
-    assert_eq!(ok_body(&again, 201), snapshot);
+    assert_eq!(
+        serde_json::from_str::<Json>(&ok_raw(&again)).unwrap(),
+        raw,
+        "the first answer, times included"
+    );
+    assert_eq!(c.dump().await, before);
+    // Another call on the taken order id (an id-sequence fault): refused, the order not overwritten.
+    let idem3 = c.idem(M);
+    assert_refused(
+        &c.reserve(M, 40, &idem3, &[(1, 1)], expires, &ev(), t).await,
+        409,
+        "CONFLICT",
+    );
+    assert_problem_record(&c, &idem3, 409, "CONFLICT").await;
+    assert_eq!(c.dump().await, before);
+    // An unknown member (a stale token): refused, nothing written, not even the record.
+    let idem4 = c.idem(99);
+    assert_refused(
+        &c.reserve(99, 43, &idem4, &[(1, 1)], expires, &ev(), t)
+            .await,
+        404,
+        "NOT_FOUND",
+    );
+    assert!(!c.exists(&idem4.key).await);
     assert_eq!(c.dump().await, before);
     c.cleanup().await;
 }
@@ -992,20 +1092,41 @@ async fn order_pay_refuses_unusable_coupons_changing_nothing() {
     c.coupon(2, "FIXED", 10, 10, from, until, t).await; // held by M2 only
     c.issued(1, M, t).await;
     c.issued(2, M2, t).await;
+    // Validity is judged by Redis time. Coupon 3 is held by M but its window closes shortly.
+    let now = c.redis_ms().await;
+    c.coupon(3, "FIXED", 10, 10, now - 60_000, now + 2_000, t)
+        .await;
+    c.issued(3, M, t).await;
+    // Coupon 4's window is still ahead: the issue script refuses it, so M's entry is planted as a
+    // rebuild from the database would leave it.
+    c.coupon(4, "FIXED", 10, 10, now + 60_000, now + 120_000, t)
+        .await;
+    c.hset(
+        &c.k.member_coupons(M),
+        "4",
+        &format!("{now}|0|{}|{}", ev(), lua_support::rfc(now)),
+    )
+    .await;
     c.reserved(M, 70, &[(1, 1)], t).await;
+    // Coupon 3 was issued inside its window; let Redis time pass its valid_until.
+    // The window closed 2 s after it was read: a stalled machine cannot make the first call late.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
 
     let cases: Vec<(&str, i64, i64)> = vec![
         ("not held", 2, t + 1),
         ("unknown coupon", 99, t + 1),
-        ("after valid_until", 1, until + 1),
-        ("before valid_from", 1, from - 1),
+        ("after valid_until", 3, t + 1),
+        ("before valid_from", 4, t + 1),
     ];
     for (why, coupon, at) in cases {
         let before = c.dump().await;
         let idem = c.idem(M);
         let reply = c.pay(M, 70, Some(coupon), &idem, &ev(), at).await;
-        assert_refused(&reply, 409, "COUPON_NOT_USABLE");
+        let detail = assert_refused(&reply, 409, "COUPON_NOT_USABLE");
         assert_eq!(c.dump().await, before, "{why}: nothing changed");
+        if coupon == 3 || coupon == 4 {
+            assert!(detail.contains("valid"), "{why}: {detail}");
+        }
         assert_problem_record(&c, &idem, 409, "COUPON_NOT_USABLE").await;
     }
     // Used in a paid order: not usable for another.
@@ -1019,7 +1140,7 @@ async fn order_pay_refuses_unusable_coupons_changing_nothing() {
     );
     assert!(detail.contains("used"), "{detail}");
     assert_eq!(c.dump().await, before);
-    // Both window ends are usable.
+    // Inside its window a coupon is usable.
     c.issued(2, M, t).await;
     ok_body(&c.pay(M, 71, Some(2), &c.idem(M), &ev(), until).await, 200);
     c.cleanup().await;
@@ -1065,28 +1186,34 @@ async fn order_pay_after_expiry_time_is_refused_even_before_the_sweep() {
     let t = clock();
     c.member_with(M, 1_000, t).await;
     c.product(1, 100, 10, t).await;
-    c.reserved(M, 90, &[(1, 1)], t).await;
-    let expires = t + RESERVATION_MS;
+    // Expiry is judged by Redis time: order 90 expires the instant it is created (expires_at_ms equals
+    // its creation time, so any later Redis time is at or past it), order 91 a minute before.
+    c.reserved_ttl(M, 90, &[(1, 1)], 0).await;
+    c.reserved_ttl(M, 91, &[(1, 1)], -60_000).await;
+    c.reserved_ttl(M, 92, &[(1, 1)], RESERVATION_MS).await;
     let before = c.dump().await;
     let idem = c.idem(M);
     assert_refused(
-        &c.pay(M, 90, None, &idem, &ev(), expires).await,
+        &c.pay(M, 90, None, &idem, &ev(), t).await,
         409,
         "ORDER_EXPIRED",
     );
     assert_problem_record(&c, &idem, 409, "ORDER_EXPIRED").await;
     assert_refused(
-        &c.pay(M, 90, None, &c.idem(M), &ev(), expires + 60_000)
-            .await,
+        &c.pay(M, 91, None, &c.idem(M), &ev(), t).await,
         409,
         "ORDER_EXPIRED",
     );
     assert_eq!(c.dump().await, before, "still reserved, left for the sweep");
-    // One ms before the expiry it is payable.
-    ok_body(
-        &c.pay(M, 90, None, &c.idem(M), &ev(), expires - 1).await,
-        200,
+    assert_eq!(c.field(&c.k.order(90), "status").await.unwrap(), "RESERVED");
+    assert_eq!(
+        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        ["90", "91", "92"]
     );
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
+    // Before its expiry an order is payable.
+    ok_body(&c.pay(M, 92, None, &c.idem(M), &ev(), t).await, 200);
+    assert_eq!(c.num(&c.k.member(M), "balance").await, 900);
     c.cleanup().await;
 }
 
@@ -1256,7 +1383,8 @@ async fn order_cancel_refuses_unknown_foreign_and_expired_orders() {
     c.member_with(M, 0, t).await;
     c.member_with(M2, 0, t).await;
     c.product(1, 100, 10, t).await;
-    c.reserved(M, 120, &[(1, 1)], t).await;
+    // Due at once by Redis time (a reserved order past its expiry is still cancellable until swept).
+    c.reserved_ttl(M, 120, &[(1, 1)], 0).await;
     let before = c.dump().await;
     let idem = c.idem(M);
     assert_refused(&c.cancel(M, 121, &idem, &ev(), t).await, 404, "NOT_FOUND");
@@ -1266,11 +1394,10 @@ async fn order_cancel_refuses_unknown_foreign_and_expired_orders() {
     assert_problem_record(&c, &idem, 404, "NOT_FOUND").await;
     assert_eq!(c.dump().await, before);
 
-    assert_eq!(c.expire(120, &ev(), t + RESERVATION_MS).await, "expired");
+    assert_eq!(c.expire(120, &ev(), t).await, "expired");
     let before = c.dump().await;
     let detail = assert_refused(
-        &c.cancel(M, 120, &c.idem(M), &ev(), t + RESERVATION_MS + 1)
-            .await,
+        &c.cancel(M, 120, &c.idem(M), &ev(), t).await,
         409,
         "ORDER_NOT_CANCELLABLE",
     );
@@ -1325,12 +1452,15 @@ async fn order_expire_releases_a_due_reservation_once() {
     c.member_with(M, 0, t).await;
     c.product(1, 100, 10, t).await;
     c.product(2, 70, 10, t).await;
-    let reserved = c.reserved(M, 140, &[(1, 4), (2, 2)], t).await;
-    let expires = t + RESERVATION_MS;
+    // Due is judged by Redis time: order 141's expiry is ahead; order 140 expires the instant it is
+    // created (expires_at_ms equals its creation time: due means expires_at_ms <= Redis time).
+    c.reserved_ttl(M, 141, &[(1, 1)], RESERVATION_MS).await;
+    let reserved = c.reserved_ttl(M, 140, &[(1, 4), (2, 2)], 0).await;
+    let expires = t;
 
     // Not due yet: nothing changes.
     let before = c.dump().await;
-    assert_eq!(c.expire(140, &ev(), expires - 1).await, "not_due");
+    assert_eq!(c.expire(141, &ev(), expires - 1).await, "not_due");
     assert_eq!(c.dump().await, before);
 
     // Stale pre-read: nothing changes.
@@ -1341,9 +1471,16 @@ async fn order_expire_releases_a_due_reservation_once() {
     let e1 = ev();
     let at = expires;
     assert_eq!(c.expire(140, &e1, at).await, "expired");
-    assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
+    assert_eq!(
+        c.num(&c.k.product(1), "stock").await,
+        9,
+        "141 keeps its unit"
+    );
     assert_eq!(c.num(&c.k.product(2), "stock").await, 10);
-    assert!(c.zset(&c.k.reservations()).await.is_empty());
+    assert_eq!(
+        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        ["141"]
+    );
     let h = c.hash(&c.k.order(140)).await;
     assert_eq!(h["status"], "EXPIRED");
     assert_eq!(h["closed_at"], rfc(at));
@@ -1418,17 +1555,19 @@ async fn expire_and_pay_race_whichever_runs_first_wins() {
     c.product(1, 100, 10, t).await;
     let expires = t + RESERVATION_MS;
 
-    // Pay first (just in time), then the sweep: not_reserved, stock stays sold.
-    c.reserved(M, 160, &[(1, 2)], t).await;
+    // Pay first (in time), then the sweep once Redis time is past the expiry: not_reserved, stock
+    // stays sold.
+    c.reserved_ttl(M, 160, &[(1, 2)], 2_000).await;
     c.paid(M, 160, None, expires - 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let before = c.dump().await;
     assert_eq!(c.expire(160, &ev(), expires).await, "not_reserved");
     assert_eq!(c.dump().await, before);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
     assert_eq!(c.field(&c.k.order(160), "status").await.unwrap(), "PAID");
 
-    // Sweep first, then a pay that read the clock before expiry: ORDER_EXPIRED, no points taken.
-    c.reserved(M, 161, &[(1, 3)], t).await;
+    // Sweep first, then the pay: ORDER_EXPIRED, no points taken.
+    c.reserved_ttl(M, 161, &[(1, 3)], 0).await;
     assert_eq!(c.expire(161, &ev(), expires).await, "expired");
     let before = c.dump().await;
     assert_refused(
@@ -1562,15 +1701,16 @@ async fn cancel_and_expire_of_one_reservation_release_stock_once() {
     c.member_with(M, 0, t).await;
     c.product(1, 100, 10, t).await;
     let expires = t + RESERVATION_MS;
-    // Cancelled past its expiry but before the sweep: the sweep then finds it not reserved.
-    c.reserved(M, 170, &[(1, 4)], t).await;
+    // Cancelled past its expiry (by Redis time) but before the sweep: the sweep then finds it not
+    // reserved.
+    c.reserved_ttl(M, 170, &[(1, 4)], -1).await;
     ok_body(&c.cancel(M, 170, &c.idem(M), &ev(), expires + 5).await, 200);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
     let before = c.dump().await;
     assert_eq!(c.expire(170, &ev(), expires + 6).await, "not_reserved");
     assert_eq!(c.dump().await, before);
     // Swept first: the cancel is refused.
-    c.reserved(M, 171, &[(1, 4)], t).await;
+    c.reserved_ttl(M, 171, &[(1, 4)], -1).await;
     assert_eq!(c.expire(171, &ev(), expires).await, "expired");
     let before = c.dump().await;
     assert_refused(

@@ -765,6 +765,46 @@ impl Ctx {
         )
     }
 
+    /// Reserves an order expiring `ttl_ms` after Redis time at the call (0: due at once; negative:
+    /// past its expiry already); returns the body.
+    pub async fn reserved_ttl(
+        &self,
+        member: i64,
+        order: i64,
+        items: &[(i64, i64)],
+        ttl_ms: i64,
+    ) -> Json {
+        ok_body(
+            &self
+                .reserve(member, order, &self.idem(member), items, ttl_ms, &ev(), 0)
+                .await,
+            201,
+        )
+    }
+
+    /// Redis's own clock in ms (what the scripts decide and stamp with).
+    pub async fn redis_ms(&self) -> i64 {
+        let t: Vec<String> = self
+            .redis
+            .eval(
+                "return redis.call('TIME')",
+                Vec::<String>::new(),
+                Vec::<String>::new(),
+            )
+            .await
+            .expect("TIME");
+        t[0].parse::<i64>().expect("secs") * 1000 + t[1].parse::<i64>().expect("micros") / 1000
+    }
+
+    /// Sets hash fields directly (state a script cannot reach, e.g. planted as a rebuild would).
+    pub async fn hset(&self, key: &str, field: &str, value: &str) {
+        let _: i64 = self
+            .redis
+            .hset(key, (field.to_string(), value.to_string()))
+            .await
+            .expect("hset");
+    }
+
     pub async fn paid(&self, member: i64, order: i64, coupon: Option<i64>, at: i64) -> Json {
         ok_body(
             &self
