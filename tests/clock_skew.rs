@@ -65,10 +65,7 @@ async fn a_skewed_engine_clock_cannot_pay_an_expired_order_or_issue_an_inactive_
     // An engine one hour behind thinks a 1-second reservation is still live long after it expired.
     flashsale::state::skew_engine_clock_for_tests(-HOUR_MS);
     let order = app
-        .order(
-            &token,
-            json!([{"product_id": product, "quantity": 1}]),
-        )
+        .order(&token, json!([{"product_id": product, "quantity": 1}]))
         .await;
     assert_eq!(order.status, 201, "{}", order.text);
     let order_id = order.json()["id"].as_i64().expect("order id");

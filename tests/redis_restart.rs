@@ -108,7 +108,6 @@ impl Drop for PrivateRedis {
     }
 }
 
-
 /// The value of an unlabelled gauge in /metrics.
 async fn gauge(app: &common::TestApp, name: &str) -> Option<f64> {
     app.get("/metrics", None)
