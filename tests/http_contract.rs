@@ -151,9 +151,9 @@ async fn every_refusal_is_problem_json_with_a_code() {
     check("413 content-length", &r, (413, "PAYLOAD_TOO_LARGE"));
     let addr = addr_of(&app);
     let chunk = "x".repeat(8 * 1024);
-    let mut chunked = format!(
+    let mut chunked = String::from(
         "POST /api/v1/admin/products HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         X-Admin-Key: test-admin-key\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+         X-Admin-Key: test-admin-key\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     );
     for _ in 0..4 {
         chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));

@@ -16,8 +16,6 @@ use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Kills the sink child process however the test ends, so a failing test leaves nothing running.
-
 async fn signup(app: &TestApp, email: &str, password: &str) -> Reply {
     app.post(
         "/api/v1/members",

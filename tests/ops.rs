@@ -34,6 +34,9 @@ async fn metric(app: &common::TestApp, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// XREADGROUP's answer: stream -> [(entry id, fields)].
+type StreamRead = HashMap<String, Vec<(String, HashMap<String, String>)>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
     let app = spawn_app_with(|s| s.reservation_ttl_secs = 1).await;
@@ -216,7 +219,7 @@ async fn xgroup_setid(app: &common::TestApp, id: &str, entries_read: i64) {
 }
 
 async fn read_as_relay(app: &common::TestApp, count: u64) -> Vec<String> {
-    let read: HashMap<String, Vec<(String, HashMap<String, String>)>> = app
+    let read: StreamRead = app
         .redis
         .next()
         .xreadgroup_map(

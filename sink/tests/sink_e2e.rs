@@ -24,7 +24,7 @@ async fn a_event_is_consumed_and_applied() {
     env.wait_count("SELECT COUNT(*) FROM processed_events", 3, WAIT)
         .await;
     let (email, balance): (String, i64) =
-        sqlx::query_as("SELECT email, balance FROM members WHERE id = 1")
+        sqlx::query_as("SELECT CONVERT(email USING utf8mb4), balance FROM members WHERE id = 1")
             .fetch_one(&env.pool)
             .await
             .unwrap();
