@@ -85,7 +85,7 @@ test-rust:
 	  cargo test --release
 
 test-openapi:
-	cargo run -q --release -p flashsale --bin flashsale -- openapi | python3 scripts/validate_openapi.py
+	cargo run -q --release --bin flashsale -- openapi | python3 scripts/validate_openapi.py
 
 # A bounded schemathesis pass against an engine the script starts itself (release build, own database,
 # key prefix and topics on the test services); fails on any failure. See docs/api.md.
