@@ -573,9 +573,11 @@ pub struct ReconcilePage {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReconcileQuery {
-    /// `next_cursor` of the previous page; the start when absent.
+    /// `next_cursor` of the previous page (`entity:after_id`); the start when absent.
+    #[param(max_length = 40, pattern = "^(product|coupon|member|order):[0-9]{1,18}$")]
     pub cursor: Option<String>,
     /// Ids compared per page: 1..5000, default 1000.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 5000)]
     pub limit: Option<String>,
 }
 
