@@ -574,7 +574,10 @@ pub struct ReconcilePage {
 #[into_params(parameter_in = Query)]
 pub struct ReconcileQuery {
     /// `next_cursor` of the previous page (`entity:after_id`); the start when absent.
-    #[param(max_length = 40, pattern = "^(product|coupon|member|order):[0-9]{1,18}$")]
+    #[param(
+        max_length = 40,
+        pattern = "^(product|coupon|member|order):[0-9]{1,18}$"
+    )]
     pub cursor: Option<String>,
     /// Ids compared per page: 1..5000, default 1000.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 5000)]
