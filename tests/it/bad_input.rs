@@ -1,6 +1,6 @@
 //! Bad input gets the right 4xx with a problem+json body, never a 5xx.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, JWT_SECRET};
 use serde_json::json;

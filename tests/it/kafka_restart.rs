@@ -1,9 +1,9 @@
 //! The Kafka broker restarts while the engine is under load: the hot path keeps answering, the relay
 //! retries, the sink reconnects, and after the drain nothing is lost or applied twice. The test runs its
-//! OWN broker (tests/common/kafka.rs: own ports, own log dir), so the shared broker other tests use is
+//! OWN broker (tests/it/common/kafka.rs: own ports, own log dir), so the shared broker other tests use is
 //! never stopped; the broker and the sink are killed by their guards if the test fails.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +13,7 @@ use common::spawn_app_with;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kafka_broker_restart_under_load_loses_nothing() {
+    let _alone = common::exclusive().await;
     let kafka = tokio::task::spawn_blocking(|| {
         let mut kafka = PrivateKafka::new();
         kafka.start();

@@ -1,7 +1,7 @@
 //! The ground: the engine starts against the real Redis, MariaDB and Kafka, answers readiness, metrics
 //! and its OpenAPI document, and the migrations apply to a fresh database.
 
-mod common;
+use crate::common;
 
 use common::{isolated_connections, spawn_app};
 

@@ -3,7 +3,7 @@
 //! reports ready without Kafka and its events flow once a broker is reachable, and it stays ready for
 //! Redis-only sales while MySQL is unreachable (item 8).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! state after, the outbox entries (one per effect, none for refusals and replays), and that a refused
 //! call changed nothing but the idempotency record.
 
-mod lua_support;
+use crate::lua_support;
 
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
 use flashsale::idempotency::RECORD_TTL_SECS;
@@ -1831,7 +1831,7 @@ async fn prelude_rfc3339_matches_chrono_for_many_instants() {
     let c = Ctx::new().await;
     let script = format!(
         "{}\nlocal out = {{}}\nfor i = 1, #ARGV do out[i] = rfc3339(tonumber(ARGV[i])) end\nreturn out",
-        include_str!("../lua/lib/prelude.lua")
+        include_str!("../../lua/lib/prelude.lua")
     );
     // Edges (epoch, leap days, century rules, year ends, 9999) and a deterministic spread of the rest.
     let mut instants: Vec<i64> = vec![

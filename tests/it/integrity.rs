@@ -3,7 +3,7 @@
 //! know, the password hash stays out of the pipeline, and the engine refuses development secrets in
 //! production.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

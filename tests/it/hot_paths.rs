@@ -2,7 +2,7 @@
 //! lost under concurrency, and every retry safe. After each concurrent test the outbox holds exactly one
 //! event per effect.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 

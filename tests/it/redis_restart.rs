@@ -3,7 +3,7 @@
 //! of a false backlog left by XINFO GROUPS after the reload. The test runs its own redis-server (own
 //! port, own data dir), never the shared one; its own binary, because it reads process-wide gauges.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -123,6 +123,7 @@ async fn gauge(app: &common::TestApp, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
+    let _alone = common::exclusive().await;
     let mut redis = PrivateRedis::start();
     redis.wait_ready().await;
     let mut connections = isolated_connections();

@@ -1,7 +1,7 @@
 //! The db-lock baseline (HOT_PATH=db-lock) the benchmarks compare against: the same API over MySQL
 //! row locks must also never over-issue or oversell, or the comparison means nothing.
 
-mod common;
+use crate::common;
 
 use common::spawn_app_with;
 use flashsale::config::HotPath;

@@ -1,7 +1,7 @@
 //! Operations hardening (issue 8 items 9 and 20): the expiry sweep survives a bad order, the admin
 //! reconcile answers a bounded page, and the outbox backlog is counted from ids, not from XINFO lag.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

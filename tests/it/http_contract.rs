@@ -2,7 +2,7 @@
 //! code (the framework's too), slow clients are cut off, metric labels stay bounded and see timeouts and
 //! panics, and sign-up/login resist a brute-force burst.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The durable pipeline end to end against real Redis, Kafka and MariaDB: every effect reaches MySQL
 //! exactly once in effect and every paid order reaches the data platform, through crashes and restarts.
 
-mod common;
+use crate::common;
 
 use common::pipeline::{
     assert_exactly_once, count, drain, kill9, mixed_workload, platform, start_relay, start_sink,

@@ -1,4 +1,4 @@
-//! Harness for tests/lua_scripts.rs: runs the engine's Lua scripts straight against the real Redis with the
+//! Harness for tests/it/lua_scripts.rs: runs the engine's Lua scripts straight against the real Redis with the
 //! exact KEYS/ARGV layout the routes and the expiry task use, under a random key prefix per test.
 #![allow(dead_code)]
 

@@ -19,6 +19,15 @@ use serde_json::{json, Value};
 pub const ADMIN_KEY: &str = "test-admin-key";
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 
+/// Tests that stop and restart a server of their own (a private broker, a private redis-server) and
+/// count what survives take this lock, so two of them never share the two cores: they used to run alone
+/// in their own test binaries.
+/// (A tokio mutex: the guard is held across awaits, and a failed test does not poison it.)
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    EXCLUSIVE.lock().await
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }

@@ -3,7 +3,7 @@
 //! the scripts still decide by Redis time: an expired order is not paid, an out-of-window coupon is not
 //! issued.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
