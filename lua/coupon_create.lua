@@ -1,6 +1,6 @@
 -- coupon_create (admin): defines a first-come coupon with a fixed quantity.
--- KEYS[1] coupon hash     fs:coupon:{c:ID}
--- KEYS[2] outbox stream   fs:outbox:{outbox}
+-- KEYS[1] coupon hash     fs:{P}:coupon:ID
+-- KEYS[2] outbox stream   fs:{P}:outbox (the owner's partition)
 -- ARGV[1] coupon id   ARGV[2] name   ARGV[3] discount type FIXED|PERCENT   ARGV[4] discount value
 -- ARGV[5] total quantity   ARGV[6] valid from (ms)   ARGV[7] valid from (RFC 3339)
 -- ARGV[8] valid until (ms)   ARGV[9] valid until (RFC 3339)   ARGV[10] now (RFC 3339)   ARGV[11] event id

@@ -1,10 +1,10 @@
 -- coupon_issue: first-come issue of one coupon to one member.
--- KEYS[1] coupon hash           fs:coupon:{c:ID}
--- KEYS[2] coupon holders set    fs:coupon:{c:ID}:holders
--- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
--- KEYS[4] idempotency key       fs:idem:{m:ID}:SHA (ignored when ARGV[3] is '0')
--- KEYS[5] outbox stream         fs:outbox:{outbox}
--- KEYS[6] member hash           fs:member:{m:ID}
+-- KEYS[1] coupon hash           fs:{P}:coupon:ID
+-- KEYS[2] coupon holders set    fs:{P}:coupon:ID:holders
+-- KEYS[3] member coupons hash   fs:{P}:member:ID:coupons
+-- KEYS[4] idempotency key       fs:{P}:idem:MEMBER:SHA (ignored when ARGV[3] is '0')
+-- KEYS[5] outbox stream         fs:{P}:outbox (the owner's partition)
+-- KEYS[6] member hash           fs:{P}:member:ID
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] '1' when an Idempotency-Key was sent
 -- ARGV[4] member id   ARGV[5] event id
 -- Validity is checked against Redis time, which also stamps issued_at.

@@ -1,8 +1,8 @@
 -- member_signup: registers a member under a unique email. Never overwrites a member: the hash must be
 -- absent, or be this very call's (same create event id: a resent script).
--- KEYS[1] email key        fs:email:{e:EMAIL}
--- KEYS[2] member hash      fs:member:{m:ID}
--- KEYS[3] outbox stream    fs:outbox:{outbox}
+-- KEYS[1] email key        fs:{P}:email:EMAIL
+-- KEYS[2] member hash      fs:{P}:member:ID
+-- KEYS[3] outbox stream    fs:{P}:outbox (the owner's partition)
 -- ARGV[1] member id (allocated by the engine)   ARGV[2] email (normalized: NFKC, lower-case)   ARGV[3] name
 -- ARGV[4] argon2id PHC hash (kept in Redis for login; never put in the event)   ARGV[5] event id
 -- Returns (prelude protocol):

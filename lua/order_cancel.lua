@@ -1,12 +1,12 @@
 -- order_cancel: cancels a reserved or paid order, giving everything back: stock always; for a paid
 -- order also the points, the coupon (unused again) and the units counted in the popular ranking.
--- KEYS[1] order hash            fs:order:{o:ID}
--- KEYS[2] member hash           fs:member:{m:ID}
--- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
--- KEYS[4] reservations zset     fs:reservations:{reservations}
--- KEYS[5] popular day zset      fs:popular:{popular}:YYYYMMDD of the day it was paid (any key if unpaid)
--- KEYS[6] idempotency key       fs:idem:{m:ID}:SHA
--- KEYS[7] outbox stream         fs:outbox:{outbox}
+-- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
+-- KEYS[2] member hash           fs:{P}:member:ID
+-- KEYS[3] member coupons hash   fs:{P}:member:ID:coupons
+-- KEYS[4] reservations zset     fs:{P}:reservations
+-- KEYS[5] popular day zset      fs:{P}:popular:YYYYMMDD of the day it was paid (any key if unpaid)
+-- KEYS[6] idempotency key       fs:{P}:idem:MEMBER:SHA
+-- KEYS[7] outbox stream         fs:{P}:outbox (the owner's partition)
 -- KEYS[8..] product hashes      one per order item, in item order
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] event id
 -- ARGV[5] paid day the engine read ('' if it read the order unpaid)

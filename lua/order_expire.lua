@@ -1,8 +1,8 @@
 -- order_expire: releases the stock of an unpaid order past its expiry. Run by the engine's expiry
 -- task; fenced against a concurrent pay by the status and expiry checks (exactly one of them wins).
--- KEYS[1] order hash            fs:order:{o:ID}
--- KEYS[2] reservations zset     fs:reservations:{reservations}
--- KEYS[3] outbox stream         fs:outbox:{outbox}
+-- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
+-- KEYS[2] reservations zset     fs:{P}:reservations
+-- KEYS[3] outbox stream         fs:{P}:outbox (the owner's partition)
 -- KEYS[4..] product hashes      one per order item, in item order
 -- ARGV[1] order id   ARGV[2] event id
 -- ARGV[3..] product id per item, as the engine read them

@@ -1,13 +1,13 @@
 -- order_pay: pays a reserved order with points, optionally using a held coupon, and counts the units
 -- in the popular ranking: all or nothing.
--- KEYS[1] order hash            fs:order:{o:ID}
--- KEYS[2] member hash           fs:member:{m:ID}
--- KEYS[3] member coupons hash   fs:member:{m:ID}:coupons
--- KEYS[4] coupon hash           fs:coupon:{c:ID} (any key when no coupon is given; then untouched)
--- KEYS[5] reservations zset     fs:reservations:{reservations}
--- KEYS[6] popular day zset      fs:popular:{popular}:YYYYMMDD (today, UTC)
--- KEYS[7] idempotency key       fs:idem:{m:ID}:SHA
--- KEYS[8] outbox stream         fs:outbox:{outbox}
+-- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
+-- KEYS[2] member hash           fs:{P}:member:ID
+-- KEYS[3] member coupons hash   fs:{P}:member:ID:coupons
+-- KEYS[4] coupon hash           fs:{P}:coupon:ID (any key when no coupon is given; then untouched)
+-- KEYS[5] reservations zset     fs:{P}:reservations
+-- KEYS[6] popular day zset      fs:{P}:popular:YYYYMMDD (today, UTC)
+-- KEYS[7] idempotency key       fs:{P}:idem:MEMBER:SHA
+-- KEYS[8] outbox stream         fs:{P}:outbox (the owner's partition)
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] coupon id or ''
 -- ARGV[5] today YYYYMMDD (the engine's popular bucket)   ARGV[6] popular day TTL (s)   ARGV[7] event id
 -- Order expiry and coupon validity are checked against Redis time, which also stamps paid_at.

@@ -1,10 +1,10 @@
 -- order_reserve: creates an order and reserves every item's stock, or nothing at all.
--- KEYS[1] order hash            fs:order:{o:ID}
--- KEYS[2] reservations zset     fs:reservations:{reservations}
--- KEYS[3] idempotency key       fs:idem:{m:ID}:SHA
--- KEYS[4] outbox stream         fs:outbox:{outbox}
--- KEYS[5] member hash           fs:member:{m:ID}
--- KEYS[6..] product hashes      fs:product:{p:ID}, one per distinct item, in item order
+-- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
+-- KEYS[2] reservations zset     fs:{P}:reservations
+-- KEYS[3] idempotency key       fs:{P}:idem:MEMBER:SHA
+-- KEYS[4] outbox stream         fs:{P}:outbox (the owner's partition)
+-- KEYS[5] member hash           fs:{P}:member:ID
+-- KEYS[6..] product hashes      fs:{P}:product:ID, one per distinct item, in item order
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] order id
 -- ARGV[5] reservation TTL (ms)   ARGV[6] event id
 -- ARGV[7..] quantity per product key, same order as KEYS[6..]
@@ -36,7 +36,7 @@ local items, total, short = {}, 0, {}
 for i = 6, #KEYS do
   local p = redis.call('HMGET', KEYS[i], 'id', 'price', 'stock')
   if not p[1] then
-    return fail(404, 'NOT_FOUND', 'product not found: ' .. string.match(KEYS[i], '{p:(%d+)}'))
+    return fail(404, 'NOT_FOUND', 'product not found: ' .. string.match(KEYS[i], ':product:(%d+)$'))
   end
   local qty = tonumber(ARGV[i + 1])
   if tonumber(p[3]) < qty then

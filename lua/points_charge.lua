@@ -1,7 +1,7 @@
 -- points_charge: adds points to a member's balance.
--- KEYS[1] member hash      fs:member:{m:ID}
--- KEYS[2] idempotency key  fs:idem:{m:ID}:SHA
--- KEYS[3] outbox stream    fs:outbox:{outbox}
+-- KEYS[1] member hash      fs:{P}:member:ID
+-- KEYS[2] idempotency key  fs:{P}:idem:MEMBER:SHA
+-- KEYS[3] outbox stream    fs:{P}:outbox (the owner's partition)
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] amount (> 0, validated)
 -- ARGV[4] balance limit   ARGV[5] event id
 -- Returns (prelude protocol):

@@ -1,7 +1,7 @@
 -- product_create (admin): adds a product with its initial stock.
--- KEYS[1] product hash           fs:product:{p:ID}
--- KEYS[2] products index zset    fs:products:{products}
--- KEYS[3] outbox stream          fs:outbox:{outbox}
+-- KEYS[1] product hash           fs:{P}:product:ID
+-- KEYS[2] products index zset    fs:{catalog}:products
+-- KEYS[3] outbox stream          fs:{P}:outbox (the owner's partition)
 -- ARGV[1] product id (allocated by the engine)   ARGV[2] name   ARGV[3] price   ARGV[4] stock
 -- ARGV[5] now (RFC 3339)   ARGV[6] event id
 -- Returns (prelude protocol):

@@ -1,7 +1,7 @@
 -- product_stock_add (admin): adds units to a product's stock.
--- KEYS[1] product hash          fs:product:{p:ID}
--- KEYS[2] product ops zset      fs:product:{p:ID}:ops (recent op ids: a resent call adds nothing)
--- KEYS[3] outbox stream         fs:outbox:{outbox}
+-- KEYS[1] product hash          fs:{P}:product:ID
+-- KEYS[2] product ops zset      fs:{P}:product:ID:ops (recent op ids: a resent call adds nothing)
+-- KEYS[3] outbox stream         fs:{P}:outbox (the owner's partition)
 -- ARGV[1] units to add (> 0)   ARGV[2] stock limit   ARGV[3] now (ms)   ARGV[4] now (RFC 3339)
 -- ARGV[5] event id (op id)
 -- Returns (prelude protocol):

@@ -106,16 +106,22 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
     result
 }
 
-/// Creates the relay's consumer group on the outbox stream (and the stream) when missing.
+/// Creates the relay's consumer group on every partition's outbox stream (and the streams) when missing.
 pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
-    let result: Result<(), fred::error::Error> = redis
-        .next()
-        .xgroup_create(keys.outbox(), RELAY_GROUP, "0", true)
-        .await;
-    match result {
-        Err(e) if !e.details().contains("BUSYGROUP") => Err(e).context("creating the relay group"),
-        _ => Ok(()),
-    }
+    futures::future::try_join_all(crate::partition::Partition::all().map(|p| async move {
+        let result: Result<(), fred::error::Error> = redis
+            .next()
+            .xgroup_create(keys.outbox(p), RELAY_GROUP, "0", true)
+            .await;
+        match result {
+            Err(e) if !e.details().contains("BUSYGROUP") => {
+                Err(e).context("creating the relay group")
+            }
+            _ => Ok(()),
+        }
+    }))
+    .await?;
+    Ok(())
 }
 
 /// The token signing secret. Outside `FLASHSALE_ENV=dev` the engine refuses to start with a generated
@@ -198,6 +204,7 @@ impl Application {
             auth_guard: crate::abuse::AuthGuard::new(&settings),
             producer,
             dependencies: crate::dependencies::DependencyStatus::new(kafka_up),
+            popular: Default::default(),
             settings,
         });
         let router = router(state.clone());
@@ -236,13 +243,17 @@ impl Application {
             stop_rx.clone(),
         ));
         if self.state.settings.run_relay {
-            let relay = crate::relay::Relay::new(
-                &self.state.settings.connections,
-                &self.state.settings.relay,
+            let relay = crate::relay::Relay::run_all(
+                self.state.settings.connections.clone(),
+                self.state.settings.relay.clone(),
                 self.state.producer.clone(),
-            )
-            .await?;
-            tasks.spawn(relay.run(stop_rx.clone()));
+                stop_rx.clone(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) = relay.await {
+                    tracing::error!(error = %e, "the relay could not start");
+                }
+            });
         }
         tracing::info!(addr = %self.local_addr(), "serving");
         let header_read_timeout = Duration::from_millis(self.state.settings.header_read_timeout_ms);

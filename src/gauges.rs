@@ -28,19 +28,23 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
     metrics::gauge!("flashsale_outbox_stream_length").set(length as f64);
     metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
     crate::relay::sample_dead_letters(client, &state.keys).await;
-    let reservations: i64 = client.zcard(state.keys.reservations()).await?;
-    metrics::gauge!("flashsale_reservations_active").set(reservations as f64);
+    let reservations = futures::future::try_join_all(
+        crate::partition::Partition::all().map(|p| client.zcard::<i64, _>(state.keys.reservations(p))),
+    )
+    .await?;
+    metrics::gauge!("flashsale_reservations_active").set(reservations.iter().sum::<i64>() as f64);
 
-    let last_product: Option<i64> = client.get(state.keys.sequence("product")).await?;
-    for id in (last_product.unwrap_or(0) - RECENT + 1).max(1)..=last_product.unwrap_or(0) {
+    // The most recent products and coupons, by the catalog indexes (ids grow with time).
+    let products: Vec<i64> = client.zrevrange(state.keys.products(), 0, RECENT - 1, false).await?;
+    for id in products {
         let stock: Option<i64> = client.hget(state.keys.product(id), "stock").await?;
         if let Some(stock) = stock {
             metrics::gauge!("flashsale_product_stock", "product_id" => id.to_string())
                 .set(stock as f64);
         }
     }
-    let last_coupon: Option<i64> = client.get(state.keys.sequence("coupon")).await?;
-    for id in (last_coupon.unwrap_or(0) - RECENT + 1).max(1)..=last_coupon.unwrap_or(0) {
+    let coupons: Vec<i64> = client.zrevrange(state.keys.coupons(), 0, RECENT - 1, false).await?;
+    for id in coupons {
         let remaining: Option<i64> = client.hget(state.keys.coupon(id), "remaining").await?;
         if let Some(remaining) = remaining {
             metrics::gauge!("flashsale_coupon_remaining", "coupon_id" => id.to_string())

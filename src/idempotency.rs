@@ -45,9 +45,15 @@ impl IdempotencyKey {
         Self(key.to_string())
     }
 
+    /// The digest naming the record (the client's key is hashed so its length and characters never
+    /// shape ours).
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+
     /// The Redis key of the record, scoped to the member: member B can never see member A's result.
     pub fn record_key(&self, keys: &Keys, member_id: i64) -> String {
-        keys.idempotency(member_id, &hex::encode(Sha256::digest(self.0.as_bytes())))
+        keys.idempotency(member_id, &self.digest())
     }
 }
 

@@ -1,5 +1,17 @@
-//! Redis key names. Every key carries a hash tag `{...}` naming the entity that owns it, so a move to
-//! Redis Cluster keeps the names; scripts never build key names themselves, they get them in KEYS.
+//! Redis key names. Every key carries the hash tag of its owner's partition (src/partition.rs), so all
+//! the keys one script touches share one Redis Cluster slot when they belong to one owner, and the
+//! owners spread over all the slots. Scripts never build key names themselves; they get them in KEYS.
+//!
+//! Owners and what they own:
+//! - member (partition of the member id): the member hash, the coupon wallet, the member's orders,
+//!   idempotency records, the partition's reservation index and popular counters;
+//! - product (partition of the product id): the product hash, its stock holds, restock records;
+//! - coupon (partition of the coupon id): the coupon hash and its holders;
+//! - e-mail address (partition of the normalised address): the login index entry.
+//!
+//! Every partition has its own outbox stream; a script appends its event to its own partition's stream.
+
+use crate::partition::Partition;
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -17,70 +29,105 @@ impl Keys {
         &self.prefix
     }
 
-    pub fn sequence(&self, entity: &str) -> String {
-        format!("{}:seq:{{{entity}}}", self.prefix)
+    fn in_partition(&self, partition: Partition, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{{{}}}:{rest}", self.prefix, partition.tag())
     }
+
+    // ------------------------------------------------------------------------------------ members
 
     pub fn member(&self, id: i64) -> String {
-        format!("{}:member:{{m:{id}}}", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("member:{id}"))
     }
 
+    /// The member's coupon wallet: coupon id -> entry (see lua/coupon_wallet_add.lua).
     pub fn member_coupons(&self, id: i64) -> String {
-        format!("{}:member:{{m:{id}}}:coupons", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("member:{id}:coupons"))
     }
 
+    /// Login index: normalised e-mail -> member id.
     pub fn email(&self, email: &str) -> String {
-        format!("{}:email:{{e:{email}}}", self.prefix)
+        self.in_partition(Partition::of_text(email), format_args!("email:{email}"))
     }
 
     /// The client's key is hashed so its length and characters never shape ours.
     pub fn idempotency(&self, member_id: i64, key_digest: &str) -> String {
-        format!("{}:idem:{{m:{member_id}}}:{key_digest}", self.prefix)
+        self.in_partition(
+            Partition::of_id(member_id),
+            format_args!("idem:{member_id}:{key_digest}"),
+        )
     }
 
+    /// An order lives with its member: every order script is a member-slot script.
+    pub fn order(&self, member_id: i64, order_id: i64) -> String {
+        self.order_in(Partition::of_id(member_id), order_id)
+    }
+
+    /// An order by its member's partition (the expiry index stores order ids per partition).
+    pub fn order_in(&self, partition: Partition, order_id: i64) -> String {
+        self.in_partition(partition, format_args!("order:{order_id}"))
+    }
+
+    /// Reserved orders of the partition's members by expiry time (ms); members are order ids.
+    pub fn reservations(&self, partition: Partition) -> String {
+        self.in_partition(partition, format_args!("reservations"))
+    }
+
+    /// Units sold per product on one UTC day (`day` as YYYYMMDD), counted in the paying member's
+    /// partition; the ranking merges the partitions on read.
+    pub fn popular_day(&self, partition: Partition, day: &str) -> String {
+        self.in_partition(partition, format_args!("popular:{day}"))
+    }
+
+    // ----------------------------------------------------------------------------------- products
+
     pub fn product(&self, id: i64) -> String {
-        format!("{}:product:{{p:{id}}}", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("product:{id}"))
     }
 
     pub fn product_ops(&self, id: i64) -> String {
-        format!("{}:product:{{p:{id}}}:ops", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("product:{id}:ops"))
     }
 
+    /// The product listing index. Written only by the admin path (one ZADD after a create), never on
+    /// the hot path, so one key for all products is fine.
     pub fn products(&self) -> String {
-        format!("{}:products:{{products}}", self.prefix)
+        format!("{}:{{catalog}}:products", self.prefix)
     }
+
+    /// Coupon ids by id, like `products` (admin path only; the dashboards' recent coupons).
+    pub fn coupons(&self) -> String {
+        format!("{}:{{catalog}}:coupons", self.prefix)
+    }
+
+    // ------------------------------------------------------------------------------------ coupons
 
     pub fn coupon(&self, id: i64) -> String {
-        format!("{}:coupon:{{c:{id}}}", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("coupon:{id}"))
     }
 
     pub fn coupon_holders(&self, id: i64) -> String {
-        format!("{}:coupon:{{c:{id}}}:holders", self.prefix)
+        self.in_partition(Partition::of_id(id), format_args!("coupon:{id}:holders"))
     }
 
-    pub fn order(&self, id: i64) -> String {
-        format!("{}:order:{{o:{id}}}", self.prefix)
+    // ------------------------------------------------------------------------------------- outbox
+
+    pub fn outbox(&self, partition: Partition) -> String {
+        self.in_partition(partition, format_args!("outbox"))
     }
 
-    pub fn reservations(&self) -> String {
-        format!("{}:reservations:{{reservations}}", self.prefix)
+    /// Outbox entries Kafka refused for good, parked by the relay (same slot as the partition's outbox).
+    pub fn outbox_dead(&self, partition: Partition) -> String {
+        self.in_partition(partition, format_args!("outbox:dead"))
     }
 
-    /// Units sold per product on one UTC day, `day` as YYYYMMDD.
-    pub fn popular_day(&self, day: &str) -> String {
-        format!("{}:popular:{{popular}}:{day}", self.prefix)
+    /// Marks the partition layout (count) this data was written with; see `partition::PARTITIONS`.
+    pub fn layout(&self) -> String {
+        format!("{}:{{meta}}:layout", self.prefix)
     }
 
-    pub fn popular_top(&self, days: u32) -> String {
-        format!("{}:popular:{{popular}}:top:{days}", self.prefix)
-    }
-
-    pub fn outbox(&self) -> String {
-        format!("{}:outbox:{{outbox}}", self.prefix)
-    }
-    /// Outbox entries Kafka refused for good, parked by the relay (same hash slot as the outbox).
-    pub fn outbox_dead(&self) -> String {
-        format!("{}:outbox:{{outbox}}:dead", self.prefix)
+    /// Id sequences (until ids are leased per engine).
+    pub fn sequence(&self, entity: &str) -> String {
+        format!("{}:seq:{{{entity}}}", self.prefix)
     }
 
     /// Pattern matching every key of this deployment (used by rebuild to clear state).
@@ -92,32 +139,30 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::key_slot;
 
     #[test]
-    fn every_key_has_a_hash_tag() {
+    fn an_owners_keys_share_one_slot_and_owners_spread() {
         let k = Keys::new("fs");
-        for key in [
-            k.sequence("order"),
-            k.member(1),
-            k.member_coupons(1),
-            k.email("a@b.c"),
-            k.idempotency(1, "ab"),
-            k.product(1),
-            k.product_ops(1),
-            k.products(),
-            k.coupon(1),
-            k.coupon_holders(1),
-            k.order(1),
-            k.reservations(),
-            k.popular_day("20261124"),
-            k.popular_top(3),
-            k.outbox(),
-        ] {
-            let open = key.find('{').expect("hash tag");
-            let close = key[open..].find('}').expect("closed hash tag");
-            assert!(close > 1, "{key} has an empty hash tag");
+        for member in [1, 7, 1 << 20, 123_456_789] {
+            let slot = key_slot(&k.member(member));
+            let p = Partition::of_id(member);
+            for key in [
+                k.member_coupons(member),
+                k.idempotency(member, "ab"),
+                k.order(member, 99),
+                k.reservations(p),
+                k.popular_day(p, "20261124"),
+                k.outbox(p),
+                k.outbox_dead(p),
+            ] {
+                assert_eq!(key_slot(&key), slot, "{key}");
+            }
+            assert_eq!(key_slot(&k.coupon_holders(member)), key_slot(&k.coupon(member)));
+            assert_eq!(key_slot(&k.product_ops(member)), key_slot(&k.product(member)));
         }
-        // The member's own keys share one slot.
-        assert!(k.member_coupons(7).contains("{m:7}") && k.idempotency(7, "x").contains("{m:7}"));
+        let slots: std::collections::HashSet<u16> =
+            (1..1000).map(|id| key_slot(&k.member(id))).collect();
+        assert_eq!(slots.len(), usize::from(crate::partition::PARTITIONS));
     }
 }

@@ -17,6 +17,8 @@ pub mod ids;
 pub mod kafka;
 pub mod keys;
 pub mod openapi;
+pub mod partition;
+pub mod popular;
 pub mod rebuild;
 pub mod reconcile;
 pub mod relay;

@@ -91,9 +91,13 @@ async fn main() -> anyhow::Result<()> {
             let keys = Keys::new(connections.key_prefix.clone());
             flashsale::app::ensure_outbox_group(&redis, &keys).await?;
             let producer = flashsale::kafka::producer(&connections.kafka_brokers)?;
-            let relay = flashsale::relay::Relay::new(&connections, &relay, producer).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(relay.run(stop_rx.clone()));
+            let task = tokio::spawn(flashsale::relay::Relay::run_all(
+                connections.clone(),
+                relay,
+                producer,
+                stop_rx.clone(),
+            ));
             let gauges = tokio::spawn(flashsale::relay::sample_backlog(redis, keys, stop_rx));
             let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
             let router = axum::Router::new().route(
@@ -104,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
             let _ = stop_tx.send(true);
-            task.await?;
+            task.await??;
             gauges.await?;
             Ok(())
         }

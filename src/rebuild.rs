@@ -11,7 +11,8 @@ use sqlx::MySqlPool;
 
 use crate::config::ConnectionSettings;
 use crate::keys::Keys;
-use crate::routes::orders::POPULAR_DAY_TTL_SECS;
+use crate::partition::Partition;
+use crate::popular::POPULAR_DAY_TTL_SECS;
 use crate::state::rfc3339;
 
 const SEQUENCE_MARGIN: i64 = 10_000;
@@ -153,6 +154,16 @@ pub async fn rebuild(
                 ],
             )
             .await?;
+        let _: i64 = client
+            .zadd(
+                keys.coupons(),
+                None,
+                None,
+                false,
+                false,
+                (*id as f64, id.to_string()),
+            )
+            .await?;
     }
     let issued: Vec<(i64, i64, NaiveDateTime, Option<i64>)> =
         sqlx::query_as("SELECT coupon_id, member_id, issued_at, used_order_id FROM issued_coupons")
@@ -211,7 +222,7 @@ pub async fn rebuild(
             .unwrap_or_default();
         let _: () = client
             .hset(
-                keys.order(*id),
+                keys.order(*member, *id),
                 vec![
                     ("id", id.to_string()),
                     ("member_id", member.to_string()),
@@ -242,7 +253,7 @@ pub async fn rebuild(
         if status == "RESERVED" {
             let _: () = client
                 .zadd(
-                    keys.reservations(),
+                    keys.reservations(Partition::of_id(*member)),
                     None,
                     None,
                     false,
@@ -257,14 +268,18 @@ pub async fn rebuild(
                 let quantity = item["quantity"].as_i64().unwrap_or_default();
                 let _: f64 = client
                     .zincrby(
-                        keys.popular_day(&paid_day),
+                        keys.popular_day(Partition::of_id(*member), &paid_day),
                         quantity as f64,
                         product.to_string(),
                     )
                     .await?;
             }
             let _: () = client
-                .expire(keys.popular_day(&paid_day), POPULAR_DAY_TTL_SECS, None)
+                .expire(
+                    keys.popular_day(Partition::of_id(*member), &paid_day),
+                    POPULAR_DAY_TTL_SECS,
+                    None,
+                )
                 .await?;
         }
     }

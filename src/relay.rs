@@ -1,4 +1,5 @@
-//! Outbox relay: Redis stream -> Kafka. Reads through the `relay` consumer group, produces with the
+//! Outbox relay: Redis streams -> Kafka. One relay per outbox partition (src/partition.rs), each on its
+//! own connection (it blocks reading its stream). Reads through the `relay` consumer group, produces with the
 //! idempotent producer keyed by aggregate (one aggregate's events stay in order on one partition), and
 //! XACKs an entry only after Kafka acknowledged it. On start it re-sends its own pending entries; it
 //! claims entries a crashed relay left pending; it trims only entries every group has acknowledged.
@@ -8,7 +9,7 @@
 //! entry Kafka did not acknowledge waits for its own capped backoff, and the later entries of the same
 //! aggregate queue behind it (so they still reach Kafka in order) while every other aggregate flows. An
 //! entry Kafka refuses for good (too large, invalid record) or that cannot be read as an event is parked
-//! in the dead-letter stream `<prefix>:outbox:{outbox}:dead` (see the runbook) instead of being retried
+//! in the partition's dead-letter stream `<prefix>:{<partition tag>}:outbox:dead` (see the runbook) instead of being retried
 //! forever. A producer in a fatal state (an idempotence error librdkafka cannot recover from) is
 //! replaced by a new one.
 
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use crate::app::{connect_redis_client, RELAY_GROUP};
 use crate::config::{ConnectionSettings, RelaySettings};
 use crate::keys::Keys;
+use crate::partition::Partition;
 
 type Entry = XReadValue<String, String, String>;
 
@@ -79,7 +81,10 @@ struct Waiting {
 
 pub struct Relay {
     redis: Client,
-    keys: Keys,
+    partition: Partition,
+    /// This partition's outbox stream and dead-letter stream.
+    outbox: String,
+    outbox_dead: String,
     connections: ConnectionSettings,
     producer: FutureProducer,
     consumer: String,
@@ -94,15 +99,41 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub async fn new(
+    /// Relays every outbox partition until stopped: waits for the topics once, then runs one relay per
+    /// partition. Relays on several engines share the partitions through the consumer group.
+    pub async fn run_all(
+        connections: ConnectionSettings,
+        settings: RelaySettings,
+        producer: FutureProducer,
+        mut stop: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if !Self::wait_for_topics(&connections, &settings, &mut stop).await {
+            return Ok(());
+        }
+        let mut relays = tokio::task::JoinSet::new();
+        for partition in Partition::all() {
+            let relay = Self::new(&connections, &settings, producer.clone(), partition).await?;
+            relays.spawn(relay.run(stop.clone()));
+        }
+        tracing::info!(partitions = relays.len(), "relay started");
+        while relays.join_next().await.is_some() {}
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+
+    async fn new(
         connections: &ConnectionSettings,
         settings: &RelaySettings,
         producer: FutureProducer,
+        partition: Partition,
     ) -> anyhow::Result<Self> {
         let batch = settings.relay_batch.max(1);
+        let keys = Keys::new(connections.key_prefix.clone());
         Ok(Self {
             redis: connect_redis_client(connections).await?,
-            keys: Keys::new(connections.key_prefix.clone()),
+            outbox: keys.outbox(partition),
+            outbox_dead: keys.outbox_dead(partition),
+            partition,
             connections: connections.clone(),
             producer,
             consumer: settings.consumer_name(),
@@ -120,11 +151,8 @@ impl Relay {
         })
     }
 
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        tracing::info!(consumer = %self.consumer, "relay started");
-        if !self.wait_for_topics(&mut stop).await {
-            return;
-        }
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        tracing::debug!(consumer = %self.consumer, partition = %self.partition, "relay started");
         let mut sends: FuturesUnordered<BoxFuture<'static, Settled>> = FuturesUnordered::new();
         // Our own pending entries first: they were read before a crash but maybe never acknowledged.
         // Walked with a cursor, so entries waiting for a retry do not hide the ones after them.
@@ -193,7 +221,7 @@ impl Relay {
                         .min(Duration::from_millis(500));
                     tokio::time::sleep(wait).await;
                 }
-                if last_trim.elapsed() >= Duration::from_secs(1) {
+                if last_trim.elapsed() >= Duration::from_secs(5) {
                     last_trim = Instant::now();
                     self.trim().await?;
                 }
@@ -210,14 +238,20 @@ impl Relay {
                 _ = stop.changed() => {}
             }
         }
-        tracing::info!("relay stopped");
+        tracing::debug!(partition = %self.partition, "relay stopped");
     }
 
     /// Creates the topics, retrying with a capped backoff while Kafka is unreachable. False when stopped.
-    async fn wait_for_topics(&self, stop: &mut watch::Receiver<bool>) -> bool {
-        let mut wait = self.retry_base;
+    async fn wait_for_topics(
+        connections: &ConnectionSettings,
+        settings: &RelaySettings,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let retry_base = Duration::from_millis(settings.relay_retry_base_ms.max(1));
+        let retry_max = Duration::from_millis(settings.relay_retry_max_ms).max(Duration::from_secs(1));
+        let mut wait = retry_base;
         loop {
-            match crate::kafka::ensure_topics(&self.connections).await {
+            match crate::kafka::ensure_topics(connections).await {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "Kafka topics not ready; the relay waits");
@@ -231,7 +265,7 @@ impl Relay {
             if *stop.borrow() {
                 return false;
             }
-            wait = (wait * 2).min(self.retry_max.max(Duration::from_secs(1)));
+            wait = (wait * 2).min(retry_max);
         }
     }
 
@@ -391,7 +425,7 @@ impl Relay {
         if !acked.is_empty() {
             let _: i64 = self
                 .redis
-                .xack(self.keys.outbox(), RELAY_GROUP, acked.clone())
+                .xack(&self.outbox, RELAY_GROUP, acked.clone())
                 .await?;
         }
         if new_producer {
@@ -431,7 +465,7 @@ impl Relay {
             .redis
             .eval(
                 DEAD_LETTER_SCRIPT,
-                vec![self.keys.outbox(), self.keys.outbox_dead()],
+                vec![self.outbox.clone(), self.outbox_dead.clone()],
                 args,
             )
             .await?;
@@ -452,7 +486,7 @@ impl Relay {
                 Some(self.batch),
                 block,
                 false,
-                self.keys.outbox(),
+                self.outbox.as_str(),
                 from,
             )
             .await?;
@@ -471,7 +505,7 @@ impl Relay {
         let reply: Value = self
             .redis
             .xautoclaim(
-                self.keys.outbox(),
+                self.outbox.as_str(),
                 RELAY_GROUP,
                 &self.consumer,
                 self.claim_idle_ms,
@@ -501,12 +535,12 @@ impl Relay {
 
     /// Drops entries every consumer group has acknowledged, and nothing else.
     async fn trim(&self) -> anyhow::Result<()> {
-        let Some(min_id) = safe_trim_id(&self.redis, &self.keys).await? else {
+        let Some(min_id) = safe_trim_id(&self.redis, &self.outbox).await? else {
             return Ok(());
         };
         let _: i64 = self
             .redis
-            .xtrim(self.keys.outbox(), ("MINID", "~", min_id))
+            .xtrim(self.outbox.as_str(), ("MINID", "~", min_id))
             .await?;
         Ok(())
     }
@@ -591,7 +625,7 @@ fn field<'a>(map: &'a [Value], name: &str) -> Option<&'a Value> {
 /// engine samples them with its other gauges).
 pub async fn sample_backlog(redis: Pool, keys: Keys, mut stop: watch::Receiver<bool>) {
     while !*stop.borrow() {
-        match outbox_backlog(redis.next(), &keys).await {
+        match outbox_backlog(&redis, &keys).await {
             Ok((length, unforwarded)) => {
                 metrics::gauge!("flashsale_outbox_stream_length").set(length as f64);
                 metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
@@ -616,13 +650,30 @@ const BACKLOG_PAGES: usize = 10;
 /// XINFO GROUPS `lag`/`entries-read` are deliberately not used: after Redis reloads its AOF they can
 /// stay wrong for good (a false backlog of thousands). The one count behind the
 /// `flashsale_outbox_pending` gauge, reconcile and rebuild-redis's in-flight check.
+/// Summed over every partition's stream (read concurrently).
 pub async fn outbox_backlog<C: StreamsInterface + Sync>(
     redis: &C,
     keys: &Keys,
 ) -> anyhow::Result<(i64, i64)> {
-    let length: i64 = redis.xlen(keys.outbox()).await?;
+    let per_partition = futures::future::try_join_all(
+        Partition::all().map(|p| partition_backlog(redis, keys.outbox(p))),
+    )
+    .await?;
+    Ok(per_partition
+        .into_iter()
+        .fold((0, 0), |(l, u), (length, unforwarded)| {
+            (l + length, u + unforwarded)
+        }))
+}
+
+/// One partition's backlog: (entries in the stream, entries not yet forwarded).
+pub async fn partition_backlog<C: StreamsInterface + Sync>(
+    redis: &C,
+    outbox: String,
+) -> anyhow::Result<(i64, i64)> {
+    let length: i64 = redis.xlen(outbox.as_str()).await?;
     let groups: Value = redis
-        .xinfo_groups(keys.outbox())
+        .xinfo_groups(outbox.as_str())
         .await
         .unwrap_or(Value::Null);
     let last_delivered = groups.into_array().into_iter().find_map(|group| {
@@ -638,13 +689,13 @@ pub async fn outbox_backlog<C: StreamsInterface + Sync>(
     let Some(last_delivered) = last_delivered else {
         return Ok((length, length));
     };
-    let summary: Value = redis.xpending(keys.outbox(), RELAY_GROUP, ()).await?;
+    let summary: Value = redis.xpending(outbox.as_str(), RELAY_GROUP, ()).await?;
     let pending = summary
         .into_array()
         .first()
         .and_then(|v| v.as_i64())
         .unwrap_or(0);
-    let after = entries_after(redis, keys, &last_delivered, length, pending).await?;
+    let after = entries_after(redis, &outbox, &last_delivered, length, pending).await?;
     Ok((length, pending + after))
 }
 
@@ -652,7 +703,7 @@ pub async fn outbox_backlog<C: StreamsInterface + Sync>(
 /// the side at or below it down to the pending list plus about a second of acknowledged entries.
 async fn entries_after<C: StreamsInterface + Sync>(
     redis: &C,
-    keys: &Keys,
+    outbox: &str,
     last: &str,
     length: i64,
     pending: i64,
@@ -662,7 +713,7 @@ async fn entries_after<C: StreamsInterface + Sync>(
     let (mut above, mut below) = (0i64, 0i64);
     for _ in 0..BACKLOG_PAGES {
         let page: Value = redis
-            .xrange(keys.outbox(), above_from.as_str(), "+", Some(BACKLOG_PAGE))
+            .xrange(outbox, above_from.as_str(), "+", Some(BACKLOG_PAGE))
             .await?;
         let (count, last_id) = page_ids(page);
         above += count;
@@ -671,7 +722,7 @@ async fn entries_after<C: StreamsInterface + Sync>(
             _ => return Ok(above),
         }
         let page: Value = redis
-            .xrevrange(keys.outbox(), below_from.as_str(), "-", Some(BACKLOG_PAGE))
+            .xrevrange(outbox, below_from.as_str(), "-", Some(BACKLOG_PAGE))
             .await?;
         let (count, last_id) = page_ids(page);
         below += count;
@@ -697,15 +748,15 @@ fn page_ids(page: Value) -> (i64, Option<String>) {
 }
 
 /// The smallest id still needed: the oldest pending entry, else the group's last delivered id.
-async fn safe_trim_id(redis: &Client, keys: &Keys) -> anyhow::Result<Option<String>> {
-    let groups: Value = redis.xinfo_groups(keys.outbox()).await?;
+async fn safe_trim_id(redis: &Client, outbox: &str) -> anyhow::Result<Option<String>> {
+    let groups: Value = redis.xinfo_groups(outbox).await?;
     let mut floor: Option<(u64, u64, String)> = None;
     for group in groups.into_array() {
         let fields = group.into_array();
         let Some(name) = field(&fields, "name").and_then(|v| v.as_string()) else {
             continue;
         };
-        let summary: Value = redis.xpending(keys.outbox(), name, ()).await?;
+        let summary: Value = redis.xpending(outbox, name, ()).await?;
         let summary = summary.into_array();
         let pending = summary.first().and_then(|v| v.as_i64()).unwrap_or(0);
         let candidate = if pending > 0 {
@@ -732,9 +783,14 @@ fn parse_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// Samples the length of the relay's dead-letter stream (entries Kafka refused for good).
+/// Samples the length of the relay's dead-letter streams (entries Kafka refused for good), summed.
 pub async fn sample_dead_letters<C: StreamsInterface + Sync>(redis: &C, keys: &Keys) {
-    match redis.xlen::<i64, _>(keys.outbox_dead()).await {
+    let lengths = futures::future::try_join_all(
+        Partition::all().map(|p| async move { redis.xlen::<i64, _>(keys.outbox_dead(p)).await }),
+    )
+    .await
+    .map(|l| l.into_iter().sum::<i64>());
+    match lengths {
         Ok(length) => metrics::gauge!("flashsale_relay_dead_letter_length").set(length as f64),
         Err(e) => tracing::debug!(error = %e, "sampling the dead-letter stream failed"),
     }

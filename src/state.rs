@@ -29,6 +29,8 @@ pub struct Inner {
     pub auth_guard: crate::abuse::AuthGuard,
     /// Last probe of Kafka, MySQL and Redis (reported by /readyz; only Redis decides readiness).
     pub dependencies: crate::dependencies::DependencyStatus,
+    /// Merged popular rankings, kept `popular_cache_ms` (src/popular.rs).
+    pub popular: crate::popular::PopularCache,
 }
 
 impl AppState {

@@ -2,6 +2,9 @@
 -- operation stays ONE atomic script while the reply protocol, idempotency records and outbox appends
 -- are written once. Everything here is `local` (Redis 7 forbids script globals).
 --
+-- Key names in the headers: `{P}` is the hash tag of the owner's partition (src/partition.rs); the
+-- engine builds every key and passes it in KEYS (src/scripts/calls.rs names each script's KEYS/ARGV).
+--
 -- Reply protocol of every HTTP-facing script: { outcome, status, kind, body, detail }
 --   outcome "ok"     : executed; status = HTTP status; kind "ok"; body = response JSON
 --   outcome "err"    : refused by a business rule, nothing written but the idempotency record;

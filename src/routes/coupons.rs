@@ -16,7 +16,8 @@ use crate::domain::{CouponView, CreateCouponRequest, IssuedCouponView, MyCouponV
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
-use crate::scripts::Script;
+use crate::scripts::calls::{CouponCreate, CouponIssue};
+use crate::scripts::ScriptReply;
 use crate::state::{event_id, rfc3339, AppState, Now};
 
 #[utoipa::path(operation_id = "create_coupon", post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
@@ -41,27 +42,30 @@ pub async fn create(
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_coupon(&state, id, coupon).await;
     }
+    let call = CouponCreate {
+        coupon_id: id,
+        name: coupon.name,
+        discount_type: coupon.discount_type.to_string(),
+        discount_value: coupon.discount_value,
+        total_quantity: coupon.total_quantity,
+        valid_from_ms: coupon.valid_from.timestamp_millis(),
+        valid_from: rfc3339(coupon.valid_from),
+        valid_until_ms: coupon.valid_until.timestamp_millis(),
+        valid_until: rfc3339(coupon.valid_until),
+        now: now.rfc3339(),
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::CouponCreate,
-            vec![state.keys.coupon(id), state.keys.outbox()],
-            vec![
-                id.to_string(),
-                coupon.name,
-                coupon.discount_type.to_string(),
-                coupon.discount_value.to_string(),
-                coupon.total_quantity.to_string(),
-                coupon.valid_from.timestamp_millis().to_string(),
-                rfc3339(coupon.valid_from),
-                coupon.valid_until.timestamp_millis().to_string(),
-                rfc3339(coupon.valid_until),
-                now.rfc3339(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
+    if matches!(reply, ScriptReply::Ok { .. }) {
+        // The catalog index (admin path only) lives in its own slot: written after the coupon.
+        let _: i64 = state
+            .redis
+            .zadd(state.keys.coupons(), None, None, false, false, (id as f64, id.to_string()))
+            .await?;
+    }
     Ok(reply.into_response())
 }
 
@@ -121,31 +125,19 @@ pub async fn issue(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, false)?;
+    let idem = Idempotent::from_request(&headers, &method, &uri, &body, false)?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::issue_coupon(&state, member, id).await;
     }
+    let call = CouponIssue {
+        coupon_id: id,
+        member_id: member,
+        idem,
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::CouponIssue,
-            vec![
-                state.keys.coupon(id),
-                state.keys.coupon_holders(id),
-                state.keys.member_coupons(member),
-                idem.key_or_placeholder(&state, member),
-                state.keys.outbox(),
-                state.keys.member(member),
-            ],
-            vec![
-                idem.fingerprint.clone(),
-                Idempotent::ttl_arg(),
-                if idem.record_key.is_some() { "1" } else { "0" }.to_string(),
-                member.to_string(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     Ok(reply.into_response())
 }

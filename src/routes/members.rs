@@ -19,6 +19,7 @@ use crate::domain::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::Entity;
+use crate::scripts::calls::{Idem, MemberSignup, PointsCharge};
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
@@ -103,24 +104,16 @@ async fn register(
         reply.note_entity_conflict(Script::MemberSignup, id);
         return Ok((id, reply));
     }
+    let call = MemberSignup {
+        member_id: id,
+        email,
+        name,
+        password_hash,
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::MemberSignup,
-            vec![
-                state.keys.email(email),
-                state.keys.member(id),
-                state.keys.outbox(),
-            ],
-            vec![
-                id.to_string(),
-                email.into(),
-                name.into(),
-                password_hash.into(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     reply.note_entity_conflict(Script::MemberSignup, id);
     if let ScriptReply::Refused { code, .. } = &reply {
@@ -295,25 +288,19 @@ pub async fn seed_members(
                 };
                 if balance > 0 {
                     // Keyed per member, so seeding the same prefix again does not charge twice.
-                    let key = IdempotencyKey::internal("seed-balance");
+                    let call = PointsCharge {
+                        member_id: id,
+                        idem: Idem {
+                            digest: Some(IdempotencyKey::internal("seed-balance").digest()),
+                            fingerprint: format!("seed:{balance}"),
+                        },
+                        amount: balance,
+                        balance_limit: MAX_BALANCE,
+                        event_id: event_id(),
+                    };
                     state
                         .scripts
-                        .call(
-                            &state.redis,
-                            Script::PointsCharge,
-                            vec![
-                                state.keys.member(id),
-                                key.record_key(&state.keys, id),
-                                state.keys.outbox(),
-                            ],
-                            vec![
-                                format!("seed:{balance}"),
-                                super::Idempotent::ttl_arg(),
-                                balance.to_string(),
-                                MAX_BALANCE.to_string(),
-                                event_id(),
-                            ],
-                        )
+                        .invoke(&state.redis, &state.keys, &call)
                         .await?;
                 }
                 Ok::<_, ApiError>(SeededMember {

@@ -13,8 +13,8 @@ use axum::http::{HeaderMap, Method, Uri};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::idempotency::{fingerprint, IdempotencyKey, RECORD_TTL_SECS};
-use crate::state::AppState;
+use crate::idempotency::{fingerprint, IdempotencyKey};
+use crate::scripts::calls::Idem;
 
 /// Parses a JSON body: malformed JSON or wrong types -> 400 INVALID_REQUEST; a number too large for any
 /// numeric type (`1e400`, hundreds of digits) -> 422 VALIDATION_FAILED like any other out-of-range value.
@@ -42,38 +42,21 @@ pub fn parse_optional_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result
     parse_json(body)
 }
 
-/// The idempotency side of a member's mutation: the record key (or none) and the request fingerprint,
-/// passed to the script as KEYS/ARGV.
-pub struct Idempotent {
-    pub record_key: Option<String>,
-    pub fingerprint: String,
-}
+/// The idempotency side of a member's mutation, as the script calls take it.
+pub struct Idempotent;
 
 impl Idempotent {
     pub fn from_request(
-        state: &AppState,
-        member_id: i64,
         headers: &HeaderMap,
         method: &Method,
         uri: &Uri,
         body: &Bytes,
         required: bool,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Idem, ApiError> {
         let key = IdempotencyKey::from_headers(headers, required)?;
-        Ok(Self {
-            record_key: key.map(|k| k.record_key(&state.keys, member_id)),
+        Ok(Idem {
+            digest: key.map(|k| k.digest()),
             fingerprint: fingerprint(method, uri.path(), body),
         })
-    }
-
-    /// KEYS entry: the record key, or a placeholder the script leaves alone when the request has none.
-    pub fn key_or_placeholder(&self, state: &AppState, member_id: i64) -> String {
-        self.record_key
-            .clone()
-            .unwrap_or_else(|| state.keys.idempotency(member_id, "none"))
-    }
-
-    pub fn ttl_arg() -> String {
-        RECORD_TTL_SECS.to_string()
     }
 }

@@ -16,11 +16,12 @@ use crate::domain::{CreateOrderRequest, OrderView, PayOrderRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
+use crate::partition::Partition;
+use crate::scripts::calls::{OrderCancel, OrderPay, OrderReserve};
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
-/// Popular-ranking day buckets outlive the longest window (30 days).
-pub const POPULAR_DAY_TTL_SECS: i64 = 35 * 24 * 3600;
+pub use crate::popular::POPULAR_DAY_TTL_SECS;
 
 fn count_transition(reply: &ScriptReply, status: &'static str) {
     if matches!(reply, ScriptReply::Ok { .. }) {
@@ -46,7 +47,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let idem = Idempotent::from_request(&headers, &method, &uri, &body, true)?;
     let items = parse_json::<CreateOrderRequest>(&body)?.parse()?;
     if state.settings.hot_path == HotPath::DbLock {
         return crate::dblock::create_order(&state, member, &items).await;
@@ -56,29 +57,17 @@ pub async fn create(
         .next(&state.redis, &state.keys, Entity::Order)
         .await?;
     // The script stamps the order with Redis time and expires it the TTL after that.
-    let ttl_ms = state.settings.reservation_ttl_secs.saturating_mul(1000);
-    let mut keys = vec![
-        state.keys.order(order_id),
-        state.keys.reservations(),
-        idem.key_or_placeholder(&state, member),
-        state.keys.outbox(),
-        state.keys.member(member),
-    ];
-    let mut args = vec![
-        idem.fingerprint.clone(),
-        Idempotent::ttl_arg(),
-        member.to_string(),
-        order_id.to_string(),
-        ttl_ms.to_string(),
-        event_id(),
-    ];
-    for (product, quantity) in &items {
-        keys.push(state.keys.product(*product));
-        args.push(quantity.to_string());
-    }
+    let call = OrderReserve {
+        member_id: member,
+        order_id,
+        idem,
+        items,
+        reservation_ttl_ms: state.settings.reservation_ttl_secs.saturating_mul(1000) as i64,
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(&state.redis, Script::OrderReserve, keys, args)
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     reply.note_entity_conflict(Script::OrderReserve, order_id);
     count_transition(&reply, "RESERVED");
@@ -104,7 +93,7 @@ pub async fn pay(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let idem = Idempotent::from_request(&headers, &method, &uri, &body, true)?;
     let request: PayOrderRequest = parse_optional_json(&body)?;
     let coupon = match request.coupon_id {
         Some(c) => Some(c.in_range("coupon_id", 1, i64::MAX)?),
@@ -114,32 +103,18 @@ pub async fn pay(
         return crate::dblock::pay_order(&state, member, order_id, coupon).await;
     }
     // The popular-ranking bucket is the engine's day; every time decision is the script's (Redis time).
-    let day = Now::read().day();
+    let call = OrderPay {
+        member_id: member,
+        order_id,
+        idem,
+        coupon_id: coupon,
+        day: Now::read().day(),
+        popular_day_ttl_secs: POPULAR_DAY_TTL_SECS,
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::OrderPay,
-            vec![
-                state.keys.order(order_id),
-                state.keys.member(member),
-                state.keys.member_coupons(member),
-                state.keys.coupon(coupon.unwrap_or(0)),
-                state.keys.reservations(),
-                state.keys.popular_day(&day),
-                idem.key_or_placeholder(&state, member),
-                state.keys.outbox(),
-            ],
-            vec![
-                idem.fingerprint.clone(),
-                Idempotent::ttl_arg(),
-                member.to_string(),
-                coupon.map(|c| c.to_string()).unwrap_or_default(),
-                day,
-                POPULAR_DAY_TTL_SECS.to_string(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     count_transition(&reply, "PAID");
     Ok(reply.into_response())
@@ -151,10 +126,14 @@ pub struct OrderKeysView {
     pub paid_day: String,
 }
 
-pub async fn read_order_keys(state: &AppState, order_id: i64) -> ApiResult<Option<OrderKeysView>> {
+pub async fn read_order_keys(
+    state: &AppState,
+    partition: Partition,
+    order_id: i64,
+) -> ApiResult<Option<OrderKeysView>> {
     let fields: Vec<Option<String>> = state
         .redis
-        .hmget(state.keys.order(order_id), vec!["items", "paid_day"])
+        .hmget(state.keys.order_in(partition, order_id), vec!["items", "paid_day"])
         .await?;
     let Some(Some(items)) = fields.first() else {
         return Ok(None);
@@ -186,11 +165,11 @@ pub async fn cancel(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let idem = Idempotent::from_request(&headers, &method, &uri, &body, true)?;
     // The order's items name the product keys; they never change, but a pay may land between our read
     // and the script (changing the popular bucket), so the script checks and we retry on 'stale'.
     for _ in 0..5 {
-        let view = read_order_keys(&state, order_id).await?;
+        let view = read_order_keys(&state, Partition::of_id(member), order_id).await?;
         let (product_ids, paid_day) = view
             .map(|v| (v.product_ids, v.paid_day))
             .unwrap_or_default();
@@ -199,29 +178,18 @@ pub async fn cancel(
         } else {
             paid_day.clone()
         };
-        let mut keys = vec![
-            state.keys.order(order_id),
-            state.keys.member(member),
-            state.keys.member_coupons(member),
-            state.keys.reservations(),
-            state.keys.popular_day(&popular_day),
-            idem.key_or_placeholder(&state, member),
-            state.keys.outbox(),
-        ];
-        let mut args = vec![
-            idem.fingerprint.clone(),
-            Idempotent::ttl_arg(),
-            member.to_string(),
-            event_id(),
+        let call = OrderCancel {
+            member_id: member,
+            order_id,
+            idem: idem.clone(),
             paid_day,
-        ];
-        for product in &product_ids {
-            keys.push(state.keys.product(*product));
-            args.push(product.to_string());
-        }
+            popular_day,
+            product_ids,
+            event_id: event_id(),
+        };
         let reply = state
             .scripts
-            .call(&state.redis, Script::OrderCancel, keys, args)
+            .invoke(&state.redis, &state.keys, &call)
             .await?;
         if reply != ScriptReply::Stale {
             count_transition(&reply, "CANCELLED");
@@ -278,7 +246,10 @@ pub async fn get(
             .await
             .map(Json);
     }
-    let h: HashMap<String, String> = state.redis.hgetall(state.keys.order(order_id)).await?;
+    let h: HashMap<String, String> = state
+        .redis
+        .hgetall(state.keys.order(member, order_id))
+        .await?;
     order_from_hash(&h)
         .filter(|o| o.member_id == member)
         .map(Json)

@@ -11,7 +11,7 @@ use super::{parse_json, Idempotent};
 use crate::auth::AuthMember;
 use crate::domain::{BalanceView, ChargeRequest, PointsHistoryEntry, MAX_BALANCE, MAX_CHARGE};
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::scripts::Script;
+use crate::scripts::calls::PointsCharge;
 use crate::state::{event_id, AppState};
 
 #[utoipa::path(get, path = "/api/v1/me/points", tag = "points", security(("bearer" = [])),
@@ -53,28 +53,20 @@ pub async fn charge(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let idem = Idempotent::from_request(&state, member, &headers, &method, &uri, &body, true)?;
+    let idem = Idempotent::from_request(&headers, &method, &uri, &body, true)?;
     let amount = parse_json::<ChargeRequest>(&body)?
         .amount
         .in_range("amount", 1, MAX_CHARGE)?;
+    let call = PointsCharge {
+        member_id: member,
+        idem,
+        amount,
+        balance_limit: MAX_BALANCE,
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::PointsCharge,
-            vec![
-                state.keys.member(member),
-                idem.key_or_placeholder(&state, member),
-                state.keys.outbox(),
-            ],
-            vec![
-                idem.fingerprint,
-                Idempotent::ttl_arg(),
-                amount.to_string(),
-                MAX_BALANCE.to_string(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     Ok(reply.into_response())
 }

@@ -6,7 +6,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Duration;
 use fred::prelude::*;
 
 use super::parse_json;
@@ -18,7 +17,7 @@ use crate::domain::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::ids::Entity;
-use crate::scripts::Script;
+use crate::scripts::calls::{ProductCreate, ProductStockAdd};
 use crate::state::{event_id, AppState, Now};
 
 #[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
@@ -42,25 +41,17 @@ pub async fn create(
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_product(&state, id, product).await;
     }
+    let call = ProductCreate {
+        product_id: id,
+        name: product.name,
+        price: product.price,
+        stock: product.stock,
+        created_at: Now::read().rfc3339(),
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::ProductCreate,
-            vec![
-                state.keys.product(id),
-                state.keys.products(),
-                state.keys.outbox(),
-            ],
-            vec![
-                id.to_string(),
-                product.name,
-                product.price.to_string(),
-                product.stock.to_string(),
-                Now::read().rfc3339(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     Ok(reply.into_response())
 }
@@ -83,24 +74,17 @@ pub async fn add_stock(
         .add
         .in_range("add", 1, MAX_STOCK)?;
     let now = Now::read();
+    let call = ProductStockAdd {
+        product_id: id,
+        add,
+        stock_limit: MAX_STOCK,
+        now_ms: now.ms(),
+        now: now.rfc3339(),
+        event_id: event_id(),
+    };
     let reply = state
         .scripts
-        .call(
-            &state.redis,
-            Script::ProductStockAdd,
-            vec![
-                state.keys.product(id),
-                state.keys.product_ops(id),
-                state.keys.outbox(),
-            ],
-            vec![
-                add.to_string(),
-                MAX_STOCK.to_string(),
-                now.ms().to_string(),
-                now.rfc3339(),
-                event_id(),
-            ],
-        )
+        .invoke(&state.redis, &state.keys, &call)
         .await?;
     Ok(reply.into_response())
 }
@@ -201,38 +185,16 @@ pub async fn popular(
 ) -> ApiResult<Json<Vec<PopularProduct>>> {
     let days = query_number("days", query.days.as_deref(), 3, 1, 30)?;
     let limit = query_number("limit", query.limit.as_deref(), 5, 1, 100)?;
-    let now = Now::read();
-    let mut keys = vec![state.keys.popular_top(days as u32)];
-    for back in 0..days {
-        let day = (now.at - Duration::days(back)).format("%Y%m%d").to_string();
-        keys.push(state.keys.popular_day(&day));
-    }
-    let flat: Vec<String> = state
-        .scripts
-        .run(
-            &state.redis,
-            Script::PopularTop,
-            keys,
-            vec![
-                limit.to_string(),
-                state.settings.popular_cache_ms.to_string(),
-            ],
-        )
-        .await?
-        .into_array()
-        .into_iter()
-        .filter_map(|v| v.as_string())
-        .collect();
-    let ranked: Vec<(i64, i64)> = flat
-        .chunks(2)
-        .filter_map(|pair| {
-            Some((
-                pair.first()?.parse().ok()?,
-                pair.get(1)?.parse::<f64>().ok()? as i64,
-            ))
-        })
-        .filter(|(_, sold)| *sold > 0)
-        .collect();
+    let merged = crate::popular::ranking(
+        &state.redis,
+        &state.keys,
+        &state.popular,
+        state.settings.popular_cache_ms,
+        Now::read().at,
+        days,
+    )
+    .await?;
+    let ranked: Vec<(i64, i64)> = merged.iter().take(limit as usize).copied().collect();
     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
     let products = load_products(&state, &ids).await?;
     Ok(Json(

@@ -33,7 +33,7 @@ async fn a_skewed_engine_clock_cannot_pay_an_expired_order_or_issue_an_inactive_
     })
     .await;
     let product = app.create_product(100, 10).await;
-    let (_, token) = app.member(10_000).await;
+    let (member, token) = app.member(10_000).await;
     // A coupon valid from 30 minutes to 2 hours from now (Redis time).
     let from = chrono::Utc::now() + chrono::Duration::minutes(30);
     let until = chrono::Utc::now() + chrono::Duration::hours(2);
@@ -71,7 +71,7 @@ async fn a_skewed_engine_clock_cannot_pay_an_expired_order_or_issue_an_inactive_
     let order_id = order.json()["id"].as_i64().expect("order id");
     let expires_ms: i64 = app
         .redis
-        .hget(app.keys.order(order_id), "expires_at_ms")
+        .hget(app.keys.order(member, order_id), "expires_at_ms")
         .await
         .expect("expires_at_ms");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

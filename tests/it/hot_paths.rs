@@ -472,7 +472,11 @@ async fn cancel_gives_everything_back() {
         200
     );
     assert_eq!(app.stock(product).await, 9);
-    let reservations: i64 = app.redis.zcard(app.keys.reservations()).await.unwrap();
+    let mut reservations = 0;
+    for p in flashsale::partition::Partition::all() {
+        let n: i64 = app.redis.zcard(app.keys.reservations(p)).await.unwrap();
+        reservations += n;
+    }
     assert_eq!(reservations, 0);
     assert_eq!(app.outbox_count("order.cancelled").await, 2);
     app.stop().await;
@@ -626,7 +630,11 @@ async fn popular_ranks_by_units_within_the_window() {
         .to_string();
     let _: f64 = app
         .redis
-        .zincrby(app.keys.popular_day(&old_day), 100.0, c.to_string())
+        .zincrby(
+            app.keys.popular_day(flashsale::partition::Partition::of_id(7), &old_day),
+            100.0,
+            c.to_string(),
+        )
         .await
         .unwrap();
     let three = app

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::pipeline::{drain, events_produced, platform, processed_events, start_sink, DRAIN};
 use common::{spawn_app, spawn_app_with, unique, Reply, TestApp};
-use flashsale::scripts::{Script, ScriptReply};
+use flashsale::partition::Partition;
+use flashsale::scripts::calls::{Idem, MemberSignup, OrderReserve};
+use flashsale::scripts::ScriptReply;
 use fred::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
@@ -132,7 +134,7 @@ async fn password_hash_stays_out_of_the_pipeline_and_rebuild_restores_logins() {
 
     let entries: Vec<(String, std::collections::HashMap<String, String>)> = app
         .redis
-        .xrange(app.keys.outbox(), "-", "+", None)
+        .xrange(app.keys.outbox(Partition::of_id(id)), "-", "+", None)
         .await
         .expect("outbox");
     let registered: Vec<_> = entries
@@ -244,21 +246,16 @@ async fn member_signup_refuses_a_taken_member_id() {
         async move {
             app.state
                 .scripts
-                .call(
+                .invoke(
                     &app.redis,
-                    Script::MemberSignup,
-                    vec![
-                        app.keys.email(&email),
-                        app.keys.member(id),
-                        app.keys.outbox(),
-                    ],
-                    vec![
-                        id.to_string(),
-                        email,
-                        "Mallory".into(),
-                        "$argon2id$other".into(),
-                        event,
-                    ],
+                    &app.keys,
+                    &MemberSignup {
+                        member_id: id,
+                        email: &email,
+                        name: "Mallory",
+                        password_hash: "$argon2id$other",
+                        event_id: event,
+                    },
                 )
                 .await
                 .expect("script runs")
@@ -300,34 +297,30 @@ async fn member_signup_refuses_a_taken_member_id() {
 async fn order_reserve_refuses_a_taken_order_id() {
     let app = spawn_app().await;
     let product = app.create_product(100, 10).await;
+    // An order lives in its member's slot: the id is taken when the same member's key holds another
+    // call's order (ids are unique across members by allocation, see src/ids.rs).
     let (owner, _) = app.member(0).await;
-    let (intruder, _) = app.member(0).await;
+    let intruder = owner;
     let order_id = 4242;
     let reserve = |member: i64, event: String| {
         let app = &app;
         async move {
             app.state
                 .scripts
-                .call(
+                .invoke(
                     &app.redis,
-                    Script::OrderReserve,
-                    vec![
-                        app.keys.order(order_id),
-                        app.keys.reservations(),
-                        app.keys.idempotency(member, &unique("k")),
-                        app.keys.outbox(),
-                        app.keys.member(member),
-                        app.keys.product(product),
-                    ],
-                    vec![
-                        "fp".into(),
-                        "60".into(),
-                        member.to_string(),
-                        order_id.to_string(),
-                        "600000".into(),
-                        event,
-                        "2".into(),
-                    ],
+                    &app.keys,
+                    &OrderReserve {
+                        member_id: member,
+                        order_id,
+                        idem: Idem {
+                            digest: Some(unique("k")),
+                            fingerprint: "fp".into(),
+                        },
+                        items: vec![(product, 2)],
+                        reservation_ttl_ms: 600_000,
+                        event_id: event,
+                    },
                 )
                 .await
                 .expect("script runs")
@@ -450,7 +443,7 @@ async fn scripts_refuse_a_member_missing_in_redis_and_write_nothing() {
         .next()
         .custom(
             fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::Random, false),
-            vec![format!("{}:idem:{{m:{ghost}}}:*", app.keys.prefix())],
+            vec![app.keys.idempotency(ghost, "*")],
         )
         .await
         .expect("keys");

@@ -7,7 +7,8 @@ use crate::lua_support;
 
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
 use flashsale::idempotency::RECORD_TTL_SECS;
-use flashsale::routes::orders::POPULAR_DAY_TTL_SECS;
+use flashsale::partition::Partition;
+use flashsale::popular::POPULAR_DAY_TTL_SECS;
 use flashsale::scripts::ScriptReply;
 use lua_support::*;
 use serde_json::{json, Value as Json};
@@ -198,6 +199,7 @@ async fn points_charge_adds_points_and_replays_by_idempotency_key() {
     let record_before = c.record(&idem).await.0;
     let other = Idem {
         key: idem.key.clone(),
+        digest: idem.digest.clone(),
         fp: "fp-other-body".into(),
     };
     assert_eq!(
@@ -549,6 +551,7 @@ async fn coupon_issue_with_key_replays_and_records_refusals() {
     );
     let reused = Idem {
         key: idem.key.clone(),
+        digest: idem.digest.clone(),
         fp: "fp-other".into(),
     };
     assert_eq!(
@@ -694,7 +697,7 @@ async fn order_reserve_reserves_every_item_and_replays() {
     assert_eq!(ok_body(&reply, 201), snapshot);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
     assert_eq!(c.num(&c.k.product(2), "stock").await, 0);
-    let h = c.hash(&c.k.order(40)).await;
+    let h = c.hash(&c.order_key(40)).await;
     for (f, v) in [
         ("id", "40".to_string()),
         ("member_id", M.to_string()),
@@ -724,11 +727,11 @@ async fn order_reserve_reserves_every_item_and_replays() {
     assert_eq!(raw["created_at"], json!(lua_support::rfc(created_ms)));
     assert_eq!(raw["expires_at"], json!(lua_support::rfc(expires_ms)));
     assert_eq!(
-        c.field(&c.k.order(40), "created_at").await.unwrap(),
+        c.field(&c.order_key(40), "created_at").await.unwrap(),
         lua_support::rfc(created_ms)
     );
     assert_eq!(
-        c.zset(&c.k.reservations()).await,
+        c.reservations().await,
         [("40".to_string(), expires_ms.to_string())].into()
     );
     assert_ok_record(&c, &idem, 201, &ok_raw(&reply)).await;
@@ -758,6 +761,7 @@ async fn order_reserve_reserves_every_item_and_replays() {
     // Reused key.
     let reused = Idem {
         key: idem.key.clone(),
+        digest: idem.digest.clone(),
         fp: "fp-other".into(),
     };
     assert_eq!(
@@ -837,7 +841,7 @@ async fn order_reserve_refuses_unknown_products_and_short_stock_reserving_nothin
         "OUT_OF_STOCK",
     );
     assert_eq!(c.dump().await, before);
-    assert!(!c.exists(&c.k.order(11)).await);
+    assert!(!c.exists(&c.order_key(11)).await);
 
     // Exactly the stock left is fine.
     c.reserved(M, 13, &[(1, 5), (2, 2)], t).await;
@@ -877,15 +881,15 @@ async fn order_pay_without_coupon_pays_counts_units_and_replays() {
     expected["paid_at"] = json!(rfc(at));
     assert_eq!(body, expected);
     assert_eq!(c.num(&c.k.member(M), "balance").await, 2_250);
-    let h = c.hash(&c.k.order(20)).await;
+    let h = c.hash(&c.order_key(20)).await;
     assert_eq!(h["status"], "PAID");
     assert_eq!(h["paid_amount"], "2750");
     assert_eq!(h["discount_amount"], "0");
     assert_eq!(h["coupon_id"], "");
     assert_eq!(h["paid_at"], rfc(at));
     assert_eq!(h["paid_day"], day(at));
-    assert!(c.zset(&c.k.reservations()).await.is_empty());
-    let popular = c.k.popular_day(&day(at));
+    assert!(c.reservations().await.is_empty());
+    let popular = c.k.popular_day(Partition::of_id(M), &day(at));
     assert_eq!(
         c.zset(&popular).await,
         [
@@ -923,6 +927,7 @@ async fn order_pay_without_coupon_pays_counts_units_and_replays() {
     );
     let reused = Idem {
         key: idem.key.clone(),
+        digest: idem.digest.clone(),
         fp: "fp-other".into(),
     };
     assert_eq!(
@@ -1012,7 +1017,7 @@ async fn order_pay_applies_fixed_and_percent_discounts() {
     let entry = c.field(&c.k.member_coupons(M), "1").await.unwrap();
     let parts: Vec<&str> = entry.split('|').collect();
     assert_eq!(parts[1], "50", "coupon entry marks the order: {entry}");
-    let h = c.hash(&c.k.order(50)).await;
+    let h = c.hash(&c.order_key(50)).await;
     assert_eq!(
         (
             h["coupon_id"].as_str(),
@@ -1205,9 +1210,9 @@ async fn order_pay_after_expiry_time_is_refused_even_before_the_sweep() {
         "ORDER_EXPIRED",
     );
     assert_eq!(c.dump().await, before, "still reserved, left for the sweep");
-    assert_eq!(c.field(&c.k.order(90), "status").await.unwrap(), "RESERVED");
+    assert_eq!(c.field(&c.order_key(90), "status").await.unwrap(), "RESERVED");
     assert_eq!(
-        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        c.reservations().await.keys().collect::<Vec<_>>(),
         ["90", "91", "92"]
     );
     assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
@@ -1233,7 +1238,7 @@ async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
     let idem = c.idem(M);
     let e1 = ev();
     let at = t + 5_000;
-    let today = c.k.popular_day(&day(at));
+    let today = c.k.popular_day(Partition::of_id(M), &day(at));
     let reply = c.cancel(M, 100, &idem, &e1, at).await;
     let mut expected = reserved.clone();
     expected["status"] = json!("CANCELLED");
@@ -1242,10 +1247,10 @@ async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
     assert_eq!(c.num(&c.k.product(2), "stock").await, 8);
     assert_eq!(
-        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        c.reservations().await.keys().collect::<Vec<_>>(),
         ["101"]
     );
-    let h = c.hash(&c.k.order(100)).await;
+    let h = c.hash(&c.order_key(100)).await;
     assert_eq!(h["status"], "CANCELLED");
     assert_eq!(h["closed_at"], rfc(at));
     assert_eq!(c.num(&c.k.member(M), "balance").await, 1_000);
@@ -1281,6 +1286,7 @@ async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
     );
     let reused = Idem {
         key: idem.key.clone(),
+        digest: idem.digest.clone(),
         fp: "fp-other".into(),
     };
     assert_eq!(
@@ -1317,7 +1323,7 @@ async fn order_cancel_of_a_paid_order_refunds_points_coupon_units_and_stock() {
     let paid = c.paid(M, 110, Some(1), t + 2).await;
     assert_eq!(paid["paid_amount"], 1800);
     let paid_day = day(t + 2);
-    let popular = c.k.popular_day(&paid_day);
+    let popular = c.k.popular_day(Partition::of_id(M), &paid_day);
     assert_eq!(
         c.zset(&popular).await,
         [
@@ -1354,7 +1360,7 @@ async fn order_cancel_of_a_paid_order_refunds_points_coupon_units_and_stock() {
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
     assert_eq!(c.num(&c.k.product(2), "stock").await, 6);
     assert_eq!(c.num(&c.k.coupon(1), "remaining").await, 9);
-    let h = c.hash(&c.k.order(110)).await;
+    let h = c.hash(&c.order_key(110)).await;
     assert_eq!(h["status"], "CANCELLED");
     assert_eq!(h["paid_day"], paid_day);
     let e = c.last_event().await;
@@ -1478,10 +1484,10 @@ async fn order_expire_releases_a_due_reservation_once() {
     );
     assert_eq!(c.num(&c.k.product(2), "stock").await, 10);
     assert_eq!(
-        c.zset(&c.k.reservations()).await.keys().collect::<Vec<_>>(),
+        c.reservations().await.keys().collect::<Vec<_>>(),
         ["141"]
     );
-    let h = c.hash(&c.k.order(140)).await;
+    let h = c.hash(&c.order_key(140)).await;
     assert_eq!(h["status"], "EXPIRED");
     assert_eq!(h["closed_at"], rfc(at));
     let mut expected = reserved.clone();
@@ -1564,7 +1570,7 @@ async fn expire_and_pay_race_whichever_runs_first_wins() {
     assert_eq!(c.expire(160, &ev(), expires).await, "not_reserved");
     assert_eq!(c.dump().await, before);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 8);
-    assert_eq!(c.field(&c.k.order(160), "status").await.unwrap(), "PAID");
+    assert_eq!(c.field(&c.order_key(160), "status").await.unwrap(), "PAID");
 
     // Sweep first, then the pay: ORDER_EXPIRED, no points taken.
     c.reserved_ttl(M, 161, &[(1, 3)], 0).await;
@@ -1592,7 +1598,7 @@ async fn expire_and_pay_race_whichever_runs_first_wins() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// popular_top
+// popular ranking (merged over the partitions by the engine)
 // ------------------------------------------------------------------------------------------------
 
 /// Sells `qty` of `product` in a paid order on the day of `at`.
@@ -1608,7 +1614,7 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn popular_top_unions_the_days_ranks_by_units_and_limits() {
+async fn popular_ranking_unions_the_days_ranks_by_units_and_limits() {
     let c = Ctx::new().await;
     let t = clock();
     const DAY: i64 = 86_400_000;
@@ -1630,8 +1636,6 @@ async fn popular_top_unions_the_days_ranks_by_units_and_limits() {
         pairs(&[("2", "6"), ("1", "3")])
     );
     assert_eq!(c.popular(2, &two_days, 1, 0).await, pairs(&[("2", "6")]));
-    // Without caching the union is not kept.
-    assert!(!c.exists(&c.k.popular_top(2)).await);
     // Three days, one of them empty, and a day with no key at all.
     let three_days = [day(d0), day(d1), day(d2), day(t - 3 * DAY)];
     assert_eq!(
@@ -1650,7 +1654,7 @@ async fn popular_top_unions_the_days_ranks_by_units_and_limits() {
 }
 
 #[tokio::test]
-async fn popular_top_caches_the_union_for_its_lifetime_only_when_asked() {
+async fn popular_ranking_caches_the_union_for_its_lifetime_only_when_asked() {
     let c = Ctx::new().await;
     let t = clock();
     c.member_with(M, 1_000_000, t).await;
@@ -1662,9 +1666,6 @@ async fn popular_top_caches_the_union_for_its_lifetime_only_when_asked() {
 
     let first = c.popular(1, &days, 5, 60_000).await;
     assert_eq!(first, pairs(&[("1", "3"), ("2", "2")]));
-    let cache = c.k.popular_top(1);
-    let pttl = c.pttl(&cache).await;
-    assert!(pttl > 50_000 && pttl <= 60_000, "cache pttl {pttl}");
 
     // A later sale is not seen while the cache lives; a smaller limit is cut from the cached union.
     sell(&c, 3, 2, 4, t).await;
@@ -1675,7 +1676,6 @@ async fn popular_top_caches_the_union_for_its_lifetime_only_when_asked() {
         c.popular(1, &days, 5, 0).await,
         pairs(&[("2", "6"), ("1", "3")])
     );
-    assert!(!c.exists(&cache).await);
     // A cache with a short life expires and is then rebuilt.
     assert_eq!(
         c.popular(1, &days, 5, 30).await,
@@ -1732,7 +1732,7 @@ async fn order_cancel_takes_units_back_from_the_day_it_was_paid() {
     c.product(1, 100, 100, t).await;
     sell(&c, 180, 1, 5, yesterday).await;
     sell(&c, 181, 1, 2, t).await;
-    let (old_day, today) = (c.k.popular_day(&day(yesterday)), c.k.popular_day(&day(t)));
+    let (old_day, today) = (c.k.popular_day(Partition::of_id(M), &day(yesterday)), c.k.popular_day(Partition::of_id(M), &day(t)));
     assert_eq!(c.zset(&old_day).await["1"], "5");
     assert_eq!(c.zset(&today).await["1"], "2");
     ok_body(&c.cancel(M, 180, &c.idem(M), &ev(), t + 10).await, 200);
@@ -1805,7 +1805,7 @@ async fn the_state_dump_sees_every_key_but_idempotency_records() {
         [
             &c.k.email("m1@example.test"),
             &c.k.member(M),
-            &c.k.outbox(),
+            &c.k.outbox(Partition::of_id(M)),
             &c.k.product(1),
             &c.k.products()
         ]
@@ -1816,7 +1816,7 @@ async fn the_state_dump_sees_every_key_but_idempotency_records() {
         .collect::<Vec<_>>()
     );
     assert_eq!(dump[c.k.member(M)][1]["balance"], "10");
-    assert_eq!(dump[c.k.outbox()][1].as_array().unwrap().len(), 3);
+    assert_eq!(dump[c.k.outbox(Partition::of_id(M))][1].as_array().unwrap().len(), 3);
     c.cleanup().await;
 }
 

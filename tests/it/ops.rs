@@ -12,9 +12,9 @@ use serde_json::json;
 
 use common::spawn_app_with;
 
-async fn order_status(app: &common::TestApp, order: i64) -> String {
+async fn order_status(app: &common::TestApp, member: i64, order: i64) -> String {
     app.redis
-        .hget::<Option<String>, _, _>(app.keys.order(order), "status")
+        .hget::<Option<String>, _, _>(app.keys.order(member, order), "status")
         .await
         .expect("hget")
         .unwrap_or_default()
@@ -34,6 +34,11 @@ async fn metric(app: &common::TestApp, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The partition whose outbox the backlog tests write to (the others stay empty).
+fn p0() -> flashsale::partition::Partition {
+    flashsale::partition::Partition::from_index(0).expect("partition 0")
+}
+
 /// XREADGROUP's answer: stream -> [(entry id, fields)].
 type StreamRead = HashMap<String, Vec<(String, HashMap<String, String>)>>;
 
@@ -41,7 +46,8 @@ type StreamRead = HashMap<String, Vec<(String, HashMap<String, String>)>>;
 async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
     let app = spawn_app_with(|s| s.reservation_ttl_secs = 1).await;
     let product = app.create_product(100, 10).await;
-    let (_, token) = app.member(10_000).await;
+    let (member, token) = app.member(10_000).await;
+    let partition = flashsale::partition::Partition::of_id(member);
     let mut orders = Vec::new();
     for _ in 0..5 {
         let r = app
@@ -56,19 +62,19 @@ async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
     // both first in the queue so that every sweep meets them before the healthy ones.
     let _: () = app
         .redis
-        .hset(app.keys.order(unparsable), ("items", "{not json"))
+        .hset(app.keys.order(member, unparsable), ("items", "{not json"))
         .await
         .unwrap();
     let _: () = app
         .redis
-        .hset(app.keys.order(broken_expiry), ("expires_at_ms", "soon"))
+        .hset(app.keys.order(member, broken_expiry), ("expires_at_ms", "soon"))
         .await
         .unwrap();
     for (score, id) in [(1.0, unparsable), (2.0, broken_expiry)] {
         let _: () = app
             .redis
             .zadd(
-                app.keys.reservations(),
+                app.keys.reservations(partition),
                 None,
                 None,
                 false,
@@ -83,7 +89,7 @@ async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
     loop {
         let mut expired = 0;
         for id in healthy {
-            if order_status(&app, *id).await == "EXPIRED" {
+            if order_status(&app, member, *id).await == "EXPIRED" {
                 expired += 1;
             }
         }
@@ -104,10 +110,10 @@ async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
     );
     // The corrupt ones stay reserved and queued (retried later), and were counted.
     for id in [unparsable, broken_expiry] {
-        assert_eq!(order_status(&app, id).await, "RESERVED");
+        assert_eq!(order_status(&app, member, id).await, "RESERVED");
         let score: Option<f64> = app
             .redis
-            .zscore(app.keys.reservations(), id.to_string())
+            .zscore(app.keys.reservations(partition), id.to_string())
             .await
             .unwrap();
         assert!(
@@ -207,7 +213,7 @@ async fn xgroup_setid(app: &common::TestApp, id: &str, entries_read: i64) {
             CustomCommand::new_static("XGROUP", None, false),
             vec![
                 "SETID".to_string(),
-                app.keys.outbox(),
+                app.keys.outbox(p0()),
                 flashsale::app::RELAY_GROUP.to_string(),
                 id.to_string(),
                 "ENTRIESREAD".to_string(),
@@ -228,7 +234,7 @@ async fn read_as_relay(app: &common::TestApp, count: u64) -> Vec<String> {
             Some(count),
             None,
             false,
-            app.keys.outbox(),
+            app.keys.outbox(p0()),
             ">",
         )
         .await
@@ -248,7 +254,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     for i in 0..20 {
         let _: String = app
             .redis
-            .xadd(app.keys.outbox(), false, None::<()>, "*", ("n", i))
+            .xadd(app.keys.outbox(p0()), false, None::<()>, "*", ("n", i))
             .await
             .unwrap();
     }
@@ -258,7 +264,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     let _: i64 = app
         .redis
         .xack(
-            app.keys.outbox(),
+            app.keys.outbox(p0()),
             flashsale::app::RELAY_GROUP,
             read[..15].to_vec(),
         )
@@ -267,7 +273,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     for i in 0..7 {
         let _: String = app
             .redis
-            .xadd(app.keys.outbox(), false, None::<()>, "*", ("n", i))
+            .xadd(app.keys.outbox(p0()), false, None::<()>, "*", ("n", i))
             .await
             .unwrap();
     }
@@ -284,7 +290,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     let all: Vec<String> = read[15..].iter().cloned().chain(rest.clone()).collect();
     let _: i64 = app
         .redis
-        .xack(app.keys.outbox(), flashsale::app::RELAY_GROUP, all)
+        .xack(app.keys.outbox(p0()), flashsale::app::RELAY_GROUP, all)
         .await
         .unwrap();
     xgroup_setid(&app, rest.last().unwrap(), 1).await;
@@ -294,7 +300,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     for i in 0..2_500 {
         let _: String = app
             .redis
-            .xadd(app.keys.outbox(), false, None::<()>, "*", ("n", i))
+            .xadd(app.keys.outbox(p0()), false, None::<()>, "*", ("n", i))
             .await
             .unwrap();
     }
@@ -304,7 +310,7 @@ async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     let _: i64 = app
         .redis
         .xack(
-            app.keys.outbox(),
+            app.keys.outbox(p0()),
             flashsale::app::RELAY_GROUP,
             read[..1_100].to_vec(),
         )

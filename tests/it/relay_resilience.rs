@@ -63,7 +63,7 @@ async fn an_entry_kafka_refuses_for_good_is_parked_and_everything_else_flows() {
         let id: String = app
             .redis
             .xadd(
-                app.keys.outbox(),
+                app.keys.outbox(flashsale::partition::Partition::of_id(0)),
                 false,
                 None::<()>,
                 "*",
@@ -102,7 +102,13 @@ async fn an_entry_kafka_refuses_for_good_is_parked_and_everything_else_flows() {
     // The refused entry sits in the dead-letter stream with its error, acknowledged in the outbox.
     let dead: Vec<(String, std::collections::HashMap<String, String>)> = app
         .redis
-        .xrange_values(app.keys.outbox_dead(), "-", "+", None)
+        .xrange_values(
+            app.keys
+                .outbox_dead(flashsale::partition::Partition::of_id(0)),
+            "-",
+            "+",
+            None,
+        )
         .await
         .expect("xrange dead");
     assert_eq!(dead.len(), 1, "one parked entry");

@@ -338,13 +338,18 @@ impl TestApp {
         .await
     }
 
-    /// Outbox entries by event type (the relay is off in these tests, so nothing is trimmed).
+    /// Outbox entries by event type, every partition (the relay is off in these tests, so nothing is
+    /// trimmed).
     pub async fn outbox_counts(&self) -> HashMap<String, usize> {
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .redis
-            .xrange(self.keys.outbox(), "-", "+", None)
-            .await
-            .expect("xrange");
+        let mut entries: Vec<(String, HashMap<String, String>)> = Vec::new();
+        for p in flashsale::partition::Partition::all() {
+            let part: Vec<(String, HashMap<String, String>)> = self
+                .redis
+                .xrange(self.keys.outbox(p), "-", "+", None)
+                .await
+                .expect("xrange");
+            entries.extend(part);
+        }
         let mut counts = HashMap::new();
         for (_, fields) in entries {
             *counts

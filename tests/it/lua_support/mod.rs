@@ -6,10 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{TimeZone, Utc};
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
-use flashsale::idempotency::RECORD_TTL_SECS;
 use flashsale::keys::Keys;
-use flashsale::routes::orders::POPULAR_DAY_TTL_SECS;
-use flashsale::scripts::{Script, ScriptReply, Scripts};
+use flashsale::partition::Partition;
+use flashsale::popular::POPULAR_DAY_TTL_SECS;
+use flashsale::scripts::calls::{
+    CouponCreate, CouponIssue, Idem as TypedIdem, MemberSignup, OrderCancel, OrderExpire,
+    OrderPay, OrderReserve, PointsCharge, ProductCreate, ProductStockAdd,
+};
+use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
 use fred::prelude::*;
 use serde_json::Value as Json;
 
@@ -72,8 +76,20 @@ pub fn ev() -> String {
 /// An Idempotency-Key record name plus a request fingerprint.
 #[derive(Clone, Debug)]
 pub struct Idem {
+    /// The record's Redis key.
     pub key: String,
+    pub digest: String,
     pub fp: String,
+}
+
+impl Idem {
+    /// As the engine's typed calls take it.
+    pub fn typed(&self) -> TypedIdem {
+        TypedIdem {
+            digest: Some(self.digest.clone()),
+            fingerprint: self.fp.clone(),
+        }
+    }
 }
 
 /// One outbox stream entry.
@@ -146,6 +162,11 @@ pub struct Ctx {
     pub redis: Pool,
     pub scripts: Scripts,
     pub k: Keys,
+    /// Each call's ARGV, in call order (orders the events of several partitions' streams).
+    calls: std::sync::Mutex<Vec<Vec<String>>>,
+    /// order id -> member id of the orders reserved in this test.
+    orders: std::sync::Mutex<HashMap<i64, i64>>,
+    popular: flashsale::popular::PopularCache,
 }
 
 impl Ctx {
@@ -161,6 +182,9 @@ impl Ctx {
             redis,
             scripts,
             k: Keys::new(prefix),
+            calls: Default::default(),
+            orders: Default::default(),
+            popular: Default::default(),
         }
     }
 
@@ -174,19 +198,12 @@ impl Ctx {
     }
 
     pub fn idem(&self, member: i64) -> Idem {
+        let digest = uuid::Uuid::new_v4().simple().to_string();
         Idem {
-            key: self
-                .k
-                .idempotency(member, &uuid::Uuid::new_v4().simple().to_string()),
+            key: self.k.idempotency(member, &digest),
+            digest,
             fp: format!("fp-{}", uuid::Uuid::new_v4().simple()),
         }
-    }
-
-    pub async fn call(&self, script: Script, keys: Vec<String>, args: Vec<String>) -> ScriptReply {
-        self.scripts
-            .call(&self.redis, script, keys, args)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e:?}", script.name()))
     }
 
     // ---- state readers ----
@@ -216,7 +233,7 @@ impl Ctx {
         let _: i64 = self
             .redis
             .zadd(
-                self.k.reservations(),
+                self.k.reservations(Partition::of_id(self.member_of(order))),
                 None,
                 None,
                 false,
@@ -272,12 +289,35 @@ impl Ctx {
         self.redis.pttl(key).await.expect("pttl")
     }
 
+    /// Every partition's outbox entries, in the order of the calls that appended them (one call's
+    /// events in stream order).
     pub async fn events(&self) -> Vec<Event> {
-        let entries: Vec<(String, HashMap<String, String>)> = self
-            .redis
-            .xrange_values(self.k.outbox(), "-", "+", None)
-            .await
-            .expect("xrange");
+        let mut entries: Vec<(String, HashMap<String, String>)> = Vec::new();
+        for p in Partition::all() {
+            let part: Vec<(String, HashMap<String, String>)> = self
+                .redis
+                .xrange_values(self.k.outbox(p), "-", "+", None)
+                .await
+                .expect("xrange");
+            entries.extend(part);
+        }
+        let calls = self.calls.lock().expect("calls").clone();
+        let call_of = |event_id: &str| {
+            calls
+                .iter()
+                .position(|args| args.iter().any(|a| a == event_id))
+                .unwrap_or(usize::MAX)
+        };
+        let stream_order = |id: &str| {
+            let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+            (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+        };
+        entries.sort_by_key(|(id, fields)| {
+            (
+                call_of(fields.get("event_id").map(String::as_str).unwrap_or("")),
+                stream_order(id),
+            )
+        });
         entries
             .into_iter()
             .map(|(stream_id, fields)| {
@@ -311,7 +351,35 @@ impl Ctx {
         (self.hash(&idem.key).await, self.ttl(&idem.key).await)
     }
 
-    // ---- the scripts, with the routes' KEYS/ARGV layout ----
+    // ---- the scripts, through the engine's typed calls (src/scripts/calls.rs) ----
+
+    /// Runs a typed call, remembering its arguments so `events()` can order events by call.
+    pub async fn invoke<C: ScriptCall>(&self, call: &C) -> ScriptReply {
+        self.calls.lock().expect("calls").push(call.args());
+        self.scripts
+            .invoke(&self.redis, &self.k, call)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", C::SCRIPT.name()))
+    }
+
+    fn remember_order(&self, order: i64, member: i64) {
+        self.orders.lock().expect("orders").insert(order, member);
+    }
+
+    /// The member an order was reserved for in this test (the order key names its partition).
+    pub fn member_of(&self, order: i64) -> i64 {
+        self.orders
+            .lock()
+            .expect("orders")
+            .get(&order)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// The order's hash key (in its member's partition).
+    pub fn order_key(&self, order: i64) -> String {
+        self.k.order(self.member_of(order), order)
+    }
 
     pub async fn signup(
         &self,
@@ -321,17 +389,13 @@ impl Ctx {
         event: &str,
         _at: i64,
     ) -> ScriptReply {
-        self.call(
-            Script::MemberSignup,
-            vec![self.k.email(email), self.k.member(id), self.k.outbox()],
-            vec![
-                id.to_string(),
-                email.into(),
-                name.into(),
-                PASSWORD_HASH.into(),
-                event.into(),
-            ],
-        )
+        self.invoke(&MemberSignup {
+            member_id: id,
+            email,
+            name,
+            password_hash: PASSWORD_HASH,
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -344,17 +408,13 @@ impl Ctx {
         event: &str,
         _at: i64,
     ) -> ScriptReply {
-        self.call(
-            Script::PointsCharge,
-            vec![self.k.member(member), idem.key.clone(), self.k.outbox()],
-            vec![
-                idem.fp.clone(),
-                RECORD_TTL_SECS.to_string(),
-                amount.to_string(),
-                limit.to_string(),
-                event.into(),
-            ],
-        )
+        self.invoke(&PointsCharge {
+            member_id: member,
+            idem: idem.typed(),
+            amount,
+            balance_limit: limit,
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -379,18 +439,14 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        self.call(
-            Script::ProductCreate,
-            vec![self.k.product(id), self.k.products(), self.k.outbox()],
-            vec![
-                id.to_string(),
-                name.into(),
-                price.to_string(),
-                stock.to_string(),
-                rfc(at),
-                event.into(),
-            ],
-        )
+        self.invoke(&ProductCreate {
+            product_id: id,
+            name: name.into(),
+            price,
+            stock,
+            created_at: rfc(at),
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -402,17 +458,14 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        self.call(
-            Script::ProductStockAdd,
-            vec![self.k.product(id), self.k.product_ops(id), self.k.outbox()],
-            vec![
-                add.to_string(),
-                limit.to_string(),
-                at.to_string(),
-                rfc(at),
-                event.into(),
-            ],
-        )
+        self.invoke(&ProductStockAdd {
+            product_id: id,
+            add,
+            stock_limit: limit,
+            now_ms: at,
+            now: rfc(at),
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -432,23 +485,19 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        self.call(
-            Script::CouponCreate,
-            vec![self.k.coupon(id), self.k.outbox()],
-            vec![
-                id.to_string(),
-                format!("coupon {id}"),
-                discount_type.into(),
-                value.to_string(),
-                quantity.to_string(),
-                from_ms.to_string(),
-                rfc(from_ms),
-                until_ms.to_string(),
-                rfc(until_ms),
-                rfc(at),
-                event.into(),
-            ],
-        )
+        self.invoke(&CouponCreate {
+            coupon_id: id,
+            name: format!("coupon {id}"),
+            discount_type: discount_type.into(),
+            discount_value: value,
+            total_quantity: quantity,
+            valid_from_ms: from_ms,
+            valid_from: rfc(from_ms),
+            valid_until_ms: until_ms,
+            valid_until: rfc(until_ms),
+            now: rfc(at),
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -460,32 +509,19 @@ impl Ctx {
         event: &str,
         _at: i64,
     ) -> ScriptReply {
-        let (key, fp, sent) = match idem {
-            Some(i) => (i.key.clone(), i.fp.clone(), "1"),
-            None => (
-                self.k.idempotency(member, "none"),
-                "fp-no-key".to_string(),
-                "0",
-            ),
+        let idem = match idem {
+            Some(i) => i.typed(),
+            None => TypedIdem {
+                digest: None,
+                fingerprint: "fp-no-key".into(),
+            },
         };
-        self.call(
-            Script::CouponIssue,
-            vec![
-                self.k.coupon(coupon),
-                self.k.coupon_holders(coupon),
-                self.k.member_coupons(member),
-                key,
-                self.k.outbox(),
-                self.k.member(member),
-            ],
-            vec![
-                fp,
-                RECORD_TTL_SECS.to_string(),
-                sent.into(),
-                member.to_string(),
-                event.into(),
-            ],
-        )
+        self.invoke(&CouponIssue {
+            coupon_id: coupon,
+            member_id: member,
+            idem,
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -500,27 +536,17 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        let mut keys = vec![
-            self.k.order(order),
-            self.k.reservations(),
-            idem.key.clone(),
-            self.k.outbox(),
-            self.k.member(member),
-        ];
+        self.remember_order(order, member);
         // The script stamps Redis time and expires the order this TTL later (negative: already due).
-        let mut args = vec![
-            idem.fp.clone(),
-            RECORD_TTL_SECS.to_string(),
-            member.to_string(),
-            order.to_string(),
-            (expires_ms - at).to_string(),
-            event.into(),
-        ];
-        for (product, quantity) in items {
-            keys.push(self.k.product(*product));
-            args.push(quantity.to_string());
-        }
-        self.call(Script::OrderReserve, keys, args).await
+        self.invoke(&OrderReserve {
+            member_id: member,
+            order_id: order,
+            idem: idem.typed(),
+            items: items.to_vec(),
+            reservation_ttl_ms: expires_ms - at,
+            event_id: event.into(),
+        })
+        .await
     }
 
     pub async fn pay(
@@ -532,29 +558,15 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        let today = day(at);
-        self.call(
-            Script::OrderPay,
-            vec![
-                self.k.order(order),
-                self.k.member(member),
-                self.k.member_coupons(member),
-                self.k.coupon(coupon.unwrap_or(0)),
-                self.k.reservations(),
-                self.k.popular_day(&today),
-                idem.key.clone(),
-                self.k.outbox(),
-            ],
-            vec![
-                idem.fp.clone(),
-                RECORD_TTL_SECS.to_string(),
-                member.to_string(),
-                coupon.map(|c| c.to_string()).unwrap_or_default(),
-                today,
-                POPULAR_DAY_TTL_SECS.to_string(),
-                event.into(),
-            ],
-        )
+        self.invoke(&OrderPay {
+            member_id: member,
+            order_id: order,
+            idem: idem.typed(),
+            coupon_id: coupon,
+            day: day(at),
+            popular_day_ttl_secs: POPULAR_DAY_TTL_SECS,
+            event_id: event.into(),
+        })
         .await
     }
 
@@ -562,7 +574,7 @@ impl Ctx {
     pub async fn read_order_keys(&self, order: i64) -> (Vec<i64>, String) {
         let fields: Vec<Option<String>> = self
             .redis
-            .hmget(self.k.order(order), vec!["items", "paid_day"])
+            .hmget(self.order_key(order), vec!["items", "paid_day"])
             .await
             .expect("hmget");
         let Some(Some(items)) = fields.first() else {
@@ -590,27 +602,16 @@ impl Ctx {
         event: &str,
         _at: i64,
     ) -> ScriptReply {
-        let mut keys = vec![
-            self.k.order(order),
-            self.k.member(member),
-            self.k.member_coupons(member),
-            self.k.reservations(),
-            self.k.popular_day(popular_day),
-            idem.key.clone(),
-            self.k.outbox(),
-        ];
-        let mut args = vec![
-            idem.fp.clone(),
-            RECORD_TTL_SECS.to_string(),
-            member.to_string(),
-            event.into(),
-            paid_day.into(),
-        ];
-        for p in products {
-            keys.push(self.k.product(*p));
-            args.push(p.to_string());
-        }
-        self.call(Script::OrderCancel, keys, args).await
+        self.invoke(&OrderCancel {
+            member_id: member,
+            order_id: order,
+            idem: idem.typed(),
+            paid_day: paid_day.into(),
+            popular_day: popular_day.into(),
+            product_ids: products.to_vec(),
+            event_id: event.into(),
+        })
+        .await
     }
 
     /// Cancel as the route runs it: pre-read the order's product ids and paid day, then the script.
@@ -642,15 +643,16 @@ impl Ctx {
     }
 
     pub async fn expire_raw(&self, order: i64, products: &[i64], event: &str, at: i64) -> String {
-        let mut keys = vec![self.k.order(order), self.k.reservations(), self.k.outbox()];
         let _ = at; // due by Redis time now
-        let mut args = vec![order.to_string(), event.into()];
-        for p in products {
-            keys.push(self.k.product(*p));
-            args.push(p.to_string());
-        }
+        let call = OrderExpire {
+            partition: Partition::of_id(self.member_of(order)),
+            order_id: order,
+            product_ids: products.to_vec(),
+            event_id: event.into(),
+        };
+        self.calls.lock().expect("calls").push(call.args());
         self.scripts
-            .run(&self.redis, Script::OrderExpire, keys, args)
+            .run_call(&self.redis, &self.k, &call)
             .await
             .expect("order_expire")
             .as_string()
@@ -663,6 +665,8 @@ impl Ctx {
         self.expire_raw(order, &products, event, at).await
     }
 
+    /// The popular ranking as the engine merges it (src/popular.rs): `window` days ending on the day
+    /// named first in `days` (the tests list the window's days, newest first).
     pub async fn popular(
         &self,
         window: u32,
@@ -670,26 +674,62 @@ impl Ctx {
         limit: i64,
         cache_ms: i64,
     ) -> Vec<(String, String)> {
-        let mut keys = vec![self.k.popular_top(window)];
-        keys.extend(days.iter().map(|d| self.k.popular_day(d)));
-        let flat: Vec<String> = self
-            .scripts
-            .run(
-                &self.redis,
-                Script::PopularTop,
-                keys,
-                vec![limit.to_string(), cache_ms.to_string()],
-            )
-            .await
-            .expect("popular_top")
-            .into_array()
-            .into_iter()
-            .map(|v| v.as_string().expect("string element"))
-            .collect();
-        assert_eq!(flat.len() % 2, 0, "flat pairs");
-        flat.chunks(2)
-            .map(|p| (p[0].clone(), p[1].clone()))
+        let first = days.first().expect("a day");
+        let now = chrono::NaiveDate::parse_from_str(first, "%Y%m%d")
+            .expect("YYYYMMDD")
+            .and_hms_opt(12, 0, 0)
+            .expect("noon")
+            .and_utc();
+        let ranking = flashsale::popular::ranking(
+            &self.redis,
+            &self.k,
+            &self.popular,
+            cache_ms as u64,
+            now,
+            i64::from(window),
+        )
+        .await
+        .expect("popular ranking");
+        ranking
+            .iter()
+            .take(limit as usize)
+            .map(|(id, units)| (id.to_string(), units.to_string()))
             .collect()
+    }
+
+    /// Every partition's reservation index, merged (the engine sweeps them one by one).
+    pub async fn reservations(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        for p in Partition::all() {
+            all.extend(self.zset(&self.k.reservations(p)).await);
+        }
+        all
+    }
+
+    /// One day's popular counters of every partition, summed.
+    pub async fn popular_day(&self, day: &str) -> BTreeMap<String, String> {
+        let mut units: BTreeMap<String, f64> = BTreeMap::new();
+        for p in Partition::all() {
+            for (product, n) in self.zset(&self.k.popular_day(p, day)).await {
+                *units.entry(product).or_default() += n.parse::<f64>().expect("score");
+            }
+        }
+        units
+            .into_iter()
+            .map(|(product, n)| (product, format!("{n}")))
+            .collect()
+    }
+
+    /// The popular day keys (of any partition) that exist, with their TTL in seconds.
+    pub async fn popular_day_ttls(&self, day: &str) -> Vec<i64> {
+        let mut ttls = Vec::new();
+        for p in Partition::all() {
+            let key = self.k.popular_day(p, day);
+            if self.exists(&key).await {
+                ttls.push(self.ttl(&key).await);
+            }
+        }
+        ttls
     }
 
     // ---- setup shortcuts (through the scripts) ----

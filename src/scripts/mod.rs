@@ -11,8 +11,12 @@ use fred::prelude::*;
 use fred::types::Value;
 
 use crate::error::{problem_body, problem_response, ApiError};
+use crate::keys::Keys;
 
-const PRELUDE: &str = include_str!("../lua/lib/prelude.lua");
+pub mod calls;
+pub use calls::ScriptCall;
+
+const PRELUDE: &str = include_str!("../../lua/lib/prelude.lua");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Script {
@@ -26,11 +30,10 @@ pub enum Script {
     OrderPay,
     OrderCancel,
     OrderExpire,
-    PopularTop,
 }
 
 impl Script {
-    pub const ALL: [Script; 11] = [
+    pub const ALL: [Script; 10] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
@@ -41,7 +44,6 @@ impl Script {
         Script::OrderPay,
         Script::OrderCancel,
         Script::OrderExpire,
-        Script::PopularTop,
     ];
 
     /// The script's name: its file in `lua/` without `.lua`, and its metrics label.
@@ -57,23 +59,21 @@ impl Script {
             Script::OrderPay => "order_pay",
             Script::OrderCancel => "order_cancel",
             Script::OrderExpire => "order_expire",
-            Script::PopularTop => "popular_top",
         }
     }
 
     fn operation_source(self) -> &'static str {
         match self {
-            Script::MemberSignup => include_str!("../lua/member_signup.lua"),
-            Script::PointsCharge => include_str!("../lua/points_charge.lua"),
-            Script::ProductCreate => include_str!("../lua/product_create.lua"),
-            Script::ProductStockAdd => include_str!("../lua/product_stock_add.lua"),
-            Script::CouponCreate => include_str!("../lua/coupon_create.lua"),
-            Script::CouponIssue => include_str!("../lua/coupon_issue.lua"),
-            Script::OrderReserve => include_str!("../lua/order_reserve.lua"),
-            Script::OrderPay => include_str!("../lua/order_pay.lua"),
-            Script::OrderCancel => include_str!("../lua/order_cancel.lua"),
-            Script::OrderExpire => include_str!("../lua/order_expire.lua"),
-            Script::PopularTop => include_str!("../lua/popular_top.lua"),
+            Script::MemberSignup => include_str!("../../lua/member_signup.lua"),
+            Script::PointsCharge => include_str!("../../lua/points_charge.lua"),
+            Script::ProductCreate => include_str!("../../lua/product_create.lua"),
+            Script::ProductStockAdd => include_str!("../../lua/product_stock_add.lua"),
+            Script::CouponCreate => include_str!("../../lua/coupon_create.lua"),
+            Script::CouponIssue => include_str!("../../lua/coupon_issue.lua"),
+            Script::OrderReserve => include_str!("../../lua/order_reserve.lua"),
+            Script::OrderPay => include_str!("../../lua/order_pay.lua"),
+            Script::OrderCancel => include_str!("../../lua/order_cancel.lua"),
+            Script::OrderExpire => include_str!("../../lua/order_expire.lua"),
         }
     }
 
@@ -132,6 +132,26 @@ impl Scripts {
         metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name())
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Runs a typed call and returns the raw reply (scripts outside the HTTP reply protocol).
+    pub async fn run_call<C: ScriptCall>(
+        &self,
+        redis: &Pool,
+        keys: &Keys,
+        call: &C,
+    ) -> Result<Value, fred::error::Error> {
+        self.run(redis, C::SCRIPT, call.keys(keys), call.args()).await
+    }
+
+    /// Runs a typed HTTP-facing call and decodes its reply (see lua/lib/prelude.lua).
+    pub async fn invoke<C: ScriptCall>(
+        &self,
+        redis: &Pool,
+        keys: &Keys,
+        call: &C,
+    ) -> Result<ScriptReply, ApiError> {
+        self.call(redis, C::SCRIPT, call.keys(keys), call.args()).await
     }
 
     /// Runs an HTTP-facing script and decodes its reply (see lua/lib/prelude.lua).

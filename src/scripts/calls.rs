@@ -1,0 +1,375 @@
+//! One typed call per Lua script: the struct names every argument, and `keys`/`args` build KEYS and
+//! ARGV in the order the script's header documents. This is the only place that knows those orders;
+//! handlers, the expiry sweep and the tests fill in a struct.
+
+use crate::idempotency::RECORD_TTL_SECS;
+use crate::keys::Keys;
+use crate::partition::Partition;
+use crate::scripts::Script;
+
+/// A script invocation: which script, and its KEYS and ARGV.
+pub trait ScriptCall {
+    const SCRIPT: Script;
+    fn keys(&self, keys: &Keys) -> Vec<String>;
+    fn args(&self) -> Vec<String>;
+}
+
+/// The idempotency side of a member's mutation: the record's key digest (none when the request
+/// carried no Idempotency-Key) and the request fingerprint.
+#[derive(Clone, Debug)]
+pub struct Idem {
+    /// `IdempotencyKey::digest()`; None: no record is kept.
+    pub digest: Option<String>,
+    pub fingerprint: String,
+}
+
+impl Idem {
+    /// KEYS entry: the record key, or a placeholder in the member's slot the script leaves alone.
+    fn key(&self, keys: &Keys, member_id: i64) -> String {
+        keys.idempotency(member_id, self.digest.as_deref().unwrap_or("none"))
+    }
+
+    fn ttl() -> String {
+        RECORD_TTL_SECS.to_string()
+    }
+}
+
+/// lua/member_signup.lua
+pub struct MemberSignup<'a> {
+    pub member_id: i64,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password_hash: &'a str,
+    pub event_id: String,
+}
+
+impl ScriptCall for MemberSignup<'_> {
+    const SCRIPT: Script = Script::MemberSignup;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.email(self.email),
+            keys.member(self.member_id),
+            keys.outbox(Partition::of_id(self.member_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.member_id.to_string(),
+            self.email.to_string(),
+            self.name.to_string(),
+            self.password_hash.to_string(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/points_charge.lua
+pub struct PointsCharge {
+    pub member_id: i64,
+    pub idem: Idem,
+    pub amount: i64,
+    pub balance_limit: i64,
+    pub event_id: String,
+}
+
+impl ScriptCall for PointsCharge {
+    const SCRIPT: Script = Script::PointsCharge;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.member(self.member_id),
+            self.idem.key(keys, self.member_id),
+            keys.outbox(Partition::of_id(self.member_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            self.amount.to_string(),
+            self.balance_limit.to_string(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/product_create.lua
+pub struct ProductCreate {
+    pub product_id: i64,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub created_at: String,
+    pub event_id: String,
+}
+
+impl ScriptCall for ProductCreate {
+    const SCRIPT: Script = Script::ProductCreate;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.product(self.product_id),
+            keys.products(),
+            keys.outbox(Partition::of_id(self.product_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.product_id.to_string(),
+            self.name.clone(),
+            self.price.to_string(),
+            self.stock.to_string(),
+            self.created_at.clone(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/product_stock_add.lua
+pub struct ProductStockAdd {
+    pub product_id: i64,
+    pub add: i64,
+    pub stock_limit: i64,
+    pub now_ms: i64,
+    pub now: String,
+    pub event_id: String,
+}
+
+impl ScriptCall for ProductStockAdd {
+    const SCRIPT: Script = Script::ProductStockAdd;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.product(self.product_id),
+            keys.product_ops(self.product_id),
+            keys.outbox(Partition::of_id(self.product_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.add.to_string(),
+            self.stock_limit.to_string(),
+            self.now_ms.to_string(),
+            self.now.clone(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/coupon_create.lua
+pub struct CouponCreate {
+    pub coupon_id: i64,
+    pub name: String,
+    pub discount_type: String,
+    pub discount_value: i64,
+    pub total_quantity: i64,
+    pub valid_from_ms: i64,
+    pub valid_from: String,
+    pub valid_until_ms: i64,
+    pub valid_until: String,
+    pub now: String,
+    pub event_id: String,
+}
+
+impl ScriptCall for CouponCreate {
+    const SCRIPT: Script = Script::CouponCreate;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.coupon(self.coupon_id),
+            keys.outbox(Partition::of_id(self.coupon_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.coupon_id.to_string(),
+            self.name.clone(),
+            self.discount_type.clone(),
+            self.discount_value.to_string(),
+            self.total_quantity.to_string(),
+            self.valid_from_ms.to_string(),
+            self.valid_from.clone(),
+            self.valid_until_ms.to_string(),
+            self.valid_until.clone(),
+            self.now.clone(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/coupon_issue.lua
+pub struct CouponIssue {
+    pub coupon_id: i64,
+    pub member_id: i64,
+    pub idem: Idem,
+    pub event_id: String,
+}
+
+impl ScriptCall for CouponIssue {
+    const SCRIPT: Script = Script::CouponIssue;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.coupon(self.coupon_id),
+            keys.coupon_holders(self.coupon_id),
+            keys.member_coupons(self.member_id),
+            self.idem.key(keys, self.member_id),
+            keys.outbox(Partition::of_id(self.coupon_id)),
+            keys.member(self.member_id),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            if self.idem.digest.is_some() { "1" } else { "0" }.to_string(),
+            self.member_id.to_string(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/order_reserve.lua
+pub struct OrderReserve {
+    pub member_id: i64,
+    pub order_id: i64,
+    pub idem: Idem,
+    /// (product id, quantity), distinct products in item order.
+    pub items: Vec<(i64, i64)>,
+    pub reservation_ttl_ms: i64,
+    pub event_id: String,
+}
+
+impl ScriptCall for OrderReserve {
+    const SCRIPT: Script = Script::OrderReserve;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let partition = Partition::of_id(self.member_id);
+        let mut k = vec![
+            keys.order(self.member_id, self.order_id),
+            keys.reservations(partition),
+            self.idem.key(keys, self.member_id),
+            keys.outbox(partition),
+            keys.member(self.member_id),
+        ];
+        k.extend(self.items.iter().map(|(product, _)| keys.product(*product)));
+        k
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            self.member_id.to_string(),
+            self.order_id.to_string(),
+            self.reservation_ttl_ms.to_string(),
+            self.event_id.clone(),
+        ];
+        a.extend(self.items.iter().map(|(_, quantity)| quantity.to_string()));
+        a
+    }
+}
+
+/// lua/order_pay.lua
+pub struct OrderPay {
+    pub member_id: i64,
+    pub order_id: i64,
+    pub idem: Idem,
+    pub coupon_id: Option<i64>,
+    /// The popular-ranking bucket, YYYYMMDD.
+    pub day: String,
+    pub popular_day_ttl_secs: i64,
+    pub event_id: String,
+}
+
+impl ScriptCall for OrderPay {
+    const SCRIPT: Script = Script::OrderPay;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let partition = Partition::of_id(self.member_id);
+        vec![
+            keys.order(self.member_id, self.order_id),
+            keys.member(self.member_id),
+            keys.member_coupons(self.member_id),
+            keys.coupon(self.coupon_id.unwrap_or(0)),
+            keys.reservations(partition),
+            keys.popular_day(partition, &self.day),
+            self.idem.key(keys, self.member_id),
+            keys.outbox(partition),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            self.member_id.to_string(),
+            self.coupon_id.map(|c| c.to_string()).unwrap_or_default(),
+            self.day.clone(),
+            self.popular_day_ttl_secs.to_string(),
+            self.event_id.clone(),
+        ]
+    }
+}
+
+/// lua/order_cancel.lua
+pub struct OrderCancel {
+    pub member_id: i64,
+    pub order_id: i64,
+    pub idem: Idem,
+    /// The paid day the engine read ('' when it read the order unpaid).
+    pub paid_day: String,
+    /// The popular bucket to touch: the paid day, or any day when unpaid.
+    pub popular_day: String,
+    /// The order's product ids as the engine read them, in item order.
+    pub product_ids: Vec<i64>,
+    pub event_id: String,
+}
+
+impl ScriptCall for OrderCancel {
+    const SCRIPT: Script = Script::OrderCancel;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let partition = Partition::of_id(self.member_id);
+        let mut k = vec![
+            keys.order(self.member_id, self.order_id),
+            keys.member(self.member_id),
+            keys.member_coupons(self.member_id),
+            keys.reservations(partition),
+            keys.popular_day(partition, &self.popular_day),
+            self.idem.key(keys, self.member_id),
+            keys.outbox(partition),
+        ];
+        k.extend(self.product_ids.iter().map(|p| keys.product(*p)));
+        k
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            self.member_id.to_string(),
+            self.event_id.clone(),
+            self.paid_day.clone(),
+        ];
+        a.extend(self.product_ids.iter().map(|p| p.to_string()));
+        a
+    }
+}
+
+/// lua/order_expire.lua (the expiry sweep's; replies a bare outcome string, not the HTTP protocol).
+pub struct OrderExpire {
+    /// The partition of the order's member (the sweep finds orders per partition).
+    pub partition: Partition,
+    pub order_id: i64,
+    /// The order's product ids as the sweep read them, in item order.
+    pub product_ids: Vec<i64>,
+    pub event_id: String,
+}
+
+impl ScriptCall for OrderExpire {
+    const SCRIPT: Script = Script::OrderExpire;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let mut k = vec![
+            keys.order_in(self.partition, self.order_id),
+            keys.reservations(self.partition),
+            keys.outbox(self.partition),
+        ];
+        k.extend(self.product_ids.iter().map(|p| keys.product(*p)));
+        k
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![self.order_id.to_string(), self.event_id.clone()];
+        a.extend(self.product_ids.iter().map(|p| p.to_string()));
+        a
+    }
+}
