@@ -43,6 +43,9 @@ defaults
     # a request an engine received is never sent twice
     retries 2
     option redispatch
+    # HAProxy's own 503 (no engine ready, or none free within the queue timeout) in the engines' contract
+    # (docs/api.md): problem+json, code SERVICE_UNAVAILABLE, with Retry-After
+    http-error status 503 content-type application/problem+json hdr Retry-After 1 string '{"type":"https://flashsale.dev/problems/service-unavailable","title":"Service Unavailable","status":503,"detail":"no engine is ready to take the request","code":"SERVICE_UNAVAILABLE"}'
 
 frontend api
     bind ${bind}
