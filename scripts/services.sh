@@ -751,14 +751,13 @@ current_topology() {
     else cat "$RUN/topology" 2>/dev/null || echo single; fi
 }
 
+# export lines, quoted for eval (a cluster URL has ? and &)
 print_env() {
     local redis_url="redis://127.0.0.1:$REDIS_PORT"
     [ "$(current_topology)" = cluster ] && redis_url=$(cluster_url)
-    cat <<EOF
-export REDIS_URL=$redis_url
-export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale
-export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-EOF
+    printf 'export REDIS_URL=%q\n' "$redis_url"
+    printf 'export DATABASE_URL=%q\n' "mysql://root@127.0.0.1:$MYSQL_PORT/flashsale"
+    printf 'export KAFKA_BROKERS=%q\n' "127.0.0.1:$KAFKA_PORT"
 }
 
 # Exit 0 when the topology's redis, mysql and kafka all run. The single Redis is listed in the cluster
