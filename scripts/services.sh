@@ -487,6 +487,7 @@ cluster_down() {
     ports=$(cluster_pid_ports | sort -n)
     for port in $ports; do
         pid=$(live_pid "$(cluster_node_name "$port")" "$(cluster_node_pattern "$port")") || continue
+        log "stopping redis cluster node $port (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
     done
     for port in $ports; do
