@@ -4,6 +4,11 @@
 # Environment honoured: REDIS_PORT MYSQL_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT PROMETHEUS_PORT, REDIS_URL
 # DATABASE_URL KAFKA_BROKERS DATA_PLATFORM_URL LISTEN_ADDR SINK_LISTEN_ADDR ADMIN_API_KEY JWT_SECRET,
 # CARGO_TARGET_DIR (default ~/.cache/flashsale-target, shared by every clone and by CI).
+#
+# TOPOLOGY=cluster (up, test, restart, status, env): a Redis Cluster of 3 primaries + 3 replicas
+# (REDIS_CLUSTER_PORTS, default 7001-7006) instead of the single Redis, two engines (ENGINE_ADDRS) behind
+# HAProxy on LISTEN_ADDR and two sinks (SINK_ADDRS); see scripts/stack.sh and scripts/services.sh.
+# Without it, up and test are the single-node default; down stops whatever runs.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -19,8 +24,27 @@ MYSQL_PORT ?= 3306
 KAFKA_PORT ?= 9092
 export REDIS_PORT MYSQL_PORT KAFKA_PORT
 
+# Only when given, so that status, env and restart can follow the topology `up` last started.
+ifdef TOPOLOGY
+ifeq ($(filter $(TOPOLOGY),single cluster),)
+$(error TOPOLOGY must be single or cluster, not '$(TOPOLOGY)')
+endif
+export TOPOLOGY
+endif
+
 # What the tests connect to. DATABASE_URL is the server (no database): tests create their own databases.
+# On the cluster: every node of it (scripts/services.sh cluster-url), FLASHSALE_TOPOLOGY=cluster for the
+# tests to tell, and the dashboard check scrapes every engine and sink rather than the proxy.
+ifeq ($(TOPOLOGY),cluster)
+TEST_REDIS_URL ?= $(shell scripts/services.sh cluster-url)
+export FLASHSALE_TOPOLOGY := cluster
+ENGINE_ADDRS ?= 127.0.0.1:8091 127.0.0.1:8092
+SINK_ADDRS ?= 127.0.0.1:8081 127.0.0.1:8083
+export ENGINE_METRICS_URLS ?= $(addprefix http://,$(ENGINE_ADDRS))
+export SINK_METRICS_URLS ?= $(addprefix http://,$(SINK_ADDRS))
+else
 TEST_REDIS_URL ?= $(or $(REDIS_URL),redis://127.0.0.1:$(REDIS_PORT))
+endif
 TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
@@ -29,15 +53,17 @@ TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
-	@echo "make down        stop engine, sink, mock platform, then the services (data kept)"
-	@echo "make restart     restart engine, sink and mock platform (after a rebuild)"
+	@echo "make up TOPOLOGY=cluster    the same on a Redis Cluster (3 primaries + 3 replicas), 2 engines behind HAProxy, 2 sinks"
+	@echo "make down        stop engine(s), sink(s), mock platform, HAProxy, then the services (data kept)"
+	@echo "make restart     restart engine, sink and mock platform (after a rebuild), in the topology that runs"
 	@echo "make clean       down + delete $(FLASHSALE_LOCAL)"
 	@echo "make status      what runs;   make logs: tail the logs;   make env: connection variables"
 	@echo "make test        services up, cargo test --release (reuses make up's build), promtool rule tests, dashboard check"
+	@echo "make test TOPOLOGY=cluster  the same tests against the Redis Cluster (TEST_REDIS_URL = the cluster)"
 	@echo "make fuzz        schemathesis (all checks, all phases) against the running stack (make up)"
 	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
-	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus"
+	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus (TOPOLOGY= as for up)"
 
 up:
 	scripts/stack.sh up
@@ -46,13 +72,13 @@ down:
 	scripts/stack.sh down
 
 restart:
-	scripts/stack.sh stop
-	scripts/stack.sh up
+	scripts/stack.sh restart
 
 clean:
 	scripts/stack.sh stop
 	scripts/services.sh clean
-	rm -rf "$(FLASHSALE_LOCAL)/logs" "$(FLASHSALE_LOCAL)/run" "$(FLASHSALE_LOCAL)/env" "$(FLASHSALE_LOCAL)/bench"
+	rm -rf "$(FLASHSALE_LOCAL)/logs" "$(FLASHSALE_LOCAL)/run" "$(FLASHSALE_LOCAL)/env" "$(FLASHSALE_LOCAL)/bench" \
+	  "$(FLASHSALE_LOCAL)/haproxy"
 	rmdir "$(FLASHSALE_LOCAL)" 2>/dev/null || true
 
 status:

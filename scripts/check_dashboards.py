@@ -5,6 +5,9 @@ What it does
   1. Makes sure the engine answers at $ENGINE_URL (default http://127.0.0.1:8080, probed on /readyz).
      If it does not, runs `make up` in the repo root and waits for it (skip with CHECK_DASHBOARDS_NO_START=1).
      The sink's metrics are expected at $SINK_METRICS_URL (default http://127.0.0.1:8081, path /metrics).
+     With several engines or sinks (make test TOPOLOGY=cluster: engines behind HAProxy), the load still
+     goes to $ENGINE_URL, but every instance is scraped: $ENGINE_METRICS_URLS and $SINK_METRICS_URLS
+     (space separated; default ENGINE_URL and SINK_METRICS_URL).
   2. Starts its own `prometheus` on a free port (from $CHECK_DASHBOARDS_PROM_PORT, default 19090) with a
      temporary config that scrapes the engine and the sink every second and loads prometheus/rules/*.yml,
      and a temporary storage dir.
@@ -25,6 +28,7 @@ What it does
 
 Environment
   ENGINE_URL, SINK_METRICS_URL, ADMIN_API_KEY (default dev-admin-key)
+  ENGINE_METRICS_URLS, SINK_METRICS_URLS   every instance to scrape (space separated)
   CHECK_DASHBOARDS_NO_START=1   never run `make up`
   CHECK_DASHBOARDS_NO_LOAD=1    skip the load (e.g. against a fake metrics endpoint)
   CHECK_DASHBOARDS_LOAD_SECS    load duration (default 20)
@@ -59,6 +63,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE_URL = os.environ.get("ENGINE_URL", "http://" + os.environ.get("LISTEN_ADDR", "127.0.0.1:8080")).rstrip("/")
 SINK_METRICS_URL = os.environ.get(
     "SINK_METRICS_URL", "http://" + os.environ.get("SINK_LISTEN_ADDR", "127.0.0.1:8081")).rstrip("/")
+# Scraped one by one: through a load balancer each scrape would hit another engine's counters.
+ENGINE_METRICS_URLS = [u.rstrip("/") for u in os.environ.get("ENGINE_METRICS_URLS", "").split()] or [ENGINE_URL]
+SINK_METRICS_URLS = [u.rstrip("/") for u in os.environ.get("SINK_METRICS_URLS", "").split()] or [SINK_METRICS_URL]
 ADMIN_KEY = os.environ.get("ADMIN_API_KEY", "dev-admin-key")
 LOAD_SECS = float(os.environ.get("CHECK_DASHBOARDS_LOAD_SECS", "20"))
 PROM_PORT = int(os.environ.get("CHECK_DASHBOARDS_PROM_PORT", "19090"))
@@ -145,10 +152,11 @@ def ensure_stack():
         if not wait_for(lambda: reachable(ENGINE_URL + "/readyz"), 180, 2):
             raise SystemExit(f"FAIL: engine still not ready at {ENGINE_URL}/readyz after `make up`")
         log("engine ready")
-    if reachable(SINK_METRICS_URL + "/metrics"):
-        log(f"sink metrics at {SINK_METRICS_URL}/metrics")
-    else:
-        log(f"WARNING: sink metrics not reachable at {SINK_METRICS_URL}/metrics: sink panels will be empty")
+    for url in SINK_METRICS_URLS:
+        if reachable(url + "/metrics"):
+            log(f"sink metrics at {url}/metrics")
+        else:
+            log(f"WARNING: sink metrics not reachable at {url}/metrics: sink panels will be empty")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,13 +190,16 @@ def start_prometheus(tmp):
     port = free_port(PROM_PORT)
     rule_files = sorted(glob.glob(RULES_GLOB))
     jobs = []
-    for job, url in (("flashsale-engine", ENGINE_URL), ("flashsale-sink", SINK_METRICS_URL)):
-        scheme, netloc, path = scrape_target(url)
+    for job, urls in (("flashsale-engine", ENGINE_METRICS_URLS), ("flashsale-sink", SINK_METRICS_URLS)):
+        targets = [scrape_target(url) for url in urls]
+        scheme, _, path = targets[0]
+        if any((t[0], t[2]) != (scheme, path) for t in targets):
+            raise SystemExit(f"FAIL: the {job} metrics URLs differ in scheme or path: {' '.join(urls)}")
         jobs.append(f"""  - job_name: {json.dumps(job)}
     scheme: {scheme}
     metrics_path: {json.dumps(path)}
     static_configs:
-      - targets: [{json.dumps(netloc)}]
+      - targets: [{", ".join(json.dumps(t[1]) for t in targets)}]
 """)
     cfg = ("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
            "rule_files:\n" + "".join(f"  - {json.dumps(f)}\n" for f in rule_files) +

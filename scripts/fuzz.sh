@@ -49,11 +49,44 @@ cleanup() {
         wait "$ENGINE_PID" 2>/dev/null || true
         # The engine's own database and keys: nothing of the run is left behind.
         mariadb -h 127.0.0.1 -P "${MYSQL_PORT:-3306}" -u root -e "DROP DATABASE IF EXISTS \`fs_$RUN_ID\`" 2>/dev/null || true
-        redis-cli -u "${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}" --scan --pattern "$RUN_ID*" 2>/dev/null |
-            xargs -r -n 500 redis-cli -u "${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}" del >/dev/null 2>&1 || true
+        drop_keys "${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT:-6379}}" "$RUN_ID*" || true
     fi
 }
 trap cleanup EXIT
+
+# cluster_nodes URL: host:port of every node a redis-cluster:// URL names (fred's syntax:
+# redis-cluster://[user:pass@]host:port?node=host:port&node=host:port)
+cluster_nodes() {
+    local rest=${1#*://} param params
+    local first=${rest%%\?*}
+    echo "${first##*@}"
+    [ "$rest" != "$first" ] || return 0
+    IFS='&' read -r -a params <<<"${rest#*\?}"
+    for param in "${params[@]}"; do
+        [ "${param%%=*}" = node ] && echo "${param#node=}"
+    done
+    return 0
+}
+
+# drop_keys URL PATTERN: deletes the keys matching PATTERN. On a cluster every node is scanned and each
+# key unlinked on its own (keys of different slots cannot share one command; -c follows a replica's
+# MOVED to the primary).
+drop_keys() {
+    local url=$1 pattern=$2 node
+    case $url in
+        redis-cluster://*|rediss-cluster://*) ;;
+        *)
+            redis-cli -u "$url" --scan --pattern "$pattern" 2>/dev/null |
+                xargs -r -n 500 redis-cli -u "$url" del >/dev/null 2>&1
+            return
+            ;;
+    esac
+    for node in $(cluster_nodes "$url"); do
+        redis-cli -h "${node%:*}" -p "${node##*:}" --scan --pattern "$pattern" 2>/dev/null |
+            awk '{ printf "UNLINK \"%s\"\n", $0 }' |
+            redis-cli -c -h "${node%:*}" -p "${node##*:}" >/dev/null 2>&1
+    done
+}
 
 start_engine() {
     local bin=$CARGO_TARGET_DIR/release/flashsale port
@@ -110,6 +143,8 @@ seeded=$(curl -fsS -X POST "$BASE_URL/api/v1/admin/seed/members" -H "X-Admin-Key
 export FUZZ_BEARER_TOKEN FUZZ_ADMIN_KEY=$ADMIN_API_KEY
 FUZZ_BEARER_TOKEN=$(json_field members.0.access_token <<<"$seeded")
 
+# the commas are schemathesis's own list syntax, inside one argument
+# shellcheck disable=SC2054
 args=(--config-file "$REPO/schemathesis.toml" run "$BASE_URL/openapi.json" --url "$BASE_URL"
       --checks all --phases examples,coverage,fuzzing,stateful
       --report junit --report-dir "$LOCAL/fuzz-report")

@@ -5,12 +5,23 @@
 #                              DATA_PLATFORM_URL is set), sink and engine in the background; wait for /readyz
 #   scripts/stack.sh down      stop engine, sink and mock platform (by pid file), then the services
 #   scripts/stack.sh stop      stop engine, sink and mock platform only
+#   scripts/stack.sh restart   stop, then up again in the topology that runs (after a rebuild)
 #   scripts/stack.sh status    what runs
 #   scripts/stack.sh env       print the environment the processes get (export lines)
 #   scripts/stack.sh logs      tail -F the logs
 #
+# TOPOLOGY=single (default) is the above: one engine on LISTEN_ADDR, one sink, one Redis.
+# TOPOLOGY=cluster runs the same on a Redis Cluster (scripts/services.sh cluster-up), with one engine per
+# address of ENGINE_ADDRS (default "127.0.0.1:8091 127.0.0.1:8092"), one sink per address of SINK_ADDRS
+# (default "127.0.0.1:8081 127.0.0.1:8083"; one consumer group) and HAProxy on LISTEN_ADDR in front of
+# the engines (round robin, health check GET /readyz). The engines get the cluster in REDIS_URL,
+# ENGINE_INSTANCE=1, 2, ... and TRUSTED_PROXIES=127.0.0.1 (HAProxy's address; set TRUSTED_PROXIES to
+# override). `down`, `stop` and `status` cover whatever runs; `env` and `restart` follow the topology
+# `up` last started unless TOPOLOGY says otherwise.
+#
 # Logs and pid files: $FLASHSALE_LOCAL/logs, $FLASHSALE_LOCAL/run (default <repo>/.local).
 # The generated JWT secret is kept in $FLASHSALE_LOCAL/env so restarts keep tokens valid.
+# FLASHSALE_SKIP_BUILD=1: `up` starts the binaries already in $CARGO_TARGET_DIR/release, no cargo build.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +37,26 @@ BIN=$CARGO_TARGET_DIR/release
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
 
+# ------------------------------------------------------------------------------------------- topology
+
+# The topology `up` starts: TOPOLOGY, default single (what `make up` always did).
+up_topology() {
+    case ${TOPOLOGY:-single} in
+        single|cluster) echo "${TOPOLOGY:-single}" ;;
+        *) die "TOPOLOGY must be single or cluster (got '$TOPOLOGY')" ;;
+    esac
+}
+
+# The topology env and restart follow: TOPOLOGY if given, else the one `up` last started here
+# (scripts/services.sh records it).
+current_topology() {
+    if [ -n "${TOPOLOGY:-}" ]; then up_topology
+    else cat "$RUN/topology" 2>/dev/null || echo single; fi
+}
+
 # ------------------------------------------------------------------------------------------ environment
 
+# load_env: the environment every process gets, for the topology in TOPOLOGY.
 load_env() {
     export REDIS_PORT=${REDIS_PORT:-6379}
     export MYSQL_PORT=${MYSQL_PORT:-3306}
@@ -64,6 +93,31 @@ load_env() {
         JWT_SECRET_SOURCE='the JWT_SECRET environment variable'
     fi
     export JWT_SECRET
+    if [ "${TOPOLOGY:-single}" = cluster ]; then load_cluster_env; fi
+}
+
+# The cluster topology's additions. REDIS_URL is the cluster this script starts (fred's syntax, every
+# node a seed); a REDIS_URL from the environment would point the engines elsewhere, so it is replaced.
+load_cluster_env() {
+    local url
+    url=$("$REPO/scripts/services.sh" cluster-url)
+    if [ "$REDIS_URL" != "$url" ] && [ "$REDIS_URL" != "redis://127.0.0.1:$REDIS_PORT" ]; then
+        log "TOPOLOGY=cluster: REDIS_URL=$REDIS_URL ignored; the engines use the cluster $url"
+    fi
+    export REDIS_URL=$url
+    # HAProxy connects to the engines from 127.0.0.1: its X-Forwarded-For names the client
+    export TRUSTED_PROXIES=${TRUSTED_PROXIES:-127.0.0.1}
+    cluster_addrs
+}
+
+# cluster_addrs: ENGINE_ADDRS and SINK_ADDRS, also as the arrays ENGINE_LIST and SINK_LIST
+cluster_addrs() {
+    export ENGINE_ADDRS=${ENGINE_ADDRS:-127.0.0.1:8091 127.0.0.1:8092}
+    export SINK_ADDRS=${SINK_ADDRS:-127.0.0.1:8081 127.0.0.1:8083}
+    read -r -a ENGINE_LIST <<<"$ENGINE_ADDRS"
+    read -r -a SINK_LIST <<<"$SINK_ADDRS"
+    [ "${#ENGINE_LIST[@]}" -ge 1 ] || die "ENGINE_ADDRS names no engine"
+    [ "${#SINK_LIST[@]}" -ge 1 ] || die "SINK_ADDRS names no sink"
 }
 
 # ------------------------------------------------------------------------------------------- processes
@@ -96,14 +150,18 @@ start() {
     fi
     mkdir -p "$RUN" "$LOGS"
     printf '\n===== %s start %s: %s\n' "$(date -u +%FT%TZ)" "$name" "$*" >>"$LOGS/$name.log"
+    # The single quotes are meant: $$ and $0 belong to the inner bash. fd 9: see scripts/services.sh.
+    # shellcheck disable=SC2016
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
     local _i; for _i in $(seq 1 50); do [ -s "$RUN/$name.pid" ] && break; sleep 0.1; done
+    # the address it was started on, for status (which does not know the environment up had)
+    echo "$addr" >"$RUN/$name.addr"
     log "started $name (pid $(cat "$RUN/$name.pid"), log $LOGS/$name.log)"
 }
 
 stop() {  # NAME PATTERN
     local name=$1 pid
-    if ! pid=$(live_pid "$name" "$2"); then rm -f "$RUN/$name.pid"; return 0; fi
+    if ! pid=$(live_pid "$name" "$2"); then rm -f "$RUN/$name.pid" "$RUN/$name.addr"; return 0; fi
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 30))
@@ -111,7 +169,7 @@ stop() {  # NAME PATTERN
         if [ "$SECONDS" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; break; fi
         sleep 0.2
     done
-    rm -f "$RUN/$name.pid"
+    rm -f "$RUN/$name.pid" "$RUN/$name.addr"
 }
 
 # wait_http NAME PID URL SECONDS
@@ -135,21 +193,70 @@ fail_with_log() {  # NAME MESSAGE
 ENGINE_PAT='flashsale serve'
 SINK_PAT='flashsale-sink run'
 MOCK_PAT='flashsale-sink mock-platform'
+HAPROXY_PAT='haproxy -db -f'
+HAPROXY_CFG=$LOCAL/haproxy/haproxy.cfg
 
+# numbered NAME: the numbered instances (NAME-1, NAME-2, ...) our pid files name, in order
+numbered() {
+    local f n
+    for f in "$RUN/$1"-[0-9]*.pid; do
+        [ -e "$f" ] || continue
+        n=${f##*/}; echo "${n%.pid}"
+    done | sort -t- -k2 -n
+}
+
+# Everything of either topology that our pid files name: the proxy first (no new requests), then the
+# engines, the sinks, the mock platform.
 stop_apps() {
+    local name
+    stop haproxy "$HAPROXY_PAT"
     stop engine "$ENGINE_PAT"
+    for name in $(numbered engine); do stop "$name" "$ENGINE_PAT"; done
     stop sink "$SINK_PAT"
+    for name in $(numbered sink); do stop "$name" "$SINK_PAT"; done
     stop mock-platform "$MOCK_PAT"
 }
 
+# refuse_other_topology TOPOLOGY: the other topology's processes share ports with this one (LISTEN_ADDR,
+# the first sink's address): say so, rather than fail on a port or run half of each.
+refuse_other_topology() {
+    local other="" name again="make up"
+    if [ "$1" = cluster ]; then
+        again="make up TOPOLOGY=cluster"
+        { live_pid engine "$ENGINE_PAT" || live_pid sink "$SINK_PAT"; } >/dev/null && other=single
+    else
+        live_pid haproxy "$HAPROXY_PAT" >/dev/null && other=cluster
+        for name in $(numbered engine); do live_pid "$name" "$ENGINE_PAT" >/dev/null && other=cluster; done
+        for name in $(numbered sink); do live_pid "$name" "$SINK_PAT" >/dev/null && other=cluster; done
+    fi
+    [ -z "$other" ] || die "the $other topology's processes run in $LOCAL: 'scripts/stack.sh stop' (or 'make down') first, then '$again'"
+}
+
+build() {
+    if [ "${FLASHSALE_SKIP_BUILD:-0}" = 1 ]; then
+        log "FLASHSALE_SKIP_BUILD=1: starting the binaries in $BIN as they are"
+        local b
+        for b in flashsale flashsale-sink; do [ -x "$BIN/$b" ] || die "$BIN/$b is missing (FLASHSALE_SKIP_BUILD=1)"; done
+        return 0
+    fi
+    local tb=$SECONDS
+    "$REPO/scripts/build.sh" || die "cargo build --release failed"
+    log "build took $((SECONDS - tb))s"
+}
+
 up() {
+    TOPOLOGY=$(up_topology)
+    export TOPOLOGY
+    refuse_other_topology "$TOPOLOGY"
+    if [ "$TOPOLOGY" = cluster ]; then up_cluster; else up_single; fi
+}
+
+up_single() {
     local t0=$SECONDS
     load_env
     "$REPO/scripts/services.sh" up
 
-    local tb=$SECONDS
-    "$REPO/scripts/build.sh" || die "cargo build --release failed"
-    log "build took $((SECONDS - tb))s"
+    build
 
     local ea sa pid
     ea="$(host_of "$LISTEN_ADDR"):$(port_of "$LISTEN_ADDR")"
@@ -162,13 +269,7 @@ up() {
     wait_http engine "$pid" "http://$ea/readyz" "$READY_TIMEOUT" \
         || fail_with_log engine "the engine is not ready at http://$ea/readyz"
 
-    if [ "$USE_MOCK" = 1 ]; then
-        start mock-platform "$MOCK_PAT" "$MOCK_PLATFORM_LISTEN_ADDR" MOCK_PLATFORM_LISTEN_ADDR \
-            "$BIN/flashsale-sink" mock-platform
-    else
-        stop mock-platform "$MOCK_PAT"
-        log "DATA_PLATFORM_URL=$DATA_PLATFORM_URL: not starting the mock data platform"
-    fi
+    start_mock
     start sink "$SINK_PAT" "$SINK_LISTEN_ADDR" SINK_LISTEN_ADDR "$BIN/flashsale-sink" run
     pid=$(cat "$RUN/sink.pid")
     wait_http sink "$pid" "http://$sa/healthz" 60 \
@@ -194,28 +295,182 @@ flashsale is up ($((SECONDS - t0))s)
 EOF
 }
 
+# start_mock: the mock data platform, unless DATA_PLATFORM_URL names a real one
+start_mock() {
+    if [ "$USE_MOCK" = 1 ]; then
+        start mock-platform "$MOCK_PAT" "$MOCK_PLATFORM_LISTEN_ADDR" MOCK_PLATFORM_LISTEN_ADDR \
+            "$BIN/flashsale-sink" mock-platform
+    else
+        stop mock-platform "$MOCK_PAT"
+        log "DATA_PLATFORM_URL=$DATA_PLATFORM_URL: not starting the mock data platform"
+    fi
+}
+
+# start_engines: engine-1 alone until it is ready (it applies the database migrations; two first-time
+# migrations at once trip over each other), then the others together.
+start_engines() {
+    local i addr pid
+    for i in "${!ENGINE_LIST[@]}"; do
+        addr=${ENGINE_LIST[$i]}
+        start "engine-$((i + 1))" "$ENGINE_PAT" "$addr" ENGINE_ADDRS \
+            env LISTEN_ADDR="$addr" ENGINE_INSTANCE=$((i + 1)) "$BIN/flashsale" serve
+        [ "$i" -eq 0 ] || continue
+        pid=$(cat "$RUN/engine-1.pid")
+        wait_http engine-1 "$pid" "http://$(host_of "$addr"):$(port_of "$addr")/readyz" "$READY_TIMEOUT" \
+            || fail_with_log engine-1 "engine-1 is not ready at http://$addr/readyz"
+    done
+    for i in "${!ENGINE_LIST[@]}"; do
+        [ "$i" -gt 0 ] || continue
+        addr=${ENGINE_LIST[$i]}
+        pid=$(cat "$RUN/engine-$((i + 1)).pid")
+        wait_http "engine-$((i + 1))" "$pid" "http://$(host_of "$addr"):$(port_of "$addr")/readyz" "$READY_TIMEOUT" \
+            || fail_with_log "engine-$((i + 1))" "engine-$((i + 1)) is not ready at http://$addr/readyz"
+    done
+}
+
+# start_sinks: one consumer group (KAFKA_GROUP), so the partitions are shared out between them;
+# each with its own /healthz and /metrics address.
+start_sinks() {
+    local i addr pid
+    for i in "${!SINK_LIST[@]}"; do
+        addr=${SINK_LIST[$i]}
+        start "sink-$((i + 1))" "$SINK_PAT" "$addr" SINK_ADDRS \
+            env SINK_LISTEN_ADDR="$addr" "$BIN/flashsale-sink" run
+    done
+    for i in "${!SINK_LIST[@]}"; do
+        addr=${SINK_LIST[$i]}
+        pid=$(cat "$RUN/sink-$((i + 1)).pid")
+        wait_http "sink-$((i + 1))" "$pid" "http://$(host_of "$addr"):$(port_of "$addr")/healthz" 60 \
+            || fail_with_log "sink-$((i + 1))" "sink-$((i + 1)) does not answer http://$addr/healthz"
+    done
+}
+
+# start_haproxy: writes the configuration (scripts/haproxy-cfg.sh), checks it, and starts HAProxy in the
+# foreground of its own session (pid file, log file, like every process here; no systemd). A running
+# HAProxy whose configuration changed (other ENGINE_ADDRS or LISTEN_ADDR) is restarted.
+start_haproxy() {
+    local new=$HAPROXY_CFG.new
+    mkdir -p "$(dirname "$HAPROXY_CFG")"
+    "$REPO/scripts/haproxy-cfg.sh" "$LISTEN_ADDR" "${ENGINE_LIST[@]}" >"$new"
+    haproxy -c -q -f "$new" || die "HAProxy rejects the generated configuration $new"
+    if live_pid haproxy "$HAPROXY_PAT" >/dev/null && ! cmp -s "$new" "$HAPROXY_CFG"; then
+        log "the HAProxy configuration changed: restarting it"
+        stop haproxy "$HAPROXY_PAT"
+    fi
+    mv "$new" "$HAPROXY_CFG"
+    start haproxy "$HAPROXY_PAT" "$LISTEN_ADDR" LISTEN_ADDR haproxy -db -f "$HAPROXY_CFG"
+}
+
+up_cluster() {
+    local t0=$SECONDS
+    load_env
+    "$REPO/scripts/services.sh" up
+
+    build
+
+    local ea pid i addr engines="" sinks=""
+    ea="$(host_of "$LISTEN_ADDR"):$(port_of "$LISTEN_ADDR")"
+    start_engines
+    start_mock
+    start_sinks
+    if [ "$USE_MOCK" = 1 ]; then
+        sleep 0.3
+        live_pid mock-platform "$MOCK_PAT" >/dev/null || fail_with_log mock-platform "the mock data platform exited"
+    fi
+    start_haproxy
+    pid=$(cat "$RUN/haproxy.pid")
+    wait_http haproxy "$pid" "http://$ea/readyz" 30 \
+        || fail_with_log haproxy "HAProxy does not answer http://$ea/readyz (no engine ready behind it?)"
+
+    for i in "${!ENGINE_LIST[@]}"; do
+        addr=${ENGINE_LIST[$i]}; engines+="${engines:+, }http://$addr (engine-$((i + 1)))"
+    done
+    for i in "${!SINK_LIST[@]}"; do
+        addr=${SINK_LIST[$i]}; sinks+="${sinks:+, }http://$addr/metrics"
+    done
+    cat <<EOF
+
+flashsale is up ($((SECONDS - t0))s, topology cluster)
+  API            http://$ea/api/v1   (HAProxy, round robin over ${#ENGINE_LIST[@]} engines, health check /readyz)
+  API docs       http://$ea/docs   (OpenAPI: http://$ea/openapi.json)
+  engines        $engines
+  metrics        /metrics of each engine (through HAProxy: whichever engine answers)
+  sink metrics   $sinks
+  data platform  $DATA_PLATFORM_URL$( [ "$USE_MOCK" = 1 ] && echo ' (mock)')
+  admin key      X-Admin-Key: $ADMIN_API_KEY
+  JWT secret     in $JWT_SECRET_SOURCE
+  services       redis cluster $REDIS_URL,
+                 mysql $DATABASE_URL, kafka $KAFKA_BROKERS
+  HAProxy        config $HAPROXY_CFG; engines trust X-Forwarded-For from TRUSTED_PROXIES=$TRUSTED_PROXIES
+  logs           $LOGS/{haproxy,engine-N,sink-N,mock-platform,redis-cluster-PORT,mysql,kafka}.log   (make logs)
+  stop           make down   (keeps data; make clean deletes it)
+redis cluster
+$("$REPO/scripts/services.sh" cluster-status 2>/dev/null | sed -n 's/^  /  /p')
+EOF
+}
+
+# What runs: the processes of the topology `up` last started (running or stopped), and any other of
+# ours that a pid file names, each with the address it was started on; for a running engine of the
+# cluster topology also its /readyz, which is what HAProxy routes by.
 status() {
-    local s name pat pid
-    for s in "engine:$ENGINE_PAT" "sink:$SINK_PAT" "mock-platform:$MOCK_PAT"; do
-        name=${s%%:*}; pat=${s#*:}
-        if pid=$(live_pid "$name" "$pat"); then printf '%-14s running  pid %s\n' "$name" "$pid"
-        else printf '%-14s stopped\n' "$name"; fi
+    local topology name pat pid names=() addr code
+    topology=$(current_topology)
+    if [ "$topology" = cluster ]; then
+        # the instances up started (their pid files stay when they die), or the default two of each
+        names=(haproxy)
+        if [ -z "$(numbered engine)" ]; then names+=(engine-1 engine-2); fi
+        if [ -z "$(numbered sink)" ]; then names+=(sink-1 sink-2); fi
+        names+=(mock-platform)
+        live_pid engine "$ENGINE_PAT" >/dev/null && names+=(engine)
+        live_pid sink "$SINK_PAT" >/dev/null && names+=(sink)
+    else
+        names=(engine sink mock-platform)
+        live_pid haproxy "$HAPROXY_PAT" >/dev/null && names+=(haproxy)
+    fi
+    for name in $(numbered engine) $(numbered sink); do
+        [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
+    done
+    for name in "${names[@]}"; do
+        case $name in
+            engine*) pat=$ENGINE_PAT ;; sink*) pat=$SINK_PAT ;;
+            haproxy) pat=$HAPROXY_PAT ;; *) pat=$MOCK_PAT ;;
+        esac
+        if ! pid=$(live_pid "$name" "$pat"); then printf '%-14s stopped\n' "$name"; continue; fi
+        if [ "$topology" = single ]; then printf '%-14s running  pid %s\n' "$name" "$pid"; continue; fi
+        addr=$(cat "$RUN/$name.addr" 2>/dev/null || echo '?')
+        if [[ $name == engine-* ]]; then
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$(host_of "$addr"):$(port_of "$addr")/readyz" || true)
+            printf '%-14s running  pid %-8s %s  (/readyz %s)\n' "$name" "$pid" "$addr" "$code"
+        else
+            printf '%-14s running  pid %-8s %s\n' "$name" "$pid" "$addr"
+        fi
     done
     "$REPO/scripts/services.sh" status || true
+}
+
+print_env() {
+    local v vars=(REDIS_URL DATABASE_URL KAFKA_BROKERS LISTEN_ADDR SINK_LISTEN_ADDR DATA_PLATFORM_URL
+                  ADMIN_API_KEY JWT_SECRET FLASHSALE_ENV CARGO_TARGET_DIR)
+    TOPOLOGY=$(current_topology)
+    load_env
+    [ "$TOPOLOGY" = single ] || vars+=(TOPOLOGY ENGINE_ADDRS SINK_ADDRS TRUSTED_PROXIES)
+    for v in "${vars[@]}"; do
+        printf 'export %s=%q\n' "$v" "${!v}"
+    done
 }
 
 case "${1:-}" in
     up) up ;;
     down) stop_apps; "$REPO/scripts/services.sh" down ;;
     stop) stop_apps ;;
-    status) status ;;
-    env)
-        load_env
-        for v in REDIS_URL DATABASE_URL KAFKA_BROKERS LISTEN_ADDR SINK_LISTEN_ADDR DATA_PLATFORM_URL \
-                 ADMIN_API_KEY JWT_SECRET FLASHSALE_ENV CARGO_TARGET_DIR; do
-            printf 'export %s=%q\n' "$v" "${!v}"
-        done
+    restart)
+        TOPOLOGY=$(current_topology)
+        export TOPOLOGY
+        stop_apps
+        up
         ;;
+    status) status ;;
+    env) print_env ;;
     logs)
         mkdir -p "$LOGS"
         shopt -s nullglob
@@ -223,5 +478,5 @@ case "${1:-}" in
         [ "${#files[@]}" -gt 0 ] || die "no logs in $LOGS yet"
         exec tail -n "${LINES_PER_LOG:-30}" -F "${files[@]}"
         ;;
-    *) echo "usage: $0 up|down|stop|status|env|logs" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|stop|restart|status|env|logs" >&2; exit 2 ;;
 esac
