@@ -238,6 +238,7 @@ impl Relay {
                 _ = stop.changed() => {}
             }
         }
+        let _ = self.redis.quit().await;
         tracing::debug!(partition = %self.partition, "relay stopped");
     }
 
@@ -599,7 +600,7 @@ fn kafka_message(fields: &HashMap<String, String>) -> Option<(String, String, St
 }
 
 /// `[[id, [field, value, ...]], ...]` as entries; entries whose content is gone (nil) are skipped.
-fn parse_entries(list: Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(list: Value) -> Vec<Entry> {
     list.into_array()
         .into_iter()
         .filter_map(|entry| {
