@@ -252,7 +252,15 @@ impl Relay {
         let retry_max = Duration::from_millis(settings.relay_retry_max_ms).max(Duration::from_secs(1));
         let mut wait = retry_base;
         loop {
-            match crate::kafka::ensure_topics(connections).await {
+            if *stop.borrow() {
+                return false;
+            }
+            // Stopping must not wait for an admin request to an unreachable broker to time out.
+            let attempt = tokio::select! {
+                attempt = crate::kafka::ensure_topics(connections) => attempt,
+                _ = stop.changed() => return false,
+            };
+            match attempt {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "Kafka topics not ready; the relay waits");
