@@ -49,8 +49,9 @@ if previous == 'PAID' then
   if o.coupon_id ~= '' then
     local held = redis.call('HGET', KEYS[3], o.coupon_id)
     if held then
-      local _, _, issued_ms, _, event_id, issued_at = string.find(held, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-      redis.call('HSET', KEYS[3], o.coupon_id, issued_ms .. '|0|' .. event_id .. '|' .. issued_at)
+      local w = wallet_parse(held)
+      w.used = '0'
+      redis.call('HSET', KEYS[3], o.coupon_id, wallet_entry(w))
     end
   end
   for _, item in ipairs(items) do

@@ -3,11 +3,10 @@
 -- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
 -- KEYS[2] member hash           fs:{P}:member:ID
 -- KEYS[3] member coupons hash   fs:{P}:member:ID:coupons
--- KEYS[4] coupon hash           fs:{P}:coupon:ID (any key when no coupon is given; then untouched)
--- KEYS[5] reservations zset     fs:{P}:reservations
--- KEYS[6] popular day zset      fs:{P}:popular:YYYYMMDD (today, UTC)
--- KEYS[7] idempotency key       fs:{P}:idem:MEMBER:SHA
--- KEYS[8] outbox stream         fs:{P}:outbox (the owner's partition)
+-- KEYS[4] reservations zset     fs:{P}:reservations
+-- KEYS[5] popular day zset      fs:{P}:popular:YYYYMMDD (today, UTC)
+-- KEYS[6] idempotency key       fs:{P}:idem:MEMBER:SHA
+-- KEYS[7] outbox stream         fs:{P}:outbox (the owner's partition)
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] coupon id or ''
 -- ARGV[5] today YYYYMMDD (the engine's popular bucket)   ARGV[6] popular day TTL (s)   ARGV[7] event id
 -- Order expiry and coupon validity are checked against Redis time, which also stamps paid_at.
@@ -24,7 +23,7 @@
 if not redis.call('HGET', KEYS[2], 'id') then
   return refuse_unstored(404, 'NOT_FOUND', 'member not found')
 end
-local early = idem_begin(KEYS[7], ARGV[1], ARGV[2])
+local early = idem_begin(KEYS[6], ARGV[1], ARGV[2])
 if early then return early end
 
 local o = hgetall(KEYS[1])
@@ -44,26 +43,27 @@ local discount = 0
 local coupon_id = ARGV[4]
 local coupon_entry = nil
 if coupon_id ~= '' then
+  -- The wallet entry carries the coupon's terms (they never change): the member's slot decides alone.
   local held = redis.call('HGET', KEYS[3], coupon_id)
-  local c = redis.call('HMGET', KEYS[4], 'id', 'discount_type', 'discount_value', 'valid_from_ms', 'valid_until_ms')
-  if not held or not c[1] or c[1] ~= coupon_id then
+  if not held then
     return fail(409, 'COUPON_NOT_USABLE', 'the member does not hold this coupon')
   end
-  local _, _, issued_ms, used, event_id, issued_at = string.find(held, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-  if used ~= '0' then
+  local w = wallet_parse(held)
+  if w.used ~= '0' then
     return fail(409, 'COUPON_NOT_USABLE', 'the coupon was already used')
   end
-  if now < tonumber(c[4]) or now > tonumber(c[5]) then
+  if now < tonumber(w.valid_from_ms) or now > tonumber(w.valid_until_ms) then
     return fail(409, 'COUPON_NOT_USABLE', 'the coupon is not valid at this time')
   end
-  local value = tonumber(c[3])
-  if c[2] == 'PERCENT' then
+  local value = tonumber(w.discount_value)
+  if w.discount_type == 'PERCENT' then
     discount = math.floor(total * value / 100)
   else
     discount = value
   end
   if discount > total then discount = total end
-  coupon_entry = issued_ms .. '|' .. o.id .. '|' .. event_id .. '|' .. issued_at
+  w.used = o.id
+  coupon_entry = wallet_entry(w)
 end
 local paid = total - discount
 local balance = tonumber(redis.call('HGET', KEYS[2], 'balance') or '0')
@@ -79,11 +79,11 @@ o.status, o.discount_amount, o.paid_amount = 'PAID', int(discount), int(paid)
 o.coupon_id, o.paid_at, o.paid_day = coupon_id, rfc3339(now), ARGV[5]
 redis.call('HSET', KEYS[1], 'status', o.status, 'discount_amount', o.discount_amount, 'paid_amount', o.paid_amount,
   'coupon_id', o.coupon_id, 'paid_at', o.paid_at, 'paid_day', o.paid_day)
-redis.call('ZREM', KEYS[5], o.id)
+redis.call('ZREM', KEYS[4], o.id)
 for _, item in ipairs(cjson.decode(o.items)) do
-  redis.call('ZINCRBY', KEYS[6], int(item.quantity), int(item.product_id))
+  redis.call('ZINCRBY', KEYS[5], int(item.quantity), int(item.product_id))
 end
-redis.call('EXPIRE', KEYS[6], ARGV[6])
+redis.call('EXPIRE', KEYS[5], ARGV[6])
 local snapshot = order_snapshot(o)
-outbox(KEYS[8], ARGV[7], 'order.paid', 'order:' .. o.id, o.paid_at, { order = snapshot, balance_after = balance_after })
+outbox(KEYS[7], ARGV[7], 'order.paid', 'order:' .. o.id, o.paid_at, { order = snapshot, balance_after = balance_after })
 return ok(200, snapshot)

@@ -106,19 +106,23 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
     result
 }
 
-/// Creates the relay's consumer group on every partition's outbox stream (and the streams) when missing.
+/// Creates the consumer groups (the relay's and the saga workers') on every partition's outbox stream
+/// (and the streams) when missing.
 pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
-    futures::future::try_join_all(crate::partition::Partition::all().map(|p| async move {
-        let result: Result<(), fred::error::Error> = redis
-            .next()
-            .xgroup_create(keys.outbox(p), RELAY_GROUP, "0", true)
-            .await;
-        match result {
-            Err(e) if !e.details().contains("BUSYGROUP") => {
-                Err(e).context("creating the relay group")
+    let groups = [RELAY_GROUP, crate::saga::SAGA_GROUP];
+    futures::future::try_join_all(crate::partition::Partition::all().flat_map(|p| {
+        groups.map(|group| async move {
+            let result: Result<(), fred::error::Error> = redis
+                .next()
+                .xgroup_create(keys.outbox(p), group, "0", true)
+                .await;
+            match result {
+                Err(e) if !e.details().contains("BUSYGROUP") => {
+                    Err(e).with_context(|| format!("creating the {group} group"))
+                }
+                _ => Ok(()),
             }
-            _ => Ok(()),
-        }
+        })
     }))
     .await?;
     Ok(())
@@ -233,6 +237,7 @@ impl Application {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::saga::run_all(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::abuse::prune_periodically(
             self.state.clone(),

@@ -105,8 +105,18 @@ impl Keys {
         self.in_partition(Partition::of_id(id), format_args!("coupon:{id}"))
     }
 
+    /// member id -> `issue event id|issued_at` of the members holding the coupon.
     pub fn coupon_holders(&self, id: i64) -> String {
         self.in_partition(Partition::of_id(id), format_args!("coupon:{id}:holders"))
+    }
+
+    /// The idempotency record of a coupon issue: in the COUPON's slot, where the issue is decided
+    /// (scoped to the member like every record).
+    pub fn coupon_idempotency(&self, coupon_id: i64, member_id: i64, key_digest: &str) -> String {
+        self.in_partition(
+            Partition::of_id(coupon_id),
+            format_args!("idem:{member_id}:{key_digest}"),
+        )
     }
 
     // ------------------------------------------------------------------------------------- outbox

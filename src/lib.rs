@@ -23,6 +23,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod relay;
 pub mod routes;
+pub mod saga;
 pub mod scripts;
 pub mod state;
 pub mod telemetry;

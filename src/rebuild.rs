@@ -165,19 +165,32 @@ pub async fn rebuild(
             )
             .await?;
     }
+    // Wallet entries carry the coupon's terms (lua/lib/prelude.lua, wallet_entry).
+    let terms: HashMap<i64, (String, i64, NaiveDateTime, NaiveDateTime)> = coupons
+        .iter()
+        .map(|(id, _, kind, value, _, _, from, until, _)| (*id, (kind.clone(), *value, *from, *until)))
+        .collect();
     let issued: Vec<(i64, i64, NaiveDateTime, Option<i64>)> =
         sqlx::query_as("SELECT coupon_id, member_id, issued_at, used_order_id FROM issued_coupons")
             .fetch_all(db)
             .await?;
     for (coupon, member, issued_at, used) in &issued {
         let _: () = client
-            .sadd(keys.coupon_holders(*coupon), member.to_string())
+            .hset(
+                keys.coupon_holders(*coupon),
+                (member.to_string(), format!("rebuilt|{}", at(*issued_at))),
+            )
             .await?;
+        let Some((kind, value, from, until)) = terms.get(coupon) else {
+            continue;
+        };
         let entry = format!(
-            "{}|{}|rebuilt|{}",
+            "{}|{}|rebuilt|{}|{kind}|{value}|{}|{}",
             issued_at.and_utc().timestamp_millis(),
             used.unwrap_or(0),
-            at(*issued_at)
+            at(*issued_at),
+            from.and_utc().timestamp_millis(),
+            until.and_utc().timestamp_millis(),
         );
         let _: () = client
             .hset(keys.member_coupons(*member), (coupon.to_string(), entry))

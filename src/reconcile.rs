@@ -177,7 +177,7 @@ async fn compare_range(
             );
             let mut issued = BTreeMap::new();
             for id in remaining.keys() {
-                let holders: i64 = redis.scard(keys.coupon_holders(*id)).await?;
+                let holders: i64 = redis.hlen(keys.coupon_holders(*id)).await?;
                 issued.insert(*id, holders.to_string());
             }
             let issued_mysql = mysql_map(

@@ -238,6 +238,7 @@ impl Relay {
                 _ = stop.changed() => {}
             }
         }
+        let _ = self.redis.quit().await;
         tracing::debug!(partition = %self.partition, "relay stopped");
     }
 
@@ -251,7 +252,15 @@ impl Relay {
         let retry_max = Duration::from_millis(settings.relay_retry_max_ms).max(Duration::from_secs(1));
         let mut wait = retry_base;
         loop {
-            match crate::kafka::ensure_topics(connections).await {
+            if *stop.borrow() {
+                return false;
+            }
+            // Stopping must not wait for an admin request to an unreachable broker to time out.
+            let attempt = tokio::select! {
+                attempt = crate::kafka::ensure_topics(connections) => attempt,
+                _ = stop.changed() => return false,
+            };
+            match attempt {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?wait, "Kafka topics not ready; the relay waits");
@@ -599,7 +608,7 @@ fn kafka_message(fields: &HashMap<String, String>) -> Option<(String, String, St
 }
 
 /// `[[id, [field, value, ...]], ...]` as entries; entries whose content is gone (nil) are skipped.
-fn parse_entries(list: Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(list: Value) -> Vec<Entry> {
     list.into_array()
         .into_iter()
         .filter_map(|entry| {

@@ -153,3 +153,21 @@ local function items_match(items, first)
 end
 
 -- End of prelude; the operation follows.
+
+-- A member's wallet entry for one coupon (fs:{P}:member:ID:coupons, field = coupon id), as
+-- "issued_ms|used_order_id|issue_event_id|issued_at|discount_type|discount_value|valid_from_ms|valid_until_ms"
+-- (used_order_id 0 = unused). It carries the coupon's terms, which never change, so paying with the
+-- coupon needs the member's slot only.
+local function wallet_entry(w)
+  return table.concat({ int(w.issued_ms), w.used, w.event_id, w.issued_at, w.discount_type, w.discount_value,
+    w.valid_from_ms, w.valid_until_ms }, '|')
+end
+
+local function wallet_parse(entry)
+  local f = {}
+  for part in string.gmatch(entry .. '|', '([^|]*)|') do
+    f[#f + 1] = part
+  end
+  return { issued_ms = tonumber(f[1]), used = f[2], event_id = f[3], issued_at = f[4], discount_type = f[5],
+    discount_value = f[6], valid_from_ms = f[7], valid_until_ms = f[8] }
+end

@@ -112,6 +112,20 @@ pub async fn pay(
         popular_day_ttl_secs: POPULAR_DAY_TTL_SECS,
         event_id: event_id(),
     };
+    if let Some(coupon_id) = coupon {
+        // Paying right after the issue can beat the saga step that fills the wallet (its lag is
+        // milliseconds): complete the step here first. It is idempotent; the worker's run then
+        // changes nothing.
+        let in_wallet: bool = state
+            .redis
+            .hexists(state.keys.member_coupons(member), coupon_id.to_string())
+            .await?;
+        if !in_wallet {
+            crate::saga::complete_wallet(&state, member, coupon_id)
+                .await
+                .map_err(ApiError::Internal)?;
+        }
+    }
     let reply = state
         .scripts
         .invoke(&state.redis, &state.keys, &call)

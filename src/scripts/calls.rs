@@ -193,7 +193,7 @@ impl ScriptCall for CouponCreate {
     }
 }
 
-/// lua/coupon_issue.lua
+/// lua/coupon_issue.lua: decided in the coupon's slot alone (the wallet follows: CouponWalletAdd).
 pub struct CouponIssue {
     pub coupon_id: i64,
     pub member_id: i64,
@@ -207,10 +207,12 @@ impl ScriptCall for CouponIssue {
         vec![
             keys.coupon(self.coupon_id),
             keys.coupon_holders(self.coupon_id),
-            keys.member_coupons(self.member_id),
-            self.idem.key(keys, self.member_id),
+            keys.coupon_idempotency(
+                self.coupon_id,
+                self.member_id,
+                self.idem.digest.as_deref().unwrap_or("none"),
+            ),
             keys.outbox(Partition::of_id(self.coupon_id)),
-            keys.member(self.member_id),
         ]
     }
     fn args(&self) -> Vec<String> {
@@ -221,6 +223,36 @@ impl ScriptCall for CouponIssue {
             self.member_id.to_string(),
             self.event_id.clone(),
         ]
+    }
+}
+
+/// lua/coupon_wallet_add.lua: the member-side step of a coupon issue (src/saga.rs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CouponWalletAdd {
+    pub member_id: i64,
+    pub coupon_id: i64,
+    /// The wallet entry coupon_issue.lua put in its event.
+    pub entry: String,
+}
+
+impl CouponWalletAdd {
+    /// From a `coupon.issued` event's payload.
+    pub fn from_issued(payload: &serde_json::Value) -> Option<Self> {
+        Some(Self {
+            member_id: payload.get("member_id")?.as_i64()?,
+            coupon_id: payload.get("coupon_id")?.as_i64()?,
+            entry: payload.get("wallet")?.as_str()?.to_string(),
+        })
+    }
+}
+
+impl ScriptCall for CouponWalletAdd {
+    const SCRIPT: Script = Script::CouponWalletAdd;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.member(self.member_id), keys.member_coupons(self.member_id)]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![self.coupon_id.to_string(), self.entry.clone()]
     }
 }
 
@@ -263,7 +295,7 @@ impl ScriptCall for OrderReserve {
     }
 }
 
-/// lua/order_pay.lua
+/// lua/order_pay.lua: the member's slot alone (the wallet entry carries the coupon's terms).
 pub struct OrderPay {
     pub member_id: i64,
     pub order_id: i64,
@@ -283,7 +315,6 @@ impl ScriptCall for OrderPay {
             keys.order(self.member_id, self.order_id),
             keys.member(self.member_id),
             keys.member_coupons(self.member_id),
-            keys.coupon(self.coupon_id.unwrap_or(0)),
             keys.reservations(partition),
             keys.popular_day(partition, &self.day),
             self.idem.key(keys, self.member_id),

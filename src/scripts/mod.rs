@@ -26,6 +26,7 @@ pub enum Script {
     ProductStockAdd,
     CouponCreate,
     CouponIssue,
+    CouponWalletAdd,
     OrderReserve,
     OrderPay,
     OrderCancel,
@@ -33,13 +34,14 @@ pub enum Script {
 }
 
 impl Script {
-    pub const ALL: [Script; 10] = [
+    pub const ALL: [Script; 11] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
         Script::ProductStockAdd,
         Script::CouponCreate,
         Script::CouponIssue,
+        Script::CouponWalletAdd,
         Script::OrderReserve,
         Script::OrderPay,
         Script::OrderCancel,
@@ -55,6 +57,7 @@ impl Script {
             Script::ProductStockAdd => "product_stock_add",
             Script::CouponCreate => "coupon_create",
             Script::CouponIssue => "coupon_issue",
+            Script::CouponWalletAdd => "coupon_wallet_add",
             Script::OrderReserve => "order_reserve",
             Script::OrderPay => "order_pay",
             Script::OrderCancel => "order_cancel",
@@ -70,6 +73,7 @@ impl Script {
             Script::ProductStockAdd => include_str!("../../lua/product_stock_add.lua"),
             Script::CouponCreate => include_str!("../../lua/coupon_create.lua"),
             Script::CouponIssue => include_str!("../../lua/coupon_issue.lua"),
+            Script::CouponWalletAdd => include_str!("../../lua/coupon_wallet_add.lua"),
             Script::OrderReserve => include_str!("../../lua/order_reserve.lua"),
             Script::OrderPay => include_str!("../../lua/order_pay.lua"),
             Script::OrderCancel => include_str!("../../lua/order_cancel.lua"),

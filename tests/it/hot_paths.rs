@@ -38,7 +38,7 @@ async fn coupon_rush_issues_exactly_the_quantity() {
     assert_eq!(view["remaining"], 0);
     let holders: Vec<String> = app
         .redis
-        .smembers(app.keys.coupon_holders(coupon))
+        .hkeys(app.keys.coupon_holders(coupon))
         .await
         .unwrap();
     assert_eq!(

@@ -465,13 +465,16 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
     );
     assert_eq!(c.num(&c.k.coupon(9), "remaining").await, 0);
     assert_eq!(
-        c.set(&c.k.coupon_holders(9)).await,
-        ["1".to_string()].into()
+        c.hash(&c.k.coupon_holders(9)).await,
+        [("1".to_string(), format!("{e1}|{TIME}"))].into()
     );
-    // "issued_ms|0|event|issued_at", stamped with Redis time.
+    // The wallet entry (written by the saga step from the event): "issued_ms|0|event|issued_at" and
+    // the coupon's terms, stamped with Redis time.
     let entry = c.field(&c.k.member_coupons(M), "9").await.unwrap();
     let parts: Vec<&str> = entry.split('|').collect();
-    assert_eq!(parts.len(), 4, "{entry}");
+    assert_eq!(parts.len(), 8, "{entry}");
+    assert_eq!(&parts[4..6], ["FIXED", "500"], "{entry}");
+    assert_eq!(c.run_wallet_step(&e1).await, "present", "a second run changes nothing");
     let issued_ms: i64 = parts[0].parse().expect("issued_ms");
     assert!(
         t0 <= issued_ms && issued_ms <= t1,
@@ -486,7 +489,7 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
         "the body's issued_at is the entry's"
     );
     // No key sent: the placeholder record is left alone.
-    assert!(!c.exists(&c.k.idempotency(M, "none")).await);
+    assert!(!c.exists(&c.k.coupon_idempotency(9, M, "none")).await);
     let e = c.last_event().await;
     assert_eq!(
         (
@@ -536,7 +539,7 @@ async fn coupon_issue_with_key_replays_and_records_refusals() {
     c.member_with(M, 0, t).await;
     c.coupon(2, "PERCENT", 10, 5, t - 10_000, t + 10_000, t)
         .await;
-    let idem = c.idem(M);
+    let idem = c.coupon_idem(2, M);
     let reply = c.issue(2, M, Some(&idem), &ev(), t).await;
     ok_body(&reply, 201);
     assert_ok_record(&c, &idem, 201, &ok_raw(&reply)).await;
@@ -561,7 +564,7 @@ async fn coupon_issue_with_key_replays_and_records_refusals() {
     assert_eq!(c.dump().await, before);
 
     // A refusal under a key is recorded and replayed as a problem.
-    let again = c.idem(M);
+    let again = c.coupon_idem(2, M);
     assert_refused(
         &c.issue(2, M, Some(&again), &ev(), t + 6).await,
         409,
@@ -592,7 +595,7 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
         .await;
     let before = c.dump().await;
 
-    let idem = c.idem(M);
+    let idem = c.coupon_idem(77, M);
     assert_refused(
         &c.issue(77, M, Some(&idem), &ev(), t).await,
         404,
@@ -610,7 +613,7 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
             "COUPON_NOT_ACTIVE",
         );
         assert_eq!(c.dump().await, before);
-        let idem = c.idem(M);
+        let idem = c.coupon_idem(coupon, M);
         assert_refused(
             &c.issue(coupon, M, Some(&idem), &ev(), t).await,
             422,
@@ -627,7 +630,10 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
     ok_body(&c.issue(5, M2, None, &ev(), t).await, 201);
     assert_eq!(c.num(&c.k.coupon(5), "remaining").await, 8);
     assert_eq!(
-        c.set(&c.k.coupon_holders(5)).await,
+        c.hash(&c.k.coupon_holders(5))
+            .await
+            .into_keys()
+            .collect::<std::collections::BTreeSet<_>>(),
         ["1".to_string(), "2".to_string()].into()
     );
     // A window that closes shortly: issued inside it, refused once Redis time has passed it.
@@ -645,15 +651,15 @@ async fn coupon_issue_refuses_unknown_and_inactive_coupons() {
     );
     assert_eq!(c.dump().await, before);
     assert_eq!(c.num(&c.k.coupon(6), "remaining").await, 9);
-    // An unknown member (a stale token) is refused before anything else, writing nothing at all.
-    let idem = c.idem(99);
-    assert_refused(
-        &c.issue(5, 99, Some(&idem), &ev(), t).await,
-        404,
-        "NOT_FOUND",
-    );
-    assert!(!c.exists(&idem.key).await);
-    assert_eq!(c.dump().await, before);
+    // A member Redis does not know (a stale token after a Redis loss): the coupon's slot cannot see
+    // members, so the coupon is issued; the wallet step writes nothing for the unknown member (the
+    // engine logs and counts it: flashsale_saga_steps_total{outcome="no_member"}).
+    let idem = c.coupon_idem(5, 99);
+    let e99 = ev();
+    ok_body(&c.issue(5, 99, Some(&idem), &e99, t).await, 201);
+    assert_eq!(c.run_wallet_step(&e99).await, "no_member");
+    assert!(!c.exists(&c.k.member_coupons(99)).await);
+    assert!(!c.exists(&c.k.member(99)).await);
     c.cleanup().await;
 }
 
@@ -1109,7 +1115,13 @@ async fn order_pay_refuses_unusable_coupons_changing_nothing() {
     c.hset(
         &c.k.member_coupons(M),
         "4",
-        &format!("{now}|0|{}|{}", ev(), lua_support::rfc(now)),
+        &format!(
+            "{now}|0|{}|{}|FIXED|10|{}|{}",
+            ev(),
+            lua_support::rfc(now),
+            now + 60_000,
+            now + 120_000
+        ),
     )
     .await;
     c.reserved(M, 70, &[(1, 1)], t).await;

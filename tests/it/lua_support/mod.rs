@@ -10,7 +10,7 @@ use flashsale::keys::Keys;
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
 use flashsale::scripts::calls::{
-    CouponCreate, CouponIssue, Idem as TypedIdem, MemberSignup, OrderCancel, OrderExpire,
+    CouponCreate, CouponIssue, CouponWalletAdd, Idem as TypedIdem, MemberSignup, OrderCancel, OrderExpire,
     OrderPay, OrderReserve, PointsCharge, ProductCreate, ProductStockAdd,
 };
 use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
@@ -195,6 +195,16 @@ impl Ctx {
             .await
             .expect("cleanup");
         let _ = self.redis.quit().await;
+    }
+
+    /// A record for a coupon issue: it lives in the coupon's slot, where the issue is decided.
+    pub fn coupon_idem(&self, coupon: i64, member: i64) -> Idem {
+        let digest = uuid::Uuid::new_v4().simple().to_string();
+        Idem {
+            key: self.k.coupon_idempotency(coupon, member, &digest),
+            digest,
+            fp: format!("fp-{}", uuid::Uuid::new_v4().simple()),
+        }
     }
 
     pub fn idem(&self, member: i64) -> Idem {
@@ -516,13 +526,35 @@ impl Ctx {
                 fingerprint: "fp-no-key".into(),
             },
         };
-        self.invoke(&CouponIssue {
-            coupon_id: coupon,
-            member_id: member,
-            idem,
-            event_id: event.into(),
-        })
-        .await
+        let reply = self
+            .invoke(&CouponIssue {
+                coupon_id: coupon,
+                member_id: member,
+                idem,
+                event_id: event.into(),
+            })
+            .await;
+        if matches!(reply, ScriptReply::Ok { .. }) {
+            self.run_wallet_step(event).await;
+        }
+        reply
+    }
+
+    /// The saga step the engine's worker runs for a coupon.issued event (src/saga.rs), run here at once
+    /// so the tests see the wallet entry; running it again changes nothing.
+    pub async fn run_wallet_step(&self, event: &str) -> String {
+        let Some(issued) = self.events().await.into_iter().find(|e| {
+            e.event_id == event && e.kind == "coupon.issued"
+        }) else {
+            return "no event".into();
+        };
+        let call = CouponWalletAdd::from_issued(&issued.payload).expect("wallet fields in the event");
+        self.scripts
+            .run_call(&self.redis, &self.k, &call)
+            .await
+            .expect("coupon_wallet_add")
+            .as_string()
+            .expect("coupon_wallet_add returns a string")
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,233 @@
+//! Saga steps driven from the outbox. An operation that spans two owners is decided in one owner's
+//! slot (one script, its event appended to that partition's outbox); the step in the other owner's
+//! slot follows from the event. Every engine runs one saga worker per partition, reading the
+//! partition's outbox through the `sagas` consumer group (engines share the partitions), running the
+//! step, and acknowledging the entry only after the step ran. Steps are idempotent by the event, so a
+//! redelivery (a crash between step and XACK, a claim of a dead engine's entries) changes nothing.
+//!
+//! Steps:
+//! - `coupon.issued` -> `coupon_wallet_add` in the member's slot (the wallet entry, with the coupon's
+//!   terms, that `/me/coupons` lists and pay uses). `/me/coupons` therefore follows an issue by the
+//!   worker's lag (measured by `flashsale_saga_lag_seconds`).
+
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::Value;
+use tokio::sync::watch;
+
+use crate::app::connect_redis_client;
+use crate::partition::Partition;
+use crate::scripts::calls::CouponWalletAdd;
+use crate::state::AppState;
+
+pub const SAGA_GROUP: &str = "sagas";
+
+/// Entries read per round.
+const BATCH: u64 = 100;
+/// An entry pending this long with a consumer is taken over (its engine died or hangs).
+const CLAIM_IDLE_MS: u64 = 5_000;
+
+/// Runs a saga worker per partition until stopped.
+pub async fn run_all(state: AppState, stop: watch::Receiver<bool>) {
+    let consumer = format!("saga-{}", uuid::Uuid::new_v4().simple());
+    let mut workers = tokio::task::JoinSet::new();
+    for partition in Partition::all() {
+        workers.spawn(run(state.clone(), partition, consumer.clone(), stop.clone()));
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+async fn run(
+    state: AppState,
+    partition: Partition,
+    consumer: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let outbox = state.keys.outbox(partition);
+    // Blocking reads need a connection of their own.
+    let client = loop {
+        match connect_redis_client(&state.settings.connections).await {
+            Ok(client) => break client,
+            Err(e) => {
+                tracing::warn!(error = %e, "saga worker cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let mut own_pending = true;
+    let mut last_claim = Instant::now();
+    let mut failures = 0u32;
+    while !*stop.borrow() {
+        let round = async {
+            let mut entries = Vec::new();
+            if own_pending {
+                // What this consumer read before and did not acknowledge (none after a fresh start:
+                // the consumer name is new; kept for the failure path below).
+                entries = read(&client, &outbox, &consumer, "0", None).await?;
+                own_pending = !entries.is_empty();
+            }
+            if last_claim.elapsed() >= Duration::from_millis(CLAIM_IDLE_MS) {
+                last_claim = Instant::now();
+                entries.extend(claim(&client, &outbox, &consumer).await?);
+            }
+            if entries.is_empty() {
+                entries = read(&client, &outbox, &consumer, ">", Some(1_000)).await?;
+            }
+            let mut done = Vec::new();
+            let mut failed = None;
+            for (id, fields) in &entries {
+                match step(&state, fields).await {
+                    Ok(()) => done.push(id.clone()),
+                    Err(e) => {
+                        // The rest stays pending with this consumer and is retried in order.
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !done.is_empty() {
+                let _: i64 = client.xack(outbox.as_str(), SAGA_GROUP, done).await?;
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok::<_, anyhow::Error>(()),
+            }
+        };
+        tokio::select! {
+            result = round => match result {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Left pending: retried from our own pending list after a capped backoff.
+                    own_pending = true;
+                    failures += 1;
+                    metrics::counter!("flashsale_saga_errors_total").increment(1);
+                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
+                    tracing::warn!(partition = %partition, error = %e, retry_in = ?wait, "saga step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            },
+            _ = stop.changed() => {}
+        }
+    }
+    let _ = client.quit().await;
+}
+
+/// Runs the step an outbox entry calls for (most events call for none).
+async fn step(state: &AppState, fields: &std::collections::HashMap<String, String>) -> anyhow::Result<()> {
+    let kind = fields.get("type").map(String::as_str).unwrap_or_default();
+    if kind != "coupon.issued" {
+        return Ok(());
+    }
+    let payload: serde_json::Value = serde_json::from_str(fields.get("payload").map(String::as_str).unwrap_or("{}"))?;
+    let Some(call) = CouponWalletAdd::from_issued(&payload) else {
+        tracing::error!(payload = %payload, "coupon.issued without the wallet fields; skipped");
+        metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => "malformed").increment(1);
+        return Ok(());
+    };
+    let outcome: String = state
+        .scripts
+        .run_call(&state.redis, &state.keys, &call)
+        .await?
+        .as_string()
+        .unwrap_or_default();
+    let outcome: &'static str = match outcome.as_str() {
+        "added" => "added",
+        "present" => "present",
+        _ => "no_member",
+    };
+    if outcome == "no_member" {
+        tracing::error!(member_id = call.member_id, coupon_id = call.coupon_id, "coupon issued to a member Redis does not know; no wallet entry");
+    }
+    metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => outcome).increment(1);
+    if let Some(at) = fields.get("at").and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok()) {
+        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_milliseconds().max(0);
+        metrics::histogram!("flashsale_saga_lag_seconds", "step" => "coupon_wallet_add").record(lag as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+/// Read-your-writes for pay: when a member pays with a coupon the coupon's slot already issued to them
+/// but whose wallet entry the saga worker has not written yet (its lag, milliseconds), the engine runs
+/// the step itself (idempotent, the worker's later run changes nothing). True when the wallet now has
+/// the coupon.
+pub async fn complete_wallet(state: &AppState, member_id: i64, coupon_id: i64) -> anyhow::Result<bool> {
+    let held: Option<String> = state
+        .redis
+        .hget(state.keys.coupon_holders(coupon_id), member_id.to_string())
+        .await?;
+    let Some(held) = held else {
+        return Ok(false);
+    };
+    let terms: Vec<Option<String>> = state
+        .redis
+        .hmget(
+            state.keys.coupon(coupon_id),
+            vec!["discount_type", "discount_value", "valid_from_ms", "valid_until_ms"],
+        )
+        .await?;
+    let (event_id, issued_at) = held.split_once('|').unwrap_or((held.as_str(), ""));
+    let issued_ms = chrono::DateTime::parse_from_rfc3339(issued_at)
+        .map(|at| at.timestamp_millis())
+        .unwrap_or(0);
+    let term = |i: usize| terms.get(i).cloned().flatten().unwrap_or_default();
+    let call = CouponWalletAdd {
+        member_id,
+        coupon_id,
+        entry: [
+            issued_ms.to_string(),
+            "0".into(),
+            event_id.to_string(),
+            issued_at.to_string(),
+            term(0),
+            term(1),
+            term(2),
+            term(3),
+        ]
+        .join("|"),
+    };
+    let outcome = state
+        .scripts
+        .run_call(&state.redis, &state.keys, &call)
+        .await?
+        .as_string()
+        .unwrap_or_default();
+    metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => "completed_by_pay")
+        .increment(1);
+    Ok(outcome == "added")
+}
+
+type Entry = (String, std::collections::HashMap<String, String>);
+
+async fn read(client: &Client, outbox: &str, consumer: &str, from: &str, block: Option<u64>) -> anyhow::Result<Vec<Entry>> {
+    let response: Value = client
+        .xreadgroup(SAGA_GROUP, consumer, Some(BATCH), block, false, outbox, from)
+        .await?;
+    let mut entries = Vec::new();
+    for stream in response.into_array() {
+        let mut parts = stream.into_array().into_iter();
+        let _name = parts.next();
+        if let Some(list) = parts.next() {
+            entries.extend(crate::relay::parse_entries(list));
+        }
+    }
+    Ok(entries)
+}
+
+async fn claim(client: &Client, outbox: &str, consumer: &str) -> anyhow::Result<Vec<Entry>> {
+    let reply: Value = client
+        .xautoclaim(outbox, SAGA_GROUP, consumer, CLAIM_IDLE_MS, "0-0", Some(BATCH), false)
+        .await?;
+    Ok(reply
+        .into_array()
+        .into_iter()
+        .nth(1)
+        .map(crate::relay::parse_entries)
+        .unwrap_or_default())
+}
