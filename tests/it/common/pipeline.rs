@@ -128,11 +128,46 @@ pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
             }
             Err(e) => panic!("reconcile runs: {e:#}"),
         };
-        if report.in_sync || started.elapsed() > timeout {
+        // In sync, but a reservation about to expire will append an event after we return: the
+        // pipeline is drained only when nothing is due within the next few seconds.
+        let settling = report.in_sync && expiring_soon(app).await;
+        if (report.in_sync && !settling) || started.elapsed() > timeout {
             return report;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Whether any partition holds a reservation due within the next five seconds (by Redis time).
+async fn expiring_soon(app: &TestApp) -> bool {
+    let time: Vec<i64> = app
+        .redis
+        .next()
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false),
+            Vec::<String>::new(),
+        )
+        .await
+        .expect("TIME");
+    let now_ms = time.first().copied().unwrap_or_default() * 1000
+        + time.get(1).copied().unwrap_or_default() / 1000;
+    for p in flashsale::partition::Partition::all() {
+        let due: Vec<String> = app
+            .redis
+            .zrangebyscore(
+                app.keys.reservations(p),
+                "-inf",
+                (now_ms + 5_000) as f64,
+                false,
+                Some((0, 1)),
+            )
+            .await
+            .expect("zrangebyscore");
+        if !due.is_empty() {
+            return true;
+        }
+    }
+    false
 }
 
 /// Events ever appended to the outbox (XINFO STREAM entries-added), trimmed or not.
