@@ -126,7 +126,7 @@ pub async fn create_order(
 ) -> ApiResult<Response> {
     let order_id = state
         .ids
-        .next(&state.redis, &state.keys, Entity::Order)
+        .next(Entity::Order)
         .await?;
     let now = Now::read();
     let expires = now.at + Duration::seconds(state.settings.reservation_ttl_secs as i64);
@@ -249,7 +249,7 @@ pub async fn seed_members(
         ids.push(
             state
                 .ids
-                .next(&state.redis, &state.keys, Entity::Member)
+                .next(Entity::Member)
                 .await?,
         );
     }

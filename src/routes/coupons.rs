@@ -36,7 +36,7 @@ pub async fn create(
     let coupon = parse_json::<CreateCouponRequest>(&body)?.parse(now.at)?;
     let id = state
         .ids
-        .next(&state.redis, &state.keys, Entity::Coupon)
+        .next(Entity::Coupon)
         .await?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_coupon(&state, id, coupon).await;

@@ -53,7 +53,7 @@ pub async fn create(
     }
     let order_id = state
         .ids
-        .next(&state.redis, &state.keys, Entity::Order)
+        .next(Entity::Order)
         .await?;
     // The script stamps the order with Redis time and expires it the TTL after that.
     let ttl_ms = state.settings.reservation_ttl_secs.saturating_mul(1000);

@@ -37,7 +37,7 @@ pub async fn create(
     let product = parse_json::<CreateProductRequest>(&body)?.parse()?;
     let id = state
         .ids
-        .next(&state.redis, &state.keys, Entity::Product)
+        .next(Entity::Product)
         .await?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_product(&state, id, product).await;
