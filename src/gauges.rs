@@ -31,16 +31,24 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
     let reservations: i64 = client.zcard(state.keys.reservations()).await?;
     metrics::gauge!("flashsale_reservations_active").set(reservations as f64);
 
-    let last_product: Option<i64> = client.get(state.keys.sequence("product")).await?;
-    for id in (last_product.unwrap_or(0) - RECENT + 1).max(1)..=last_product.unwrap_or(0) {
+    // Ids are sparse (time-ordered): the newest products come from the listing index, the newest
+    // coupons from MySQL (a coupon created a moment ago appears once the sink has it).
+    let products: Vec<i64> = client
+        .zrange(state.keys.products(), 0, RECENT - 1, None, true, None, false)
+        .await?;
+    for id in products {
         let stock: Option<i64> = client.hget(state.keys.product(id), "stock").await?;
         if let Some(stock) = stock {
             metrics::gauge!("flashsale_product_stock", "product_id" => id.to_string())
                 .set(stock as f64);
         }
     }
-    let last_coupon: Option<i64> = client.get(state.keys.sequence("coupon")).await?;
-    for id in (last_coupon.unwrap_or(0) - RECENT + 1).max(1)..=last_coupon.unwrap_or(0) {
+    let recent = sqlx::query_scalar("SELECT id FROM coupons ORDER BY id DESC LIMIT ?")
+        .bind(RECENT)
+        .fetch_all(&state.db);
+    // Bounded: MySQL being down must not hold up the other gauges.
+    let coupons: Vec<i64> = tokio::time::timeout(Duration::from_secs(1), recent).await??;
+    for id in coupons {
         let remaining: Option<i64> = client.hget(state.keys.coupon(id), "remaining").await?;
         if let Some(remaining) = remaining {
             metrics::gauge!("flashsale_coupon_remaining", "coupon_id" => id.to_string())

@@ -1,6 +1,8 @@
 //! Redis key names. Every key carries a hash tag `{...}` naming the entity that owns it, so a move to
 //! Redis Cluster keeps the names; scripts never build key names themselves, they get them in KEYS.
 
+use crate::ids::Entity;
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -15,10 +17,6 @@ impl Keys {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
-    }
-
-    pub fn sequence(&self, entity: &str) -> String {
-        format!("{}:seq:{{{entity}}}", self.prefix)
     }
 
     pub fn member(&self, id: i64) -> String {
@@ -87,6 +85,28 @@ impl Keys {
     pub fn all_pattern(&self) -> String {
         format!("{}:*", self.prefix)
     }
+
+    /// The main key of an entity: its hash (`member`, `product`, `coupon`, `order`).
+    pub fn entity(&self, entity: Entity, id: i64) -> String {
+        match entity {
+            Entity::Member => self.member(id),
+            Entity::Product => self.product(id),
+            Entity::Coupon => self.coupon(id),
+            Entity::Order => self.order(id),
+        }
+    }
+
+    /// The entity and id whose main key `key` is, None for any other key: ids are sparse (time-ordered),
+    /// so reconcile finds the entities Redis holds by scanning keys, not by walking an id range.
+    pub fn entity_of(&self, key: &str) -> Option<(Entity, i64)> {
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let (kind, tag) = rest.split_once(':')?;
+        let entity = Entity::ALL.into_iter().find(|e| e.name() == kind)?;
+        let digits = tag.strip_prefix('{')?.split_once(':')?.1.strip_suffix('}')?;
+        let id: i64 = digits.parse().ok()?;
+        // Only what `entity` builds, byte for byte (no `:coupons`, `:ops`, `:holders`, leading zeros).
+        (self.entity(entity, id) == key).then_some((entity, id))
+    }
 }
 
 #[cfg(test)]
@@ -97,7 +117,6 @@ mod tests {
     fn every_key_has_a_hash_tag() {
         let k = Keys::new("fs");
         for key in [
-            k.sequence("order"),
             k.member(1),
             k.member_coupons(1),
             k.email("a@b.c"),
@@ -119,5 +138,31 @@ mod tests {
         }
         // The member's own keys share one slot.
         assert!(k.member_coupons(7).contains("{m:7}") && k.idempotency(7, "x").contains("{m:7}"));
+    }
+
+    #[test]
+    fn entity_keys_parse_back_and_nothing_else_does() {
+        let k = Keys::new("fs");
+        let big = crate::ids::MAX_ID;
+        for entity in Entity::ALL {
+            for id in [1, 42, big] {
+                assert_eq!(k.entity_of(&k.entity(entity, id)), Some((entity, id)));
+                assert_eq!(Keys::new("other").entity_of(&k.entity(entity, id)), None);
+            }
+        }
+        for other in [
+            k.member_coupons(1),
+            k.idempotency(1, "ab"),
+            k.product_ops(1),
+            k.products(),
+            k.coupon_holders(1),
+            k.reservations(),
+            k.outbox(),
+            k.email("a@b.c"),
+            "fs:order:{o:007}".to_string(),
+            "fs:order:{p:7}".to_string(),
+        ] {
+            assert_eq!(k.entity_of(&other), None, "{other}");
+        }
     }
 }
