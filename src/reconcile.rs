@@ -253,11 +253,12 @@ async fn compare_keys(
     drift: &mut Vec<Drift>,
 ) -> anyhow::Result<(i64, u64)> {
     let client = redis.next();
-    let count = u32::try_from(limit.clamp(1, 10_000)).unwrap_or(1000);
     let mut cursor = cursor;
     let mut looked = 0_i64;
     let mut found: [BTreeSet<i64>; 4] = Default::default();
     for _ in 0..SCAN_CALLS_PER_STEP {
+        // COUNT is a hint (SCAN returns whole buckets): asking for what is left keeps close to `limit`.
+        let count = u32::try_from((limit - looked).clamp(1, 10_000)).unwrap_or(1000);
         let (next, page): (String, Vec<String>) = client
             .scan_page(cursor.to_string(), keys.all_pattern(), Some(count), None)
             .await?;
@@ -362,7 +363,7 @@ async fn scan(
     }
 }
 
-/// One bounded page of the comparison: at most `limit` ids from `cursor` (the start when None).
+/// One bounded page of the comparison: about `limit` rows or keys from `cursor` (the start when None).
 pub async fn reconcile_page(
     redis: &Pool,
     db: &MySqlPool,

@@ -169,7 +169,8 @@ async fn admin_reconcile_answers_a_bounded_page_and_a_cursor() {
         let r = app.get(&path, None).await;
         assert_eq!(r.status, 200, "{}", r.text);
         let page = r.json();
-        assert!(page["checked"].as_i64().unwrap() <= 5000);
+        // Rows: at most the limit; keys: about it (SCAN's COUNT is a hint, whole buckets come back).
+        assert!(page["checked"].as_i64().unwrap() <= 2 * 5000, "{page}");
         checked += page["checked"].as_i64().unwrap();
         drift.extend(page["drift"].as_array().unwrap().iter().cloned());
         pages += 1;
@@ -178,8 +179,8 @@ async fn admin_reconcile_answers_a_bounded_page_and_a_cursor() {
             None => break,
         }
     }
-    // 3 pages of MySQL rows and 3 or more of Redis keys.
-    assert!(pages >= 5, "{pages} pages");
+    // 12,000 MySQL rows, then as many Redis keys, 5000 at a time.
+    assert!(pages >= 4, "{pages} pages");
     assert!(checked >= 24_000, "{checked}");
     assert_eq!(drift.len(), 1, "{drift:?}");
     assert_eq!(drift[0]["entity"], "product_stock");
