@@ -167,8 +167,12 @@ impl Application {
         let ids = IdAllocator::new(settings.ids.clone());
         match ids.claim(&db).await {
             Ok(Some(_)) => {}
-            Ok(None) => tracing::error!("every id node is held; creation answers 503 until one frees"),
-            Err(e) => tracing::error!(error = %e, "no id node yet; creation answers 503 until one is leased"),
+            Ok(None) => {
+                tracing::error!("every id node is held; creation answers 503 until one frees")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no id node yet; creation answers 503 until one is leased")
+            }
         }
         // Sales need only Redis: without Kafka the engine starts anyway and the relay creates the
         // topics once a broker answers (bounded here so a dead broker does not delay the start long).

@@ -154,7 +154,8 @@ impl IdSettings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.id_lease_renew_ms > 0 && self.id_lease_renew_ms.saturating_mul(2) <= self.id_lease_ttl_ms,
+            self.id_lease_renew_ms > 0
+                && self.id_lease_renew_ms.saturating_mul(2) <= self.id_lease_ttl_ms,
             "ID_LEASE_RENEW_MS must be positive and at most half of ID_LEASE_TTL_MS"
         );
         anyhow::ensure!(

@@ -34,7 +34,15 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
     // Ids are sparse (time-ordered): the newest products come from the listing index, the newest
     // coupons from MySQL (a coupon created a moment ago appears once the sink has it).
     let products: Vec<i64> = client
-        .zrange(state.keys.products(), 0, RECENT - 1, None, true, None, false)
+        .zrange(
+            state.keys.products(),
+            0,
+            RECENT - 1,
+            None,
+            true,
+            None,
+            false,
+        )
         .await?;
     for id in products {
         let stock: Option<i64> = client.hget(state.keys.product(id), "stock").await?;

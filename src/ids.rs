@@ -100,9 +100,13 @@ pub fn parts(id: i64) -> IdParts {
 /// Why no id could be minted; answered 503 with `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdsUnavailable {
-    #[error("no node lease is held (MySQL unreachable at start, every node taken, or the lease lost)")]
+    #[error(
+        "no node lease is held (MySQL unreachable at start, every node taken, or the lease lost)"
+    )]
     NoLease,
-    #[error("the node's recorded high-water mark is reached and MySQL has not confirmed a new one")]
+    #[error(
+        "the node's recorded high-water mark is reached and MySQL has not confirmed a new one"
+    )]
     Ceiling,
     #[error("more ids were asked for than the id clock allows; the clock is too far ahead")]
     Busy,
@@ -322,10 +326,9 @@ impl IdAllocator {
                         metrics::gauge!("flashsale_id_node").set(-1.0);
                         return Err(IdsUnavailable::NoLease);
                     }
-                    Some(l) => {
-                        l.minter
-                            .mint(entity.index(), self.0.clock.now_ms(), max_ahead)
-                    }
+                    Some(l) => l
+                        .minter
+                        .mint(entity.index(), self.0.clock.now_ms(), max_ahead),
                 }
             };
             match minted {
@@ -483,7 +486,10 @@ impl IdAllocator {
         match tokio::time::timeout(MYSQL_TIMEOUT, update).await {
             Ok(Ok(_)) => tracing::info!(node, "id node released"),
             // The lease then runs out by itself; the successor starts above the promised mark.
-            _ => tracing::warn!(node, "could not release the id node; it frees when its lease runs out"),
+            _ => tracing::warn!(
+                node,
+                "could not release the id node; it frees when its lease runs out"
+            ),
         }
     }
 
@@ -523,7 +529,9 @@ impl IdAllocator {
                                 Ok(_) => tracing::error!(
                                     "every id node is held by another engine; creation answers 503"
                                 ),
-                                Err(e) => tracing::error!(error = %e, "cannot claim an id node; creation answers 503"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot claim an id node; creation answers 503")
+                                }
                             }
                         }
                         claim_failing = true;
@@ -644,9 +652,17 @@ mod tests {
         let clock = MonoClock::default();
         assert_eq!(clock.observe(NOW, 0), NOW);
         assert_eq!(clock.observe(NOW + 100, 100), NOW + 100);
-        assert_eq!(clock.observe(NOW - 5_000, 200), NOW + 200, "step back ignored");
+        assert_eq!(
+            clock.observe(NOW - 5_000, 200),
+            NOW + 200,
+            "step back ignored"
+        );
         assert_eq!(clock.observe(NOW - 4_700, 500), NOW + 500);
-        assert_eq!(clock.observe(NOW + 60_000, 600), NOW + 60_000, "step forward followed");
+        assert_eq!(
+            clock.observe(NOW + 60_000, 600),
+            NOW + 60_000,
+            "step forward followed"
+        );
         assert_eq!(clock.observe(NOW + 700, 700), NOW + 60_100);
     }
 

@@ -102,7 +102,11 @@ impl Keys {
         let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
         let (kind, tag) = rest.split_once(':')?;
         let entity = Entity::ALL.into_iter().find(|e| e.name() == kind)?;
-        let digits = tag.strip_prefix('{')?.split_once(':')?.1.strip_suffix('}')?;
+        let digits = tag
+            .strip_prefix('{')?
+            .split_once(':')?
+            .1
+            .strip_suffix('}')?;
         let id: i64 = digits.parse().ok()?;
         // Only what `entity` builds, byte for byte (no `:coupons`, `:ops`, `:holders`, leading zeros).
         (self.entity(entity, id) == key).then_some((entity, id))

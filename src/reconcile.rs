@@ -52,7 +52,12 @@ fn compared(entity: Entity) -> Compared {
             "remaining",
             "coupon_remaining",
         ),
-        Entity::Member => ("members", "CAST(balance AS CHAR)", "balance", "member_balance"),
+        Entity::Member => (
+            "members",
+            "CAST(balance AS CHAR)",
+            "balance",
+            "member_balance",
+        ),
         Entity::Order => ("orders", "status", "status", "order_status"),
     };
     Compared {
@@ -290,7 +295,10 @@ async fn compare_keys(
             query = query.bind(*id);
         }
         let in_mysql: HashSet<i64> = query.fetch_all(db).await?.into_iter().collect();
-        let missing: Vec<i64> = ids.into_iter().filter(|id| !in_mysql.contains(id)).collect();
+        let missing: Vec<i64> = ids
+            .into_iter()
+            .filter(|id| !in_mysql.contains(id))
+            .collect();
         let in_redis = fields(redis, keys, entity, &missing, c.field).await?;
         compare(c.drift, &in_redis, &BTreeMap::new(), drift);
         if entity == Entity::Coupon {
@@ -323,9 +331,15 @@ async fn scan(
     loop {
         match at {
             ScanCursor::Rows { entity, after } => {
-                let (rows, last) =
-                    compare_rows(redis, db, keys, ENTITIES[entity], (after, budget), &mut drift)
-                        .await?;
+                let (rows, last) = compare_rows(
+                    redis,
+                    db,
+                    keys,
+                    ENTITIES[entity],
+                    (after, budget),
+                    &mut drift,
+                )
+                .await?;
                 checked += rows;
                 at = if rows == budget {
                     ScanCursor::Rows {
@@ -426,9 +440,7 @@ mod tests {
         assert_eq!(c.to_string(), "member:17");
         assert_eq!(ScanCursor::parse("member:17"), Some(c));
         assert_eq!(ScanCursor::parse("product:0"), Some(ScanCursor::default()));
-        let k = ScanCursor::Keys {
-            cursor: u64::MAX,
-        };
+        let k = ScanCursor::Keys { cursor: u64::MAX };
         assert_eq!(k.to_string(), "keys:18446744073709551615");
         assert_eq!(ScanCursor::parse(&k.to_string()), Some(k));
         for junk in [

@@ -86,10 +86,7 @@ async fn register(
     name: &str,
     password_hash: &str,
 ) -> Result<(i64, ScriptReply), RegisterError> {
-    let id = state
-        .ids
-        .next(Entity::Member)
-        .await?;
+    let id = state.ids.next(Entity::Member).await?;
     let written = sqlx::query(
         "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) VALUES (?, ?, ?)",
     )

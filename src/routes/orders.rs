@@ -51,10 +51,7 @@ pub async fn create(
     if state.settings.hot_path == HotPath::DbLock {
         return crate::dblock::create_order(&state, member, &items).await;
     }
-    let order_id = state
-        .ids
-        .next(Entity::Order)
-        .await?;
+    let order_id = state.ids.next(Entity::Order).await?;
     // The script stamps the order with Redis time and expires it the TTL after that.
     let ttl_ms = state.settings.reservation_ttl_secs.saturating_mul(1000);
     let mut keys = vec![

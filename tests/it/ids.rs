@@ -99,7 +99,11 @@ async fn a_live_lease_is_not_taken() {
     let node = a.claim(&db).await.expect("claim").expect("a node");
     hold_all_but(&db, Some(node)).await;
     let b = IdAllocator::new(IdSettings::default());
-    assert_eq!(b.claim(&db).await.expect("claim"), None, "every node is live");
+    assert_eq!(
+        b.claim(&db).await.expect("claim"),
+        None,
+        "every node is live"
+    );
     assert_eq!(b.node(), None);
     assert_eq!(b.next(Entity::Member).await, Err(IdsUnavailable::NoLease));
     // The holder keeps its node and keeps minting.
@@ -131,7 +135,11 @@ async fn an_expired_lease_is_taken_and_the_successor_starts_above_the_high_water
     let b = IdAllocator::new(settings);
     assert_eq!(b.claim(&db).await.expect("claim"), Some(node));
     let first = b.next(Entity::Order).await.expect("id");
-    assert!(parts(first).ms > high_water, "{:?} vs {high_water}", parts(first));
+    assert!(
+        parts(first).ms > high_water,
+        "{:?} vs {high_water}",
+        parts(first)
+    );
     assert!(minted.iter().all(|id| *id < first));
     assert!(lease_row(&db, node).await.1 > high_water);
     // Starting ahead of the wall clock does not stall the successor.
@@ -225,7 +233,11 @@ async fn losing_the_lease_stops_creation_until_a_node_is_held_again() {
         s.ids.id_lease_renew_ms = 200;
     })
     .await;
-    let node = app.state.ids.node().expect("the engine leased a node at start");
+    let node = app
+        .state
+        .ids
+        .node()
+        .expect("the engine leased a node at start");
     let product = app.create_product(100, 10).await;
     let (member, token) = app.member(10_000).await;
     let order = app
