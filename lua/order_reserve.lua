@@ -55,7 +55,7 @@ end
 local now = now_ms()
 local expires_ms = now + tonumber(ARGV[5])
 local order = {
-  id = ARGV[4], member_id = ARGV[3], status = 'RESERVED', items = cjson.encode(items),
+  id = ARGV[4], member_id = ARGV[3], status = 'RESERVED', items = json(items),
   total_amount = int(total), discount_amount = '0', paid_amount = '0', coupon_id = '',
   expires_at_ms = int(expires_ms), expires_at = rfc3339(expires_ms), created_at = rfc3339(now), paid_at = '',
   closed_at = '', paid_day = '', create_event = ARGV[6],

@@ -1,5 +1,5 @@
-//! Start-up and shutdown: connect, migrate, load scripts, serve, and run the background tasks (expiry,
-//! relay, gauges) until a shutdown signal; in-flight requests finish first.
+//! Start-up and shutdown: connect, migrate, lease an id node, load scripts, serve, and run the background
+//! tasks (expiry, relay, gauges, id lease) until a shutdown signal; in-flight requests finish first.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -169,8 +169,21 @@ impl Application {
         // First: a production engine with development secrets must not even connect.
         let secret = signing_secret(&settings)?;
         let c = &settings.connections;
+        settings.ids.validate()?;
         let redis = connect_redis(c).await?;
         let db = connect_mysql(c).await?;
+        // Creation needs a node lease; without one the engine still starts (sales, reads, payments need
+        // only Redis) and creation answers 503 until the lease task gets one.
+        let ids = IdAllocator::new(settings.ids.clone());
+        match ids.claim(&db).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::error!("every id node is held; creation answers 503 until one frees")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no id node yet; creation answers 503 until one is leased")
+            }
+        }
         // Sales need only Redis: without Kafka the engine starts anyway and the relay creates the
         // topics once a broker answers (bounded here so a dead broker does not delay the start long).
         let kafka_up = match tokio::time::timeout(
@@ -203,7 +216,7 @@ impl Application {
             db,
             scripts,
             keys,
-            ids: IdAllocator::new(),
+            ids,
             tokens: Tokens::new(&secret, settings.jwt_ttl_secs),
             auth_guard: crate::abuse::AuthGuard::new(&settings),
             producer,
@@ -247,6 +260,13 @@ impl Application {
             self.state.clone(),
             stop_rx.clone(),
         ));
+        // Stops after the HTTP drain, then releases the node for the next engine.
+        tasks.spawn(
+            self.state
+                .ids
+                .clone()
+                .run(self.state.db.clone(), stop_rx.clone()),
+        );
         if self.state.settings.run_relay {
             let relay = crate::relay::Relay::run_all(
                 self.state.settings.connections.clone(),

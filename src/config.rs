@@ -113,6 +113,8 @@ pub struct ServeSettings {
     pub body_read_timeout_ms: u64,
     #[command(flatten)]
     pub relay: RelaySettings,
+    #[command(flatten)]
+    pub ids: IdSettings,
     /// Deployment kind: only `dev` may start with the dev admin key or a generated JWT secret.
     #[arg(long, env = "FLASHSALE_ENV", default_value = "production")]
     pub env: String,
@@ -127,6 +129,52 @@ impl ServeSettings {
 
 /// The development admin key; refused outside `FLASHSALE_ENV=dev`.
 pub const DEV_ADMIN_KEY: &str = "dev-admin-key";
+
+/// Id allocation (src/ids.rs): the node lease each engine holds in MySQL `engine_id_leases`.
+#[derive(Debug, Clone, Args)]
+pub struct IdSettings {
+    /// A node lease not renewed for this long is free for another engine; the engine also mints at
+    /// most this far past the high-water mark it last recorded, so a MySQL outage shorter than this
+    /// leaves order, sign-up and product/coupon creation untouched.
+    #[arg(long, env = "ID_LEASE_TTL_MS", default_value_t = IdSettings::DEFAULT_TTL_MS)]
+    pub id_lease_ttl_ms: u64,
+    /// How often the lease is renewed (at most half the TTL, so one failed renewal costs nothing).
+    #[arg(long, env = "ID_LEASE_RENEW_MS", default_value_t = IdSettings::DEFAULT_RENEW_MS)]
+    pub id_lease_renew_ms: u64,
+    /// How far the id clock may run ahead of the wall clock when more than 64 ids of one kind are
+    /// taken in a millisecond; beyond it, creation waits for the clock.
+    #[arg(long, env = "ID_MAX_AHEAD_MS", default_value_t = IdSettings::DEFAULT_MAX_AHEAD_MS)]
+    pub id_max_ahead_ms: u64,
+}
+
+impl IdSettings {
+    pub const DEFAULT_TTL_MS: u64 = 60_000;
+    pub const DEFAULT_RENEW_MS: u64 = 10_000;
+    pub const DEFAULT_MAX_AHEAD_MS: u64 = 1_000;
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.id_lease_renew_ms > 0
+                && self.id_lease_renew_ms.saturating_mul(2) <= self.id_lease_ttl_ms,
+            "ID_LEASE_RENEW_MS must be positive and at most half of ID_LEASE_TTL_MS"
+        );
+        anyhow::ensure!(
+            self.id_max_ahead_ms < self.id_lease_ttl_ms,
+            "ID_MAX_AHEAD_MS must be below ID_LEASE_TTL_MS"
+        );
+        Ok(())
+    }
+}
+
+impl Default for IdSettings {
+    fn default() -> Self {
+        Self {
+            id_lease_ttl_ms: Self::DEFAULT_TTL_MS,
+            id_lease_renew_ms: Self::DEFAULT_RENEW_MS,
+            id_max_ahead_ms: Self::DEFAULT_MAX_AHEAD_MS,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct RelaySettings {

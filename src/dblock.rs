@@ -124,10 +124,7 @@ pub async fn create_order(
     member: i64,
     items: &[(i64, i64)],
 ) -> ApiResult<Response> {
-    let order_id = state
-        .ids
-        .next(&state.redis, &state.keys, Entity::Order)
-        .await?;
+    let order_id = state.ids.next(Entity::Order).await?;
     let now = Now::read();
     let expires = now.at + Duration::seconds(state.settings.reservation_ttl_secs as i64);
     // Lock rows in id order so two orders never wait on each other in a cycle.
@@ -246,12 +243,7 @@ pub async fn seed_members(
 ) -> ApiResult<Vec<i64>> {
     let mut ids = Vec::with_capacity(emails.len());
     for _ in emails {
-        ids.push(
-            state
-                .ids
-                .next(&state.redis, &state.keys, Entity::Member)
-                .await?,
-        );
+        ids.push(state.ids.next(Entity::Member).await?);
     }
     let now = Now::read().at.naive_utc();
     for chunk in ids.iter().zip(emails).collect::<Vec<_>>().chunks(500) {

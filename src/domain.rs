@@ -552,7 +552,7 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
 }
 
-/// One bounded page of the admin reconcile: the ids from `cursor` on, at most `limit` of them.
+/// One bounded page of the admin reconcile: from `cursor` on, at most about `limit` rows or keys.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReconcilePage {
     /// No event pending and no drift among the ids this page compared. The data set is in sync when
@@ -562,9 +562,10 @@ pub struct ReconcilePage {
     pub pending_events: i64,
     /// The differences among the ids this page compared.
     pub drift: Vec<Drift>,
-    /// Where this page started (`entity:after_id`).
+    /// Where this page started (`entity:after_id` while MySQL rows are compared, `keys:scan_cursor` while
+    /// Redis keys are looked at for entities MySQL lacks).
     pub cursor: String,
-    /// How many ids this page compared.
+    /// How many MySQL rows and Redis keys this page compared.
     pub checked: i64,
     /// Pass as `cursor` to get the next page; null when this page reached the end.
     pub next_cursor: Option<String>,
@@ -573,13 +574,13 @@ pub struct ReconcilePage {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReconcileQuery {
-    /// `next_cursor` of the previous page (`entity:after_id`); the start when absent.
+    /// `next_cursor` of the previous page (`entity:after_id` or `keys:scan_cursor`); the start when absent.
     #[param(
         max_length = 40,
-        pattern = "^(product|coupon|member|order):[0-9]{1,18}$"
+        pattern = "^((product|coupon|member|order):[0-9]{1,18}|keys:[0-9]{1,19})$"
     )]
     pub cursor: Option<String>,
-    /// Ids compared per page: 1..5000, default 1000.
+    /// Rows or keys compared per page: 1..5000, default 1000.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 5000)]
     pub limit: Option<String>,
 }

@@ -11,6 +11,7 @@
 //!
 //! Every partition has its own outbox stream; a script appends its event to its own partition's stream.
 
+use crate::ids::Entity;
 use crate::partition::Partition;
 
 #[derive(Debug, Clone)]
@@ -135,14 +136,37 @@ impl Keys {
         format!("{}:{{meta}}:layout", self.prefix)
     }
 
-    /// Id sequences (until ids are leased per engine).
-    pub fn sequence(&self, entity: &str) -> String {
-        format!("{}:seq:{{{entity}}}", self.prefix)
-    }
-
     /// Pattern matching every key of this deployment (used by rebuild to clear state).
     pub fn all_pattern(&self) -> String {
         format!("{}:*", self.prefix)
+    }
+
+    /// The main key (hash) of a member, product or coupon. An order's key needs its member's
+    /// partition: `order` / `order_in`.
+    pub fn entity(&self, entity: Entity, id: i64) -> Option<String> {
+        match entity {
+            Entity::Member => Some(self.member(id)),
+            Entity::Product => Some(self.product(id)),
+            Entity::Coupon => Some(self.coupon(id)),
+            Entity::Order => None,
+        }
+    }
+
+    /// The entity and id whose main key `key` is, None for any other key: ids are sparse (time-ordered),
+    /// so reconcile finds the entities Redis holds by scanning keys, not by walking an id range.
+    pub fn entity_of(&self, key: &str) -> Option<(Entity, i64)> {
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let (tag, rest) = rest.split_once("}:")?;
+        let (kind, digits) = rest.split_once(':')?;
+        let entity = Entity::ALL.into_iter().find(|e| e.name() == kind)?;
+        let id: i64 = digits.parse().ok()?;
+        // Only what the key builders build, byte for byte (no `:coupons`, `:ops`, `:holders`, leading
+        // zeros, foreign tags).
+        let rebuilt = match entity {
+            Entity::Order => self.order_in(Partition::from_tag(tag)?, id),
+            other => self.entity(other, id)?,
+        };
+        (rebuilt == key).then_some((entity, id))
     }
 }
 
@@ -174,5 +198,41 @@ mod tests {
         let slots: std::collections::HashSet<u16> =
             (1..1000).map(|id| key_slot(&k.member(id))).collect();
         assert_eq!(slots.len(), usize::from(crate::partition::PARTITIONS));
+    }
+
+    #[test]
+    fn entity_keys_parse_back_and_nothing_else_does() {
+        let k = Keys::new("fs");
+        let big = crate::ids::MAX_ID;
+        for id in [1, 42, big] {
+            for entity in [Entity::Member, Entity::Product, Entity::Coupon] {
+                let key = k.entity(entity, id).expect("a main key");
+                assert_eq!(k.entity_of(&key), Some((entity, id)));
+                assert_eq!(Keys::new("other").entity_of(&key), None);
+            }
+            assert_eq!(k.entity_of(&k.order(7, id)), Some((Entity::Order, id)));
+        }
+        let p = Partition::of_id(1);
+        for other in [
+            k.member_coupons(1),
+            k.idempotency(1, "ab"),
+            k.product_ops(1),
+            k.products(),
+            k.coupon_holders(1),
+            k.reservations(p),
+            k.outbox(p),
+            k.email("a@b.c"),
+            format!("fs:{{{}}}:order:007", p.tag()),
+            format!("fs:{{nope}}:order:7"),
+            // A member key under another partition's tag is not what `member` builds.
+            format!(
+                "fs:{{{}}}:member:1",
+                Partition::from_index((p.index() + 1) % crate::partition::PARTITIONS)
+                    .expect("a partition")
+                    .tag()
+            ),
+        ] {
+            assert_eq!(k.entity_of(&other), None, "{other}");
+        }
     }
 }

@@ -149,7 +149,7 @@ impl Modify for CommonResponses {
                     add(
                         responses,
                         "503",
-                        "SERVICE_UNAVAILABLE: Redis does not answer, the request timed out, or (sign-up, login) the password-hashing queue is full; see Retry-After when present",
+                        "SERVICE_UNAVAILABLE: Redis does not answer, the request timed out, (sign-up, login) the password-hashing queue is full, or (creating a member, product, coupon or order) the engine holds no id lease; see Retry-After when present",
                     );
                 }
                 for (status, response) in responses.iter_mut() {

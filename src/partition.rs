@@ -61,6 +61,13 @@ impl Partition {
         TAGS[usize::from(self.0)].as_str()
     }
 
+    /// The partition whose hash tag `tag` is (None for any other text).
+    pub fn from_tag(tag: &str) -> Option<Self> {
+        TAGS.iter()
+            .position(|t| t == tag)
+            .and_then(|i| Self::from_index(u16::try_from(i).ok()?))
+    }
+
     /// The Redis Cluster slot every key of this partition lives in.
     pub fn slot(self) -> u16 {
         crc16(self.tag().as_bytes()) % SLOTS

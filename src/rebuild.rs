@@ -1,6 +1,7 @@
 //! Rebuilds Redis from MySQL after a Redis loss. MySQL is the durable record: members with balances,
-//! products with stock, coupons with holders, orders (live reservations included), the popular ranking
-//! and the id sequences. Idempotency records live only in Redis and are not rebuilt.
+//! products with stock, coupons with holders, orders (live reservations included) and the popular
+//! ranking. Idempotency records live only in Redis and are not rebuilt. Ids need nothing: their state
+//! (the node leases, src/ids.rs) lives in MySQL, which a Redis loss does not touch.
 
 use std::collections::HashMap;
 
@@ -14,8 +15,6 @@ use crate::keys::Keys;
 use crate::partition::Partition;
 use crate::popular::POPULAR_DAY_TTL_SECS;
 use crate::state::rfc3339;
-
-const SEQUENCE_MARGIN: i64 = 10_000;
 
 fn at(t: NaiveDateTime) -> String {
     rfc3339(t.and_utc())
@@ -46,12 +45,6 @@ pub async fn rebuild(
             return Err(e).context("cannot tell whether events are in flight (use --force)")
         }
         Err(e) => tracing::warn!(error = %e, "pending events unknown (--force)"),
-    }
-    // Engines may hold unused blocks of ids below the old sequence values: never hand those out again.
-    let mut previous = HashMap::new();
-    for entity in ["member", "product", "coupon", "order"] {
-        let value: Option<i64> = redis.get(keys.sequence(entity)).await?;
-        previous.insert(entity, value.unwrap_or(0));
     }
     clear(redis, keys).await?;
     let client = redis.next();
@@ -297,24 +290,6 @@ pub async fn rebuild(
         }
     }
 
-    for (entity, table) in [
-        ("member", "members"),
-        ("product", "products"),
-        ("coupon", "coupons"),
-        ("order", "orders"),
-    ] {
-        let (max,): (Option<i64>,) = sqlx::query_as(&format!("SELECT MAX(id) FROM {table}"))
-            .fetch_one(db)
-            .await?;
-        // The margin keeps clear of id blocks engines took before a Redis loss erased the sequence.
-        let next = max
-            .unwrap_or(0)
-            .max(previous.get(entity).copied().unwrap_or(0))
-            + SEQUENCE_MARGIN;
-        let _: () = client
-            .set(keys.sequence(entity), next.to_string(), None, None, false)
-            .await?;
-    }
     crate::app::ensure_outbox_group(redis, keys).await?;
     Ok(RebuildReport {
         members: members.len(),

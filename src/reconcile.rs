@@ -1,11 +1,13 @@
 //! Reconciliation: Redis (the live sale) against MySQL (the durable record). Reports events still in
 //! flight and every difference in stock, coupons, balances and order statuses.
 //!
-//! The scan walks the id space of each entity (products, coupons, members, orders) in chunks, so the
-//! admin endpoint can answer one bounded page per request (`reconcile_page`, resumed by a cursor)
-//! and `flashsale reconcile` runs the same chunks through to the end (`reconcile`).
+//! Ids are sparse (time-ordered, src/ids.rs), so the scan walks what exists, not an id range: first the
+//! MySQL rows of products, coupons, members and orders in id order, each compared with its Redis hash;
+//! then the deployment's Redis keys (SCAN), for the entities Redis holds and MySQL does not. Both go in
+//! bounded steps, so the admin endpoint answers one page per request (`reconcile_page`, resumed by a
+//! cursor) and `flashsale reconcile` runs the same steps through to the end (`reconcile`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use fred::prelude::*;
 use futures::{StreamExt, TryStreamExt};
@@ -14,36 +16,100 @@ use sqlx::MySqlPool;
 
 use crate::config::ConnectionSettings;
 use crate::domain::{Drift, ReconcilePage, ReconcileReport};
+use crate::ids::Entity;
 use crate::keys::Keys;
 
 const CONCURRENCY: usize = 256;
-/// Entities in scan order; the cursor names one of them (its sequence name).
-const ENTITIES: [&str; 4] = ["product", "coupon", "member", "order"];
-/// Ids per chunk of the full scan (`flashsale reconcile`).
+/// Entities in scan order; a rows cursor names one of them.
+const ENTITIES: [Entity; 4] = [
+    Entity::Product,
+    Entity::Coupon,
+    Entity::Member,
+    Entity::Order,
+];
+/// Rows or keys per step of the full scan (`flashsale reconcile`).
 const FULL_SCAN_CHUNK: i64 = 10_000;
 /// The full scan lists at most this many drift entries.
 const FULL_SCAN_DRIFT_CAP: usize = 1000;
+/// SCAN calls one step makes at most: in a Redis shared with other deployments many calls match none
+/// of this one's keys, and a page must stay bounded.
+const SCAN_CALLS_PER_STEP: usize = 64;
 
-/// Where a scan resumes: ids of `ENTITIES[entity]` above `after` are still to compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ScanCursor {
-    entity: usize,
-    after: i64,
+/// What is compared for one entity: MySQL table and column, Redis hash field, and the drift's name.
+struct Compared {
+    table: &'static str,
+    column: &'static str,
+    field: &'static str,
+    drift: &'static str,
+}
+
+fn compared(entity: Entity) -> Compared {
+    let (table, column, field, drift) = match entity {
+        Entity::Product => ("products", "CAST(stock AS CHAR)", "stock", "product_stock"),
+        Entity::Coupon => (
+            "coupons",
+            "CAST(remaining AS CHAR)",
+            "remaining",
+            "coupon_remaining",
+        ),
+        Entity::Member => (
+            "members",
+            "CAST(balance AS CHAR)",
+            "balance",
+            "member_balance",
+        ),
+        Entity::Order => ("orders", "status", "status", "order_status"),
+    };
+    Compared {
+        table,
+        column,
+        field,
+        drift,
+    }
+}
+
+/// Where a scan resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanCursor {
+    /// MySQL rows of `ENTITIES[entity]` with ids above `after` are still to compare (`entity:after`).
+    Rows { entity: usize, after: i64 },
+    /// Redis keys from this SCAN cursor on are still to look at (`keys:cursor`).
+    Keys { cursor: u64 },
+}
+
+impl Default for ScanCursor {
+    fn default() -> Self {
+        Self::Rows {
+            entity: 0,
+            after: 0,
+        }
+    }
 }
 
 impl ScanCursor {
-    /// Parses `entity:after_id` as returned in `next_cursor`; None when malformed.
+    /// Parses `entity:after_id` or `keys:scan_cursor` as returned in `next_cursor`; None when malformed.
     pub fn parse(text: &str) -> Option<Self> {
-        let (name, after) = text.split_once(':')?;
-        let entity = ENTITIES.iter().position(|e| *e == name)?;
-        let after: i64 = after.parse().ok().filter(|a| *a >= 0)?;
-        Some(Self { entity, after })
+        let (name, number) = text.split_once(':')?;
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if name == "keys" {
+            return Some(Self::Keys {
+                cursor: number.parse().ok()?,
+            });
+        }
+        let entity = ENTITIES.iter().position(|e| e.name() == name)?;
+        let after: i64 = number.parse().ok()?;
+        Some(Self::Rows { entity, after })
     }
 }
 
 impl std::fmt::Display for ScanCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", ENTITIES[self.entity], self.after)
+        match self {
+            Self::Rows { entity, after } => write!(f, "{}:{after}", ENTITIES[*entity].name()),
+            Self::Keys { cursor } => write!(f, "keys:{cursor}"),
+        }
     }
 }
 
@@ -53,48 +119,23 @@ pub async fn pending_events(
     keys: &Keys,
     c: &ConnectionSettings,
 ) -> anyhow::Result<i64> {
-    let (_, unforwarded) = crate::relay::outbox_backlog(redis, keys).await?;
+    let (_, unforwarded) = crate::relay::outbox_backlog(redis.next(), keys).await?;
     let lag = crate::kafka::group_lag(&c.kafka_brokers, &c.kafka_topic, &c.kafka_group).await?;
     Ok(unforwarded + lag)
 }
 
-async fn last_id(redis: &Pool, keys: &Keys, entity: &str) -> anyhow::Result<i64> {
-    Ok(redis
-        .get::<Option<i64>, _>(keys.sequence(entity))
-        .await?
-        .unwrap_or(0))
-}
-
-/// The highest id of an entity in either store (MySQL may hold ids Redis lost).
-async fn max_id(redis: &Pool, db: &MySqlPool, keys: &Keys, entity: &str) -> anyhow::Result<i64> {
-    let table = match entity {
-        "product" => "products",
-        "coupon" => "coupons",
-        "member" => "members",
-        _ => "orders",
-    };
-    let (mysql,): (Option<i64>,) = sqlx::query_as(&format!("SELECT MAX(id) FROM {table}"))
-        .fetch_one(db)
-        .await?;
-    Ok(last_id(redis, keys, entity).await?.max(mysql.unwrap_or(0)))
-}
-
-/// Reads one hash field for ids in (after, to] (absent where the entity does not exist).
-async fn field_by_id(
+/// One hash field of each entity, by (id, main key) (absent where the entity does not exist in Redis).
+async fn fields(
     redis: &Pool,
-    (after, to): (i64, i64),
-    key: impl Fn(i64) -> String,
+    targets: Vec<(i64, String)>,
     field: &'static str,
 ) -> anyhow::Result<BTreeMap<i64, String>> {
-    let values: Vec<(i64, Option<String>)> = futures::stream::iter(after + 1..=to)
-        .map(|id| {
-            let key = key(id);
-            async move {
-                Ok::<_, fred::error::Error>((
-                    id,
-                    redis.hget::<Option<String>, _, _>(key, field).await?,
-                ))
-            }
+    let values: Vec<(i64, Option<String>)> = futures::stream::iter(targets)
+        .map(|(id, key)| async move {
+            Ok::<_, fred::error::Error>((
+                id,
+                redis.hget::<Option<String>, _, _>(key, field).await?,
+            ))
         })
         .buffered(CONCURRENCY)
         .try_collect()
@@ -103,6 +144,18 @@ async fn field_by_id(
         .into_iter()
         .filter_map(|(id, v)| v.map(|v| (id, v)))
         .collect())
+}
+
+/// (id, main key) for members, products and coupons (an order's key needs its member: see
+/// `compare_rows`).
+fn targets(keys: &Keys, entity: Entity, ids: &[i64]) -> Vec<(i64, String)> {
+    ids.iter()
+        .filter_map(|id| Some((*id, keys.entity(entity, *id)?)))
+        .collect()
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(",")
 }
 
 fn compare(
@@ -132,116 +185,147 @@ fn compare(
     }
 }
 
-/// `sql` selects (id, value) rows and ends in `WHERE <id column> > ? AND <id column> <= ?`.
-async fn mysql_map(
-    db: &MySqlPool,
-    sql: &str,
-    (after, to): (i64, i64),
-) -> anyhow::Result<BTreeMap<i64, String>> {
-    let rows: Vec<(i64, String)> = sqlx::query_as(sql)
-        .bind(after)
-        .bind(to)
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().collect())
-}
-
-/// Compares the ids in (after, to] of one entity.
-async fn compare_range(
+/// Holders per coupon: Redis (coupons Redis has) against MySQL `issued_coupons`, for `ids`.
+async fn compare_issued(
     redis: &Pool,
     db: &MySqlPool,
     keys: &Keys,
-    entity: &str,
-    range: (i64, i64),
+    ids: &[i64],
+    in_redis: &BTreeMap<i64, String>,
     drift: &mut Vec<Drift>,
 ) -> anyhow::Result<()> {
-    match entity {
-        "product" => {
-            let stock = field_by_id(redis, range, |id| keys.product(id), "stock").await?;
-            let sql = "SELECT id, CAST(stock AS CHAR) FROM products WHERE id > ? AND id <= ?";
-            compare(
-                "product_stock",
-                &stock,
-                &mysql_map(db, sql, range).await?,
-                drift,
-            );
-        }
-        "coupon" => {
-            let remaining = field_by_id(redis, range, |id| keys.coupon(id), "remaining").await?;
-            let sql = "SELECT id, CAST(remaining AS CHAR) FROM coupons WHERE id > ? AND id <= ?";
-            compare(
-                "coupon_remaining",
-                &remaining,
-                &mysql_map(db, sql, range).await?,
-                drift,
-            );
-            let mut issued = BTreeMap::new();
-            for id in remaining.keys() {
-                let holders: i64 = redis.hlen(keys.coupon_holders(*id)).await?;
-                issued.insert(*id, holders.to_string());
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut issued = BTreeMap::new();
+    for id in in_redis.keys() {
+        let holders: i64 = redis.hlen(keys.coupon_holders(*id)).await?;
+        issued.insert(*id, holders.to_string());
+    }
+    let sql = format!(
+        "SELECT coupon_id, CAST(COUNT(*) AS CHAR) FROM issued_coupons \
+         WHERE coupon_id IN ({}) GROUP BY coupon_id",
+        placeholders(ids.len())
+    );
+    let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let counted: BTreeMap<i64, String> = query.fetch_all(db).await?.into_iter().collect();
+    let issued_mysql: BTreeMap<i64, String> = in_redis
+        .keys()
+        .map(|id| (*id, counted.get(id).cloned().unwrap_or_else(|| "0".into())))
+        .chain(counted.clone())
+        .collect();
+    compare("coupon_issued", &issued, &issued_mysql, drift);
+    Ok(())
+}
+
+/// Compares at most `limit` MySQL rows of `entity` with ids above `after` against Redis. Returns how
+/// many rows there were and the last id.
+async fn compare_rows(
+    redis: &Pool,
+    db: &MySqlPool,
+    keys: &Keys,
+    entity: Entity,
+    (after, limit): (i64, i64),
+    drift: &mut Vec<Drift>,
+) -> anyhow::Result<(i64, i64)> {
+    let c = compared(entity);
+    // An order's key is in its member's partition: its rows bring the member along.
+    let owner = if entity == Entity::Order {
+        "member_id"
+    } else {
+        "0"
+    };
+    let sql = format!(
+        "SELECT id, {owner}, {} FROM {} WHERE id > ? ORDER BY id LIMIT ?",
+        c.column, c.table
+    );
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(&sql)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+    let ids: Vec<i64> = rows.iter().map(|(id, _, _)| *id).collect();
+    let targets: Vec<(i64, String)> = if entity == Entity::Order {
+        rows.iter()
+            .map(|(id, member, _)| (*id, keys.order(*member, *id)))
+            .collect()
+    } else {
+        targets(keys, entity, &ids)
+    };
+    let in_redis = fields(redis, targets, c.field).await?;
+    let in_mysql: BTreeMap<i64, String> = rows
+        .into_iter()
+        .map(|(id, _, value)| (id, value))
+        .collect();
+    compare(c.drift, &in_redis, &in_mysql, drift);
+    if entity == Entity::Coupon {
+        compare_issued(redis, db, keys, &ids, &in_redis, drift).await?;
+    }
+    Ok((ids.len() as i64, ids.last().copied().unwrap_or(after)))
+}
+
+/// Looks at about `limit` Redis keys from `cursor` on and reports the entities among them that MySQL
+/// does not have. Returns how many keys were looked at and the next SCAN cursor (0: done).
+async fn compare_keys(
+    redis: &Pool,
+    db: &MySqlPool,
+    keys: &Keys,
+    (cursor, limit): (u64, i64),
+    drift: &mut Vec<Drift>,
+) -> anyhow::Result<(i64, u64)> {
+    let client = redis.next();
+    let mut cursor = cursor;
+    let mut looked = 0_i64;
+    let mut found: [BTreeMap<i64, String>; 4] = Default::default();
+    for _ in 0..SCAN_CALLS_PER_STEP {
+        // COUNT is a hint (SCAN returns whole buckets): asking for what is left keeps close to `limit`.
+        let count = u32::try_from((limit - looked).clamp(1, 10_000)).unwrap_or(1000);
+        let (next, page): (String, Vec<String>) = client
+            .scan_page(cursor.to_string(), keys.all_pattern(), Some(count), None)
+            .await?;
+        cursor = next.parse()?;
+        looked += page.len() as i64;
+        for key in page {
+            if let Some((entity, id)) = keys.entity_of(&key) {
+                if let Some(at) = ENTITIES.iter().position(|e| *e == entity) {
+                    found[at].insert(id, key);
+                }
             }
-            let issued_mysql = mysql_map(
-                db,
-                "SELECT coupon_id, CAST(COUNT(*) AS CHAR) FROM issued_coupons \
-                 WHERE coupon_id > ? AND coupon_id <= ? GROUP BY coupon_id",
-                range,
-            )
-            .await?;
-            let issued_mysql: BTreeMap<i64, String> = remaining
-                .keys()
-                .map(|id| {
-                    (
-                        *id,
-                        issued_mysql.get(id).cloned().unwrap_or_else(|| "0".into()),
-                    )
-                })
-                .chain(issued_mysql.clone())
-                .collect();
-            compare("coupon_issued", &issued, &issued_mysql, drift);
         }
-        "member" => {
-            let balances = field_by_id(redis, range, |id| keys.member(id), "balance").await?;
-            let sql = "SELECT id, CAST(balance AS CHAR) FROM members WHERE id > ? AND id <= ?";
-            compare(
-                "member_balance",
-                &balances,
-                &mysql_map(db, sql, range).await?,
-                drift,
-            );
-        }
-        _ => {
-            // An order's key names its member's partition: the ids to compare come from MySQL (an
-            // order only in Redis is an event not applied yet, which `pending_events` counts).
-            let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-                "SELECT id, member_id, status FROM orders WHERE id > ? AND id <= ?",
-            )
-            .bind(range.0)
-            .bind(range.1)
-            .fetch_all(db)
-            .await?;
-            let owned: Vec<(i64, i64)> = rows.iter().map(|(id, m, _)| (*id, *m)).collect();
-            let statuses: Vec<(i64, Option<String>)> = futures::stream::iter(owned)
-                .map(|(id, member)| {
-                    let key = keys.order(member, id);
-                    async move {
-                        Ok::<_, fred::error::Error>((
-                            id,
-                            redis.hget::<Option<String>, _, _>(key, "status").await?,
-                        ))
-                    }
-                })
-                .buffered(CONCURRENCY)
-                .try_collect()
-                .await?;
-            let statuses = statuses
-                .into_iter()
-                .filter_map(|(id, v)| v.map(|v| (id, v)))
-                .collect();
-            let mysql = rows.into_iter().map(|(id, _, status)| (id, status)).collect();
-            compare("order_status", &statuses, &mysql, drift);
+        if cursor == 0 || looked >= limit {
+            break;
         }
     }
-    Ok(())
+    for (entity, ids) in ENTITIES.into_iter().zip(found) {
+        if ids.is_empty() {
+            continue;
+        }
+        let c = compared(entity);
+        let sql = format!(
+            "SELECT id FROM {} WHERE id IN ({})",
+            c.table,
+            placeholders(ids.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for id in ids.keys() {
+            query = query.bind(*id);
+        }
+        let in_mysql: HashSet<i64> = query.fetch_all(db).await?.into_iter().collect();
+        let missing: Vec<(i64, String)> = ids
+            .into_iter()
+            .filter(|(id, _)| !in_mysql.contains(id))
+            .collect();
+        let missing_ids: Vec<i64> = missing.iter().map(|(id, _)| *id).collect();
+        let in_redis = fields(redis, missing, c.field).await?;
+        compare(c.drift, &in_redis, &BTreeMap::new(), drift);
+        if entity == Entity::Coupon {
+            compare_issued(redis, db, keys, &missing_ids, &in_redis, drift).await?;
+        }
+    }
+    Ok((looked, cursor))
 }
 
 /// What one bounded stretch of the scan found.
@@ -251,7 +335,8 @@ struct Scanned {
     next: Option<ScanCursor>,
 }
 
-/// Compares at most `limit` ids from `from` on, entity after entity.
+/// Compares about `limit` rows and keys from `from` on: MySQL rows entity after entity, then one step of
+/// the Redis keys (a page ends after it, so the SCAN work of a page stays bounded too).
 async fn scan(
     redis: &Pool,
     db: &MySqlPool,
@@ -264,42 +349,55 @@ async fn scan(
     let mut drift = Vec::new();
     let mut checked = 0;
     loop {
-        let entity = ENTITIES[at.entity];
-        let last = max_id(redis, db, keys, entity).await?;
-        let to = last.min(at.after.saturating_add(budget)).max(at.after);
-        compare_range(redis, db, keys, entity, (at.after, to), &mut drift).await?;
-        checked += to - at.after;
-        budget -= to - at.after;
-        if to < last {
-            at.after = to;
-            return Ok(Scanned {
-                drift,
-                checked,
-                next: Some(at),
-            });
-        }
-        if at.entity + 1 == ENTITIES.len() {
-            return Ok(Scanned {
-                drift,
-                checked,
-                next: None,
-            });
-        }
-        at = ScanCursor {
-            entity: at.entity + 1,
-            after: 0,
-        };
-        if budget <= 0 {
-            return Ok(Scanned {
-                drift,
-                checked,
-                next: Some(at),
-            });
+        match at {
+            ScanCursor::Rows { entity, after } => {
+                let (rows, last) = compare_rows(
+                    redis,
+                    db,
+                    keys,
+                    ENTITIES[entity],
+                    (after, budget),
+                    &mut drift,
+                )
+                .await?;
+                checked += rows;
+                at = if rows == budget {
+                    ScanCursor::Rows {
+                        entity,
+                        after: last,
+                    }
+                } else if entity + 1 < ENTITIES.len() {
+                    ScanCursor::Rows {
+                        entity: entity + 1,
+                        after: 0,
+                    }
+                } else {
+                    ScanCursor::Keys { cursor: 0 }
+                };
+                budget -= rows;
+                if budget <= 0 {
+                    return Ok(Scanned {
+                        drift,
+                        checked,
+                        next: Some(at),
+                    });
+                }
+            }
+            ScanCursor::Keys { cursor } => {
+                let (looked, next) =
+                    compare_keys(redis, db, keys, (cursor, budget), &mut drift).await?;
+                checked += looked;
+                return Ok(Scanned {
+                    drift,
+                    checked,
+                    next: (next != 0).then_some(ScanCursor::Keys { cursor: next }),
+                });
+            }
         }
     }
 }
 
-/// One bounded page of the comparison: at most `limit` ids from `cursor` (the start when None).
+/// One bounded page of the comparison: about `limit` rows or keys from `cursor` (the start when None).
 pub async fn reconcile_page(
     redis: &Pool,
     db: &MySqlPool,
@@ -330,11 +428,16 @@ pub async fn reconcile(
 ) -> anyhow::Result<ReconcileReport> {
     let pending = pending_events(redis, keys, c).await?;
     let mut drift = Vec::new();
+    // SCAN may return a key twice (while Redis resizes its table): one entry per entity and id.
+    let mut seen = HashSet::new();
     let mut at = Some(ScanCursor::default());
     while let Some(from) = at {
         let scanned = scan(redis, db, keys, from, FULL_SCAN_CHUNK).await?;
-        drift.extend(scanned.drift);
-        drift.truncate(FULL_SCAN_DRIFT_CAP);
+        for d in scanned.drift {
+            if drift.len() < FULL_SCAN_DRIFT_CAP && seen.insert((d.entity.clone(), d.id)) {
+                drift.push(d);
+            }
+        }
         at = scanned.next;
     }
     Ok(ReconcileReport {
@@ -350,21 +453,28 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_junk() {
-        let c = ScanCursor {
+        let c = ScanCursor::Rows {
             entity: 2,
             after: 17,
         };
         assert_eq!(c.to_string(), "member:17");
         assert_eq!(ScanCursor::parse("member:17"), Some(c));
         assert_eq!(ScanCursor::parse("product:0"), Some(ScanCursor::default()));
+        let k = ScanCursor::Keys { cursor: u64::MAX };
+        assert_eq!(k.to_string(), "keys:18446744073709551615");
+        assert_eq!(ScanCursor::parse(&k.to_string()), Some(k));
         for junk in [
             "",
             "member",
             "member:",
             "member:-1",
+            "member:+1",
             "user:3",
             "order:1e3",
             "order:99999999999999999999",
+            "keys:",
+            "keys:-1",
+            "keys:18446744073709551616",
         ] {
             assert_eq!(ScanCursor::parse(junk), None, "{junk}");
         }

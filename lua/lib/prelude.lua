@@ -21,6 +21,32 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- JSON as cjson writes it, except integers, written whole: cjson writes numbers with 14 significant
+-- digits at most (`%.14g`, its ceiling), which rounds ids (time-ordered, up to 2^53: 16 digits).
+-- Every JSON a script writes (reply bodies, events, stored items) goes through here.
+local function json(v)
+  local kind = type(v)
+  if kind == 'number' then
+    if v == math.floor(v) and v > -9007199254740992 and v < 9007199254740992 then
+      return string.format('%d', v)
+    end
+    return cjson.encode(v)
+  elseif kind == 'table' then
+    local parts = {}
+    if #v > 0 then
+      for i = 1, #v do
+        parts[i] = json(v[i])
+      end
+      return '[' .. table.concat(parts, ',') .. ']'
+    end
+    for k, x in pairs(v) do
+      parts[#parts + 1] = cjson.encode(tostring(k)) .. ':' .. json(x)
+    end
+    return '{' .. table.concat(parts, ',') .. '}'
+  end
+  return cjson.encode(v)
+end
+
 -- Redis's clock in ms: every decision against an expiry or validity window uses it, so engines with
 -- skewed clocks all agree (issue 8 item 5). Scripts that call TIME are replicated as effects (Redis 7).
 local function now_ms()
@@ -88,7 +114,7 @@ local function idem_store(status, kind, body, detail)
 end
 
 local function ok(status, body_table)
-  local body = cjson.encode(body_table)
+  local body = json(body_table)
   idem_store(status, 'ok', body, '')
   return { 'ok', status, 'ok', body, '' }
 end
@@ -100,7 +126,7 @@ end
 
 local function outbox(stream, event_id, event_type, aggregate, at, payload)
   redis.call('XADD', stream, '*', 'event_id', event_id, 'type', event_type, 'aggregate', aggregate,
-    'at', at, 'payload', cjson.encode(payload))
+    'at', at, 'payload', json(payload))
 end
 
 local function num_or_null(v)

@@ -35,10 +35,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let now = Now::read();
     let coupon = parse_json::<CreateCouponRequest>(&body)?.parse(now.at)?;
-    let id = state
-        .ids
-        .next(&state.redis, &state.keys, Entity::Coupon)
-        .await?;
+    let id = state.ids.next(Entity::Coupon).await?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_coupon(&state, id, coupon).await;
     }

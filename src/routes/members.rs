@@ -41,6 +41,12 @@ impl From<ApiError> for RegisterError {
     }
 }
 
+impl From<crate::ids::IdsUnavailable> for RegisterError {
+    fn from(e: crate::ids::IdsUnavailable) -> Self {
+        Self::Api(e.into())
+    }
+}
+
 impl From<fred::error::Error> for RegisterError {
     fn from(e: fred::error::Error) -> Self {
         Self::Api(e.into())
@@ -81,10 +87,7 @@ async fn register(
     name: &str,
     password_hash: &str,
 ) -> Result<(i64, ScriptReply), RegisterError> {
-    let id = state
-        .ids
-        .next(&state.redis, &state.keys, Entity::Member)
-        .await?;
+    let id = state.ids.next(Entity::Member).await?;
     let written = sqlx::query(
         "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) VALUES (?, ?, ?)",
     )
@@ -95,7 +98,7 @@ async fn register(
     .await
     .map_err(RegisterError::CredentialStoreDown)?;
     if written.rows_affected() == 0 {
-        // Another member's credential holds this id: an id-sequence fault. Never overwrite it.
+        // Another member's credential holds this id (an id-allocation fault). Never overwrite it.
         let reply = ScriptReply::Refused {
             status: 409,
             code: "CONFLICT".into(),

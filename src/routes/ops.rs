@@ -52,7 +52,7 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
-/// Ids compared per admin reconcile page: small enough to answer well within the request timeout.
+/// Rows or keys compared per admin reconcile page: small enough to answer well within the request timeout.
 const RECONCILE_PAGE_DEFAULT: i64 = 1000;
 const RECONCILE_PAGE_MAX: i64 = 5000;
 

@@ -52,10 +52,7 @@ pub async fn create(
     if state.settings.hot_path == HotPath::DbLock {
         return crate::dblock::create_order(&state, member, &items).await;
     }
-    let order_id = state
-        .ids
-        .next(&state.redis, &state.keys, Entity::Order)
-        .await?;
+    let order_id = state.ids.next(Entity::Order).await?;
     // The script stamps the order with Redis time and expires it the TTL after that.
     let call = OrderReserve {
         member_id: member,

@@ -34,10 +34,7 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let product = parse_json::<CreateProductRequest>(&body)?.parse()?;
-    let id = state
-        .ids
-        .next(&state.redis, &state.keys, Entity::Product)
-        .await?;
+    let id = state.ids.next(Entity::Product).await?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::create_product(&state, id, product).await;
     }

@@ -229,7 +229,7 @@ impl ScriptReply {
     }
 
     /// Logs and counts a refusal to overwrite an existing entity (`CONFLICT`: an id taken by another
-    /// entity, i.e. an id-sequence fault such as a rebuild that lost the sequences); alerting watches
+    /// entity, i.e. an id-allocation fault such as a hand-edited node lease table); alerting watches
     /// `flashsale_entity_conflicts_total`.
     pub fn note_entity_conflict(&self, script: Script, id: i64) {
         if let Self::Refused { code, detail, .. } = self {

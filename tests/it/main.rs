@@ -12,6 +12,7 @@ mod dblock_baseline;
 mod foundation;
 mod hot_paths;
 mod http_contract;
+mod ids;
 mod integrity;
 mod kafka_restart;
 mod lua_scripts;

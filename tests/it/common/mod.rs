@@ -10,7 +10,7 @@ pub mod pipeline;
 pub mod proxy;
 
 use flashsale::app::Application;
-use flashsale::config::{ConnectionSettings, HotPath, RelaySettings, ServeSettings};
+use flashsale::config::{ConnectionSettings, HotPath, IdSettings, RelaySettings, ServeSettings};
 use flashsale::keys::Keys;
 use flashsale::state::AppState;
 use fred::prelude::*;
@@ -105,6 +105,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
             relay_retry_base_ms: 100,
             relay_retry_max_ms: 2_000,
         },
+        ids: IdSettings::default(),
         env: std::env::var("FLASHSALE_ENV").unwrap_or_else(|_| "dev".into()),
     }
 }
