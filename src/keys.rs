@@ -192,8 +192,14 @@ mod tests {
             ] {
                 assert_eq!(key_slot(&key), slot, "{key}");
             }
-            assert_eq!(key_slot(&k.coupon_holders(member)), key_slot(&k.coupon(member)));
-            assert_eq!(key_slot(&k.product_ops(member)), key_slot(&k.product(member)));
+            assert_eq!(
+                key_slot(&k.coupon_holders(member)),
+                key_slot(&k.coupon(member))
+            );
+            assert_eq!(
+                key_slot(&k.product_ops(member)),
+                key_slot(&k.product(member))
+            );
         }
         let slots: std::collections::HashSet<u16> =
             (1..1000).map(|id| key_slot(&k.member(id))).collect();

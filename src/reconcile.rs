@@ -132,10 +132,7 @@ async fn fields(
 ) -> anyhow::Result<BTreeMap<i64, String>> {
     let values: Vec<(i64, Option<String>)> = futures::stream::iter(targets)
         .map(|(id, key)| async move {
-            Ok::<_, fred::error::Error>((
-                id,
-                redis.hget::<Option<String>, _, _>(key, field).await?,
-            ))
+            Ok::<_, fred::error::Error>((id, redis.hget::<Option<String>, _, _>(key, field).await?))
         })
         .buffered(CONCURRENCY)
         .try_collect()
@@ -256,10 +253,8 @@ async fn compare_rows(
         targets(keys, entity, &ids)
     };
     let in_redis = fields(redis, targets, c.field).await?;
-    let in_mysql: BTreeMap<i64, String> = rows
-        .into_iter()
-        .map(|(id, _, value)| (id, value))
-        .collect();
+    let in_mysql: BTreeMap<i64, String> =
+        rows.into_iter().map(|(id, _, value)| (id, value)).collect();
     compare(c.drift, &in_redis, &in_mysql, drift);
     if entity == Entity::Coupon {
         compare_issued(redis, db, keys, &ids, &in_redis, drift).await?;

@@ -144,7 +144,10 @@ pub async fn read_order_keys(
 ) -> ApiResult<Option<OrderKeysView>> {
     let fields: Vec<Option<String>> = state
         .redis
-        .hmget(state.keys.order_in(partition, order_id), vec!["items", "paid_day"])
+        .hmget(
+            state.keys.order_in(partition, order_id),
+            vec!["items", "paid_day"],
+        )
         .await?;
     let Some(Some(items)) = fields.first() else {
         return Ok(None);

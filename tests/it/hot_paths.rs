@@ -631,7 +631,8 @@ async fn popular_ranks_by_units_within_the_window() {
     let _: f64 = app
         .redis
         .zincrby(
-            app.keys.popular_day(flashsale::partition::Partition::of_id(7), &old_day),
+            app.keys
+                .popular_day(flashsale::partition::Partition::of_id(7), &old_day),
             100.0,
             c.to_string(),
         )

@@ -474,7 +474,11 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
     let parts: Vec<&str> = entry.split('|').collect();
     assert_eq!(parts.len(), 8, "{entry}");
     assert_eq!(&parts[4..6], ["FIXED", "500"], "{entry}");
-    assert_eq!(c.run_wallet_step(&e1).await, "present", "a second run changes nothing");
+    assert_eq!(
+        c.run_wallet_step(&e1).await,
+        "present",
+        "a second run changes nothing"
+    );
     let issued_ms: i64 = parts[0].parse().expect("issued_ms");
     assert!(
         t0 <= issued_ms && issued_ms <= t1,
@@ -1222,7 +1226,10 @@ async fn order_pay_after_expiry_time_is_refused_even_before_the_sweep() {
         "ORDER_EXPIRED",
     );
     assert_eq!(c.dump().await, before, "still reserved, left for the sweep");
-    assert_eq!(c.field(&c.order_key(90), "status").await.unwrap(), "RESERVED");
+    assert_eq!(
+        c.field(&c.order_key(90), "status").await.unwrap(),
+        "RESERVED"
+    );
     assert_eq!(
         c.reservations().await.keys().collect::<Vec<_>>(),
         ["90", "91", "92"]
@@ -1258,10 +1265,7 @@ async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
     assert_eq!(ok_body(&reply, 200), expected);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
     assert_eq!(c.num(&c.k.product(2), "stock").await, 8);
-    assert_eq!(
-        c.reservations().await.keys().collect::<Vec<_>>(),
-        ["101"]
-    );
+    assert_eq!(c.reservations().await.keys().collect::<Vec<_>>(), ["101"]);
     let h = c.hash(&c.order_key(100)).await;
     assert_eq!(h["status"], "CANCELLED");
     assert_eq!(h["closed_at"], rfc(at));
@@ -1495,10 +1499,7 @@ async fn order_expire_releases_a_due_reservation_once() {
         "141 keeps its unit"
     );
     assert_eq!(c.num(&c.k.product(2), "stock").await, 10);
-    assert_eq!(
-        c.reservations().await.keys().collect::<Vec<_>>(),
-        ["141"]
-    );
+    assert_eq!(c.reservations().await.keys().collect::<Vec<_>>(), ["141"]);
     let h = c.hash(&c.order_key(140)).await;
     assert_eq!(h["status"], "EXPIRED");
     assert_eq!(h["closed_at"], rfc(at));
@@ -1744,7 +1745,10 @@ async fn order_cancel_takes_units_back_from_the_day_it_was_paid() {
     c.product(1, 100, 100, t).await;
     sell(&c, 180, 1, 5, yesterday).await;
     sell(&c, 181, 1, 2, t).await;
-    let (old_day, today) = (c.k.popular_day(Partition::of_id(M), &day(yesterday)), c.k.popular_day(Partition::of_id(M), &day(t)));
+    let (old_day, today) = (
+        c.k.popular_day(Partition::of_id(M), &day(yesterday)),
+        c.k.popular_day(Partition::of_id(M), &day(t)),
+    );
     assert_eq!(c.zset(&old_day).await["1"], "5");
     assert_eq!(c.zset(&today).await["1"], "2");
     ok_body(&c.cancel(M, 180, &c.idem(M), &ev(), t + 10).await, 200);
@@ -1828,7 +1832,13 @@ async fn the_state_dump_sees_every_key_but_idempotency_records() {
         .collect::<Vec<_>>()
     );
     assert_eq!(dump[c.k.member(M)][1]["balance"], "10");
-    assert_eq!(dump[c.k.outbox(Partition::of_id(M))][1].as_array().unwrap().len(), 3);
+    assert_eq!(
+        dump[c.k.outbox(Partition::of_id(M))][1]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     c.cleanup().await;
 }
 

@@ -10,8 +10,8 @@ use flashsale::keys::Keys;
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
 use flashsale::scripts::calls::{
-    CouponCreate, CouponIssue, CouponWalletAdd, Idem as TypedIdem, MemberSignup, OrderCancel, OrderExpire,
-    OrderPay, OrderReserve, PointsCharge, ProductCreate, ProductStockAdd,
+    CouponCreate, CouponIssue, CouponWalletAdd, Idem as TypedIdem, MemberSignup, OrderCancel,
+    OrderExpire, OrderPay, OrderReserve, PointsCharge, ProductCreate, ProductStockAdd,
 };
 use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
 use fred::prelude::*;
@@ -320,7 +320,10 @@ impl Ctx {
         };
         let stream_order = |id: &str| {
             let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-            (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+            (
+                ms.parse::<u64>().unwrap_or(0),
+                seq.parse::<u64>().unwrap_or(0),
+            )
         };
         entries.sort_by_key(|(id, fields)| {
             (
@@ -543,12 +546,16 @@ impl Ctx {
     /// The saga step the engine's worker runs for a coupon.issued event (src/saga.rs), run here at once
     /// so the tests see the wallet entry; running it again changes nothing.
     pub async fn run_wallet_step(&self, event: &str) -> String {
-        let Some(issued) = self.events().await.into_iter().find(|e| {
-            e.event_id == event && e.kind == "coupon.issued"
-        }) else {
+        let Some(issued) = self
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e.event_id == event && e.kind == "coupon.issued")
+        else {
             return "no event".into();
         };
-        let call = CouponWalletAdd::from_issued(&issued.payload).expect("wallet fields in the event");
+        let call =
+            CouponWalletAdd::from_issued(&issued.payload).expect("wallet fields in the event");
         self.scripts
             .run_call(&self.redis, &self.k, &call)
             .await
