@@ -35,6 +35,9 @@ use crate::partition::Partition;
 
 type Entry = XReadValue<String, String, String>;
 
+/// How much longer than its BLOCK time a read may take before the connection is deemed wedged.
+const READ_GRACE_MS: u64 = 5_000;
+
 /// Parks an entry in the dead-letter stream and acknowledges it, atomically. Resent after a reconnect it
 /// is harmless: an entry already acknowledged is not parked twice.
 /// KEYS: [1] outbox stream, [2] dead-letter stream. ARGV: [1] group, [2] entry id, [3] error,
@@ -160,6 +163,7 @@ impl Relay {
         let mut last_claim = Instant::now() - Duration::from_secs(3600);
         let mut last_trim = Instant::now();
         while !*stop.borrow() {
+            let mut failed = false;
             let step = async {
                 let mut settled = Vec::new();
                 while let Some(Some(done)) = sends.next().now_or_never() {
@@ -231,11 +235,21 @@ impl Relay {
                 result = step => {
                     if let Err(e) = result {
                         metrics::counter!("flashsale_relay_errors_total").increment(1);
-                        tracing::error!(error = %e, "relay step failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tracing::error!(error = %e, "relay step failed; retrying on a new connection");
+                        failed = true;
                     }
                 }
                 _ = stop.changed() => {}
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The connection may be wedged (a read blocked across a server restart): replace it;
+                // our own pending entries are read again from the start.
+                if let Ok(fresh) = connect_redis_client(&self.connections).await {
+                    let old = std::mem::replace(&mut self.redis, fresh);
+                    let _ = old.quit().await;
+                    own_pending_cursor = Some("0-0".into());
+                }
             }
         }
         let _ = self.redis.quit().await;
@@ -487,19 +501,22 @@ impl Relay {
     }
 
     async fn read(&self, from: &str, block: Option<u64>) -> anyhow::Result<Vec<Entry>> {
+        // A read blocked on a connection that Redis dropped (a killed server) must not wait forever:
+        // bounded, it fails, and the step's error path replaces the connection.
+        let bound = Duration::from_millis(block.unwrap_or(0) + READ_GRACE_MS);
+        let read = self.redis.xreadgroup(
+            RELAY_GROUP,
+            &self.consumer,
+            Some(self.batch),
+            block,
+            false,
+            self.outbox.as_str(),
+            from,
+        );
         // Parsed by hand: a BLOCK timeout answers nil, which typed map conversions refuse.
-        let response: Value = self
-            .redis
-            .xreadgroup(
-                RELAY_GROUP,
-                &self.consumer,
-                Some(self.batch),
-                block,
-                false,
-                self.outbox.as_str(),
-                from,
-            )
-            .await?;
+        let response: Value = tokio::time::timeout(bound, read)
+            .await
+            .map_err(|_| anyhow::anyhow!("XREADGROUP got no answer in {bound:?}"))??;
         let mut entries = Vec::new();
         for stream in response.into_array() {
             let mut parts = stream.into_array().into_iter();

@@ -51,7 +51,7 @@ async fn run(
 ) {
     let outbox = state.keys.outbox(partition);
     // Blocking reads need a connection of their own.
-    let client = loop {
+    let mut client = loop {
         match connect_redis_client(&state.settings.connections).await {
             Ok(client) => break client,
             Err(e) => {
@@ -67,6 +67,7 @@ async fn run(
     let mut last_claim = Instant::now();
     let mut failures = 0u32;
     while !*stop.borrow() {
+        let mut reconnect = false;
         let round = async {
             let mut entries = Vec::new();
             if own_pending {
@@ -116,9 +117,17 @@ async fn run(
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => {}
                     }
+                    reconnect = true;
                 }
             },
             _ = stop.changed() => {}
+        }
+        if reconnect {
+            // The connection may be wedged (a read blocked across a server restart): replace it.
+            if let Ok(fresh) = connect_redis_client(&state.settings.connections).await {
+                let old = std::mem::replace(&mut client, fresh);
+                let _ = old.quit().await;
+            }
         }
     }
     let _ = client.quit().await;
@@ -240,17 +249,20 @@ async fn read(
     from: &str,
     block: Option<u64>,
 ) -> anyhow::Result<Vec<Entry>> {
-    let response: Value = client
-        .xreadgroup(
-            SAGA_GROUP,
-            consumer,
-            Some(BATCH),
-            block,
-            false,
-            outbox,
-            from,
-        )
-        .await?;
+    // Bounded: a read blocked on a connection Redis dropped (a killed server) must fail, not hang.
+    let bound = Duration::from_millis(block.unwrap_or(0) + 5_000);
+    let read = client.xreadgroup(
+        SAGA_GROUP,
+        consumer,
+        Some(BATCH),
+        block,
+        false,
+        outbox,
+        from,
+    );
+    let response: Value = tokio::time::timeout(bound, read)
+        .await
+        .map_err(|_| anyhow::anyhow!("XREADGROUP got no answer in {bound:?}"))??;
     let mut entries = Vec::new();
     for stream in response.into_array() {
         let mut parts = stream.into_array().into_iter();
