@@ -43,10 +43,27 @@ pub async fn connect_redis(settings: &ConnectionSettings) -> anyhow::Result<Pool
     Ok(pool)
 }
 
+/// The longest a background worker's Redis command may take; longer than any BLOCK they use.
+pub const WORKER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes a replaced client in the background: QUIT on a wedged connection may never be answered.
+pub fn retire_redis_client(client: Client) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+    });
+}
+
 /// A single Redis client (for blocking reads such as XREADGROUP ... BLOCK).
 pub async fn connect_redis_client(settings: &ConnectionSettings) -> anyhow::Result<Client> {
     let config = Config::from_url(&settings.redis_url).context("REDIS_URL")?;
     let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = Duration::from_secs(5);
+        })
+        // Background workers (relay, sagas) must never wait forever on one command: a command
+        // queued across a server restart fails after this and the worker replaces the client.
+        .with_performance_config(|p| p.default_command_timeout = WORKER_COMMAND_TIMEOUT)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()
         .context("building the Redis client")?;

@@ -247,12 +247,12 @@ impl Relay {
                 // our own pending entries are read again from the start.
                 if let Ok(fresh) = connect_redis_client(&self.connections).await {
                     let old = std::mem::replace(&mut self.redis, fresh);
-                    let _ = old.quit().await;
+                    crate::app::retire_redis_client(old);
                     own_pending_cursor = Some("0-0".into());
                 }
             }
         }
-        let _ = self.redis.quit().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.redis.quit()).await;
         tracing::debug!(partition = %self.partition, "relay stopped");
     }
 

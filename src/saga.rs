@@ -126,11 +126,11 @@ async fn run(
             // The connection may be wedged (a read blocked across a server restart): replace it.
             if let Ok(fresh) = connect_redis_client(&state.settings.connections).await {
                 let old = std::mem::replace(&mut client, fresh);
-                let _ = old.quit().await;
+                crate::app::retire_redis_client(old);
             }
         }
     }
-    let _ = client.quit().await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.quit()).await;
 }
 
 /// Runs the step an outbox entry calls for (most events call for none).
