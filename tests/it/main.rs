@@ -19,3 +19,4 @@ mod ops;
 mod pipeline;
 mod redis_restart;
 mod relay_resilience;
+mod slots;
