@@ -28,7 +28,10 @@ if tonumber(o.expires_at_ms) > now then
 end
 
 o.status, o.closed_at = 'EXPIRED', rfc3339(now)
+-- The snapshot decodes the items: an order that cannot be read fails here, before any write (a script
+-- error does not undo the writes before it).
+local snapshot = order_snapshot(o)
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
 redis.call('ZREM', KEYS[2], ARGV[1])
-outbox(KEYS[3], ARGV[2], 'order.expired', 'order:' .. o.id, o.closed_at, { order = order_snapshot(o) })
+outbox(KEYS[3], ARGV[2], 'order.expired', 'order:' .. o.id, o.closed_at, { order = snapshot })
 return 'expired'
