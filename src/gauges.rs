@@ -29,13 +29,16 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
     metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
     crate::relay::sample_dead_letters(client, &state.keys).await;
     let reservations = futures::future::try_join_all(
-        crate::partition::Partition::all().map(|p| client.zcard::<i64, _>(state.keys.reservations(p))),
+        crate::partition::Partition::all()
+            .map(|p| client.zcard::<i64, _>(state.keys.reservations(p))),
     )
     .await?;
     metrics::gauge!("flashsale_reservations_active").set(reservations.iter().sum::<i64>() as f64);
 
     // The most recent products and coupons, by the catalog indexes (ids grow with time).
-    let products: Vec<i64> = client.zrevrange(state.keys.products(), 0, RECENT - 1, false).await?;
+    let products: Vec<i64> = client
+        .zrevrange(state.keys.products(), 0, RECENT - 1, false)
+        .await?;
     for id in products {
         let stock: Option<i64> = client.hget(state.keys.product(id), "stock").await?;
         if let Some(stock) = stock {
@@ -43,7 +46,9 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
                 .set(stock as f64);
         }
     }
-    let coupons: Vec<i64> = client.zrevrange(state.keys.coupons(), 0, RECENT - 1, false).await?;
+    let coupons: Vec<i64> = client
+        .zrevrange(state.keys.coupons(), 0, RECENT - 1, false)
+        .await?;
     for id in coupons {
         let remaining: Option<i64> = client.hget(state.keys.coupon(id), "remaining").await?;
         if let Some(remaining) = remaining {

@@ -187,8 +187,14 @@ mod tests {
             ] {
                 assert_eq!(key_slot(&key), slot, "{key}");
             }
-            assert_eq!(key_slot(&k.coupon_holders(member)), key_slot(&k.coupon(member)));
-            assert_eq!(key_slot(&k.product_ops(member)), key_slot(&k.product(member)));
+            assert_eq!(
+                key_slot(&k.coupon_holders(member)),
+                key_slot(&k.coupon(member))
+            );
+            assert_eq!(
+                key_slot(&k.product_ops(member)),
+                key_slot(&k.product(member))
+            );
             for key in [
                 k.product_holds(member),
                 k.product_returned(member),

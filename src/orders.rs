@@ -147,15 +147,20 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             member_id: req.member_id,
         })
         .collect();
-    let answers = join_all(holds.iter().zip(&req.items).map(|(hold, (_, quantity))| async move {
-        let call = StockHold {
-            hold: *hold,
-            quantity: *quantity,
-            ttl_ms: HOLD_TTL_MS,
-        };
-        let value = store.run(&call).await?;
-        parse_hold(value)
-    }))
+    let answers = join_all(
+        holds
+            .iter()
+            .zip(&req.items)
+            .map(|(hold, (_, quantity))| async move {
+                let call = StockHold {
+                    hold: *hold,
+                    quantity: *quantity,
+                    ttl_ms: HOLD_TTL_MS,
+                };
+                let value = store.run(&call).await?;
+                parse_hold(value)
+            }),
+    )
     .await;
 
     let mut taken = Vec::new();
@@ -216,10 +221,7 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             code: code.into(),
             detail,
         };
-        return store
-            .scripts
-            .invoke(store.redis, store.keys, &call)
-            .await;
+        return store.scripts.invoke(store.redis, store.keys, &call).await;
     }
 
     let result = member_step(store, req, priced, deadline).await;
@@ -248,10 +250,7 @@ async fn member_step(
         hold_deadline_ms,
         event_id: req.event_id.clone(),
     };
-    let reply = store
-        .scripts
-        .invoke(store.redis, store.keys, &call)
-        .await?;
+    let reply = store.scripts.invoke(store.redis, store.keys, &call).await?;
     if let ScriptReply::Refused { status: 503, .. } = reply {
         metrics::counter!("flashsale_hold_lapsed_total").increment(1);
         return Err(ApiError::retry_later(
@@ -381,10 +380,7 @@ pub async fn cancel(
         popular_day,
         event_id,
     };
-    let reply = store
-        .scripts
-        .invoke(store.redis, store.keys, &call)
-        .await?;
+    let reply = store.scripts.invoke(store.redis, store.keys, &call).await?;
     if let ScriptReply::Ok { body, .. } = &reply {
         match serde_json::from_str::<crate::domain::OrderView>(body) {
             Ok(order) => {
@@ -394,7 +390,8 @@ pub async fn cancel(
                 } else {
                     ProductStep::Release
                 };
-                if let Err(e) = product_steps(store, step, member_id, order_id, &order.items).await {
+                if let Err(e) = product_steps(store, step, member_id, order_id, &order.items).await
+                {
                     // Answered anyway: the order is cancelled; the saga worker completes the stock
                     // from the order.cancelled event.
                     tracing::warn!(order_id, error = %e, "stock not given back inline; the saga worker completes it");
@@ -525,7 +522,11 @@ pub async fn sweep_orphan_holds(
             == "released"
         {
             sweep.released += 1;
-            tracing::info!(product_id = hold.product_id, order_id = hold.order_id, "orphaned hold released");
+            tracing::info!(
+                product_id = hold.product_id,
+                order_id = hold.order_id,
+                "orphaned hold released"
+            );
             metrics::counter!("flashsale_orphan_holds_released_total").increment(1);
         }
     }

@@ -80,9 +80,7 @@ static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
             let range = u32::from(SLOTS) / u32::from(PARTITIONS);
             (0u32..)
                 .map(|salt| format!("p{index}.{salt}"))
-                .find(|tag| {
-                    u32::from(crc16(tag.as_bytes()) % SLOTS) / range == u32::from(index)
-                })
+                .find(|tag| u32::from(crc16(tag.as_bytes()) % SLOTS) / range == u32::from(index))
                 .unwrap_or_else(|| format!("p{index}"))
         })
         .collect()
@@ -127,7 +125,10 @@ mod tests {
         // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(crc16(b"123456789"), 0x31c3);
         assert_eq!(key_slot("foo"), 12182);
-        assert_eq!(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
+        assert_eq!(
+            key_slot("{user1000}.following"),
+            key_slot("{user1000}.followers")
+        );
         assert_eq!(key_slot("foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
         assert_eq!(key_slot("foo{{bar}}zap"), crc16(b"{bar") % SLOTS);
     }
@@ -150,14 +151,20 @@ mod tests {
         }
         let expected = 64_000 / u32::from(PARTITIONS);
         for c in &counts {
-            assert!(*c > expected * 8 / 10 && *c < expected * 12 / 10, "{counts:?}");
+            assert!(
+                *c > expected * 8 / 10 && *c < expected * 12 / 10,
+                "{counts:?}"
+            );
         }
         let mut text = vec![0u32; usize::from(PARTITIONS)];
         for n in 0..64_000 {
             text[usize::from(Partition::of_text(&format!("user{n}@example.com")).index())] += 1;
         }
         for c in &text {
-            assert!(*c > expected * 8 / 10 && *c < expected * 12 / 10, "{text:?}");
+            assert!(
+                *c > expected * 8 / 10 && *c < expected * 12 / 10,
+                "{text:?}"
+            );
         }
     }
 }

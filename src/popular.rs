@@ -17,10 +17,13 @@ use crate::partition::Partition;
 /// Popular-ranking day buckets outlive the longest window (30 days).
 pub const POPULAR_DAY_TTL_SECS: i64 = 35 * 24 * 3600;
 
+/// A merged ranking: (product id, units), most units first.
+type Ranking = std::sync::Arc<Vec<(i64, i64)>>;
+
 /// Merged rankings per window (days), with when they were computed.
 #[derive(Default)]
 pub struct PopularCache {
-    merged: Mutex<HashMap<i64, (Instant, std::sync::Arc<Vec<(i64, i64)>>)>>,
+    merged: Mutex<HashMap<i64, (Instant, Ranking)>>,
 }
 
 impl PopularCache {
@@ -86,7 +89,10 @@ pub async fn ranking(
     for flat in per_partition {
         let flat = flat.into_array();
         for pair in flat.chunks(2) {
-            let id = pair.first().and_then(|v| v.as_string()).and_then(|s| s.parse::<i64>().ok());
+            let id = pair
+                .first()
+                .and_then(|v| v.as_string())
+                .and_then(|s| s.parse::<i64>().ok());
             let score = pair.get(1).and_then(|v| v.as_f64());
             if let (Some(id), Some(score)) = (id, score) {
                 *units.entry(id).or_default() += score;
@@ -98,7 +104,10 @@ pub async fn ranking(
         .map(|(id, u)| (id, u.round() as i64))
         .filter(|(_, u)| *u > 0)
         .collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.to_string().cmp(&a.0.to_string())));
+    ranked.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| b.0.to_string().cmp(&a.0.to_string()))
+    });
     let ranked = std::sync::Arc::new(ranked);
     if cache_ms > 0 {
         cache.put(days, ranked.clone());

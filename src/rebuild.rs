@@ -169,7 +169,9 @@ pub async fn rebuild(
     // Wallet entries carry the coupon's terms (lua/lib/prelude.lua, wallet_entry).
     let terms: HashMap<i64, (String, i64, NaiveDateTime, NaiveDateTime)> = coupons
         .iter()
-        .map(|(id, _, kind, value, _, _, from, until, _)| (*id, (kind.clone(), *value, *from, *until)))
+        .map(|(id, _, kind, value, _, _, from, until, _)| {
+            (*id, (kind.clone(), *value, *from, *until))
+        })
         .collect();
     let issued: Vec<(i64, i64, NaiveDateTime, Option<i64>)> =
         sqlx::query_as("SELECT coupon_id, member_id, issued_at, used_order_id FROM issued_coupons")

@@ -212,13 +212,12 @@ async fn compare_range(
         _ => {
             // An order's key names its member's partition: the ids to compare come from MySQL (an
             // order only in Redis is an event not applied yet, which `pending_events` counts).
-            let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-                "SELECT id, member_id, status FROM orders WHERE id > ? AND id <= ?",
-            )
-            .bind(range.0)
-            .bind(range.1)
-            .fetch_all(db)
-            .await?;
+            let rows: Vec<(i64, i64, String)> =
+                sqlx::query_as("SELECT id, member_id, status FROM orders WHERE id > ? AND id <= ?")
+                    .bind(range.0)
+                    .bind(range.1)
+                    .fetch_all(db)
+                    .await?;
             let owned: Vec<(i64, i64)> = rows.iter().map(|(id, m, _)| (*id, *m)).collect();
             let statuses: Vec<(i64, Option<String>)> = futures::stream::iter(owned)
                 .map(|(id, member)| {
@@ -237,7 +236,10 @@ async fn compare_range(
                 .into_iter()
                 .filter_map(|(id, v)| v.map(|v| (id, v)))
                 .collect();
-            let mysql = rows.into_iter().map(|(id, _, status)| (id, status)).collect();
+            let mysql = rows
+                .into_iter()
+                .map(|(id, _, status)| (id, status))
+                .collect();
             compare("order_status", &statuses, &mysql, drift);
         }
     }

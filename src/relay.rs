@@ -249,7 +249,8 @@ impl Relay {
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let retry_base = Duration::from_millis(settings.relay_retry_base_ms.max(1));
-        let retry_max = Duration::from_millis(settings.relay_retry_max_ms).max(Duration::from_secs(1));
+        let retry_max =
+            Duration::from_millis(settings.relay_retry_max_ms).max(Duration::from_secs(1));
         let mut wait = retry_base;
         loop {
             match crate::kafka::ensure_topics(connections).await {

@@ -40,7 +40,12 @@ pub async fn run_all(state: AppState, stop: watch::Receiver<bool>) {
     let consumer = format!("saga-{}", uuid::Uuid::new_v4().simple());
     let mut workers = tokio::task::JoinSet::new();
     for partition in Partition::all() {
-        workers.spawn(run(state.clone(), partition, consumer.clone(), stop.clone()));
+        workers.spawn(run(
+            state.clone(),
+            partition,
+            consumer.clone(),
+            stop.clone(),
+        ));
     }
     while workers.join_next().await.is_some() {}
 }
@@ -128,7 +133,10 @@ async fn run(
 
 /// Runs the step an outbox entry calls for (most events call for none). Public for the tests, which
 /// run the worker's steps by hand.
-pub async fn run_step(store: Store<'_>, fields: &std::collections::HashMap<String, String>) -> anyhow::Result<()> {
+pub async fn run_step(
+    store: Store<'_>,
+    fields: &std::collections::HashMap<String, String>,
+) -> anyhow::Result<()> {
     let kind = fields.get("type").map(String::as_str).unwrap_or_default();
     let step = match kind {
         "coupon.issued" => None,
@@ -138,15 +146,21 @@ pub async fn run_step(store: Store<'_>, fields: &std::collections::HashMap<Strin
         "order.cancelled" => Some(ProductStep::Release), // or Return: decided from the payload
         _ => return Ok(()),
     };
-    let payload: serde_json::Value = serde_json::from_str(fields.get("payload").map(String::as_str).unwrap_or("{}"))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(fields.get("payload").map(String::as_str).unwrap_or("{}"))?;
     let step_name = match step {
         Some(step) => {
-            let Some(order) = payload.get("order").and_then(|o| serde_json::from_value::<OrderView>(o.clone()).ok()) else {
+            let Some(order) = payload
+                .get("order")
+                .and_then(|o| serde_json::from_value::<OrderView>(o.clone()).ok())
+            else {
                 tracing::error!(payload = %payload, kind, "order event without an order; skipped");
                 metrics::counter!("flashsale_saga_steps_total", "step" => "order", "outcome" => "malformed").increment(1);
                 return Ok(());
             };
-            let step = if kind == "order.cancelled" && payload.get("previous_status").and_then(|s| s.as_str()) == Some("PAID") {
+            let step = if kind == "order.cancelled"
+                && payload.get("previous_status").and_then(|s| s.as_str()) == Some("PAID")
+            {
                 ProductStep::Return
             } else {
                 step
@@ -160,9 +174,15 @@ pub async fn run_step(store: Store<'_>, fields: &std::collections::HashMap<Strin
             "coupon_wallet_add"
         }
     };
-    if let Some(at) = fields.get("at").and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok()) {
-        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_milliseconds().max(0);
-        metrics::histogram!("flashsale_saga_lag_seconds", "step" => step_name).record(lag as f64 / 1000.0);
+    if let Some(at) = fields
+        .get("at")
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+    {
+        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .num_milliseconds()
+            .max(0);
+        metrics::histogram!("flashsale_saga_lag_seconds", "step" => step_name)
+            .record(lag as f64 / 1000.0);
     }
     Ok(())
 }
@@ -185,7 +205,11 @@ async fn wallet_step(store: Store<'_>, payload: &serde_json::Value) -> anyhow::R
         _ => "no_member",
     };
     if outcome == "no_member" {
-        tracing::error!(member_id = call.member_id, coupon_id = call.coupon_id, "coupon issued to a member Redis does not know; no wallet entry");
+        tracing::error!(
+            member_id = call.member_id,
+            coupon_id = call.coupon_id,
+            "coupon issued to a member Redis does not know; no wallet entry"
+        );
     }
     metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => outcome).increment(1);
     Ok(())
@@ -195,7 +219,11 @@ async fn wallet_step(store: Store<'_>, payload: &serde_json::Value) -> anyhow::R
 /// but whose wallet entry the saga worker has not written yet (its lag, milliseconds), the engine runs
 /// the step itself (idempotent, the worker's later run changes nothing). True when the wallet now has
 /// the coupon.
-pub async fn complete_wallet(state: &AppState, member_id: i64, coupon_id: i64) -> anyhow::Result<bool> {
+pub async fn complete_wallet(
+    state: &AppState,
+    member_id: i64,
+    coupon_id: i64,
+) -> anyhow::Result<bool> {
     let held: Option<String> = state
         .redis
         .hget(state.keys.coupon_holders(coupon_id), member_id.to_string())
@@ -207,7 +235,12 @@ pub async fn complete_wallet(state: &AppState, member_id: i64, coupon_id: i64) -
         .redis
         .hmget(
             state.keys.coupon(coupon_id),
-            vec!["discount_type", "discount_value", "valid_from_ms", "valid_until_ms"],
+            vec![
+                "discount_type",
+                "discount_value",
+                "valid_from_ms",
+                "valid_until_ms",
+            ],
         )
         .await?;
     let (event_id, issued_at) = held.split_once('|').unwrap_or((held.as_str(), ""));
@@ -243,9 +276,23 @@ pub async fn complete_wallet(state: &AppState, member_id: i64, coupon_id: i64) -
 
 type Entry = (String, std::collections::HashMap<String, String>);
 
-async fn read(client: &Client, outbox: &str, consumer: &str, from: &str, block: Option<u64>) -> anyhow::Result<Vec<Entry>> {
+async fn read(
+    client: &Client,
+    outbox: &str,
+    consumer: &str,
+    from: &str,
+    block: Option<u64>,
+) -> anyhow::Result<Vec<Entry>> {
     let response: Value = client
-        .xreadgroup(SAGA_GROUP, consumer, Some(BATCH), block, false, outbox, from)
+        .xreadgroup(
+            SAGA_GROUP,
+            consumer,
+            Some(BATCH),
+            block,
+            false,
+            outbox,
+            from,
+        )
         .await?;
     let mut entries = Vec::new();
     for stream in response.into_array() {
@@ -260,7 +307,15 @@ async fn read(client: &Client, outbox: &str, consumer: &str, from: &str, block: 
 
 async fn claim(client: &Client, outbox: &str, consumer: &str) -> anyhow::Result<Vec<Entry>> {
     let reply: Value = client
-        .xautoclaim(outbox, SAGA_GROUP, consumer, CLAIM_IDLE_MS, "0-0", Some(BATCH), false)
+        .xautoclaim(
+            outbox,
+            SAGA_GROUP,
+            consumer,
+            CLAIM_IDLE_MS,
+            "0-0",
+            Some(BATCH),
+            false,
+        )
         .await?;
     Ok(reply
         .into_array()

@@ -63,7 +63,14 @@ pub async fn create(
         // The catalog index (admin path only) lives in its own slot: written after the coupon.
         let _: i64 = state
             .redis
-            .zadd(state.keys.coupons(), None, None, false, false, (id as f64, id.to_string()))
+            .zadd(
+                state.keys.coupons(),
+                None,
+                None,
+                false,
+                false,
+                (id as f64, id.to_string()),
+            )
             .await?;
     }
     Ok(reply.into_response())

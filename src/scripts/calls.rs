@@ -249,7 +249,10 @@ impl CouponWalletAdd {
 impl ScriptCall for CouponWalletAdd {
     const SCRIPT: Script = Script::CouponWalletAdd;
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        vec![keys.member(self.member_id), keys.member_coupons(self.member_id)]
+        vec![
+            keys.member(self.member_id),
+            keys.member_coupons(self.member_id),
+        ]
     }
     fn args(&self) -> Vec<String> {
         vec![self.coupon_id.to_string(), self.entry.clone()]

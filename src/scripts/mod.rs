@@ -173,7 +173,8 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<Value, fred::error::Error> {
-        self.run(redis, C::SCRIPT, call.keys(keys), call.args()).await
+        self.run(redis, C::SCRIPT, call.keys(keys), call.args())
+            .await
     }
 
     /// Runs a typed HTTP-facing call and decodes its reply (see lua/lib/prelude.lua).
@@ -183,7 +184,8 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<ScriptReply, ApiError> {
-        self.call(redis, C::SCRIPT, call.keys(keys), call.args()).await
+        self.call(redis, C::SCRIPT, call.keys(keys), call.args())
+            .await
     }
 
     /// Runs an HTTP-facing script and decodes its reply (see lua/lib/prelude.lua).

@@ -631,7 +631,8 @@ async fn popular_ranks_by_units_within_the_window() {
     let _: f64 = app
         .redis
         .zincrby(
-            app.keys.popular_day(flashsale::partition::Partition::of_id(7), &old_day),
+            app.keys
+                .popular_day(flashsale::partition::Partition::of_id(7), &old_day),
             100.0,
             c.to_string(),
         )
@@ -783,7 +784,10 @@ async fn orphaned_holds_are_released_by_the_sweep() {
             .await
             .expect("stock_hold");
         assert_eq!(
-            held.into_array().first().and_then(|v| v.as_string()).as_deref(),
+            held.into_array()
+                .first()
+                .and_then(|v| v.as_string())
+                .as_deref(),
             Some("held")
         );
     }
@@ -801,7 +805,10 @@ async fn orphaned_holds_are_released_by_the_sweep() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(stock, 8, "the orphans' 6 units back, the order's 2 still held");
+    assert_eq!(
+        stock, 8,
+        "the orphans' 6 units back, the order's 2 still held"
+    );
     let mut pending = 1;
     for _ in 0..50 {
         pending = 0;

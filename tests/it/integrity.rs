@@ -320,7 +320,7 @@ async fn order_reserve_refuses_a_taken_order_id() {
                 },
             )
             .await
-                .expect("script runs")
+            .expect("script runs")
         }
     };
     let first_event = flashsale::state::event_id();

@@ -7,9 +7,9 @@ use crate::lua_support;
 
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
 use flashsale::idempotency::RECORD_TTL_SECS;
+use flashsale::orders::HOLD_MARGIN_MS;
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
-use flashsale::orders::HOLD_MARGIN_MS;
 use flashsale::scripts::calls::{OrderCancel, OrderExpire, OrderRefuse, OrderReserve, PricedItem};
 use flashsale::scripts::ScriptReply;
 use lua_support::*;
@@ -477,7 +477,11 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
     let parts: Vec<&str> = entry.split('|').collect();
     assert_eq!(parts.len(), 8, "{entry}");
     assert_eq!(&parts[4..6], ["FIXED", "500"], "{entry}");
-    assert_eq!(c.run_wallet_step(&e1).await, "present", "a second run changes nothing");
+    assert_eq!(
+        c.run_wallet_step(&e1).await,
+        "present",
+        "a second run changes nothing"
+    );
     let issued_ms: i64 = parts[0].parse().expect("issued_ms");
     assert!(
         t0 <= issued_ms && issued_ms <= t1,
@@ -505,7 +509,8 @@ async fn coupon_issue_without_key_issues_once_and_resend_is_safe() {
     );
     assert_eq!(
         e.payload,
-        json!({"coupon_id": 9, "member_id": M, "issued_at": rfc(t), "remaining_after": 0})
+        json!({"coupon_id": 9, "member_id": M, "issued_at": rfc(t), "remaining_after": 0,
+               "wallet": entry})
     );
 
     // The very same call resent: the first answer (not SOLD_OUT, though none is left), one effect.
@@ -903,7 +908,10 @@ async fn stock_hold_is_idempotent_by_order_and_refuses_short_or_unknown_products
     // The order id holding the product for another member (an id fault): refused.
     assert_eq!(c.hold(1, 70, M2, 1, 30_000).await, json!(["conflict"]));
     // Short stock, unknown product: nothing written.
-    assert_eq!(c.hold(1, 71, M, 3, 30_000).await, json!(["out_of_stock", 2]));
+    assert_eq!(
+        c.hold(1, 71, M, 3, 30_000).await,
+        json!(["out_of_stock", 2])
+    );
     assert_eq!(c.hold(9, 72, M, 1, 30_000).await, json!(["not_found"]));
     assert_eq!(c.dump().await, before);
     // Exactly the stock left is fine.
@@ -1060,7 +1068,7 @@ async fn orphan_sweep_releases_holds_whose_order_never_came() {
     c.product(1, 100, 10, t).await;
     c.product(2, 100, 10, t).await;
     let past = -HOLD_MARGIN_MS - 1; // a TTL putting the deadline past deadline + margin already
-    // A crash after the holds: the member step never ran.
+                                    // A crash after the holds: the member step never ran.
     c.hold(1, 200, M, 3, past).await;
     c.hold(2, 200, M, 1, past).await;
     // Past its deadline but within the margin: it stays (its member step may still be judged in time
@@ -1096,14 +1104,20 @@ async fn orphan_sweep_releases_holds_whose_order_never_came() {
         c.pending_holds().await.keys().cloned().collect::<Vec<_>>(),
         [format!("1:201:{M}")]
     );
-    assert!(c.field(&c.k.product_holds(2), "202").await.is_some(), "the order's hold stays");
+    assert!(
+        c.field(&c.k.product_holds(2), "202").await.is_some(),
+        "the order's hold stays"
+    );
     assert!(c.field(&c.k.product_holds(1), "200").await.is_none());
     let before = c.dump().await;
     assert_eq!(c.sweep_orphans().await, (0, 0));
     assert_eq!(c.dump().await, before);
     // The orphan release itself refuses a hold not due yet, or one an order confirmed.
     assert_eq!(c.release(1, 201, M, Some(HOLD_MARGIN_MS)).await, "not_due");
-    assert_eq!(c.release(2, 202, M, Some(HOLD_MARGIN_MS)).await, "confirmed");
+    assert_eq!(
+        c.release(2, 202, M, Some(HOLD_MARGIN_MS)).await,
+        "confirmed"
+    );
     assert_eq!(c.dump().await, before);
     c.cleanup().await;
 }
@@ -1120,7 +1134,11 @@ async fn saga_steps_complete_a_crash_between_the_member_step_and_the_stock() {
     c.reserved_ttl(M, 303, &[(1, 4)], 0).await;
     c.paid(M, 301, None, t + 1).await;
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
-    assert_eq!(c.pending_holds().await.len(), 4, "no worker ran the confirms yet");
+    assert_eq!(
+        c.pending_holds().await.len(),
+        4,
+        "no worker ran the confirms yet"
+    );
 
     // The member steps ran (cancel of a reserved and of a paid order, an expiry), then the engine
     // died before the product steps.
@@ -1157,9 +1175,15 @@ async fn saga_steps_complete_a_crash_between_the_member_step_and_the_stock() {
         19,
         "300 and 303 released, 301 returned, 302 still held"
     );
-    assert!(c.pending_holds().await.is_empty(), "every order confirmed its holds");
+    assert!(
+        c.pending_holds().await.is_empty(),
+        "every order confirmed its holds"
+    );
     assert_eq!(
-        c.hash(&c.k.product_holds(1)).await.keys().collect::<Vec<_>>(),
+        c.hash(&c.k.product_holds(1))
+            .await
+            .keys()
+            .collect::<Vec<_>>(),
         ["302"]
     );
     assert_eq!(
@@ -1554,7 +1578,10 @@ async fn order_pay_after_expiry_time_is_refused_even_before_the_sweep() {
         "ORDER_EXPIRED",
     );
     assert_eq!(c.dump().await, before, "still reserved, left for the sweep");
-    assert_eq!(c.field(&c.order_key(90), "status").await.unwrap(), "RESERVED");
+    assert_eq!(
+        c.field(&c.order_key(90), "status").await.unwrap(),
+        "RESERVED"
+    );
     assert_eq!(
         c.reservations().await.keys().collect::<Vec<_>>(),
         ["90", "91", "92"]
@@ -1590,10 +1617,7 @@ async fn order_cancel_of_a_reserved_order_releases_stock_and_the_reservation() {
     assert_eq!(ok_body(&reply, 200), expected);
     assert_eq!(c.num(&c.k.product(1), "stock").await, 10);
     assert_eq!(c.num(&c.k.product(2), "stock").await, 8);
-    assert_eq!(
-        c.reservations().await.keys().collect::<Vec<_>>(),
-        ["101"]
-    );
+    assert_eq!(c.reservations().await.keys().collect::<Vec<_>>(), ["101"]);
     let h = c.hash(&c.order_key(100)).await;
     assert_eq!(h["status"], "CANCELLED");
     assert_eq!(h["closed_at"], rfc(at));
@@ -1787,10 +1811,7 @@ async fn order_expire_releases_a_due_reservation_once() {
         "141 keeps its unit"
     );
     assert_eq!(c.num(&c.k.product(2), "stock").await, 10);
-    assert_eq!(
-        c.reservations().await.keys().collect::<Vec<_>>(),
-        ["141"]
-    );
+    assert_eq!(c.reservations().await.keys().collect::<Vec<_>>(), ["141"]);
     let h = c.hash(&c.order_key(140)).await;
     assert_eq!(h["status"], "EXPIRED");
     assert_eq!(h["closed_at"], rfc(at));
@@ -2036,7 +2057,10 @@ async fn order_cancel_takes_units_back_from_the_day_it_was_paid() {
     c.product(1, 100, 100, t).await;
     sell(&c, 180, 1, 5, yesterday).await;
     sell(&c, 181, 1, 2, t).await;
-    let (old_day, today) = (c.k.popular_day(Partition::of_id(M), &day(yesterday)), c.k.popular_day(Partition::of_id(M), &day(t)));
+    let (old_day, today) = (
+        c.k.popular_day(Partition::of_id(M), &day(yesterday)),
+        c.k.popular_day(Partition::of_id(M), &day(t)),
+    );
     assert_eq!(c.zset(&old_day).await["1"], "5");
     assert_eq!(c.zset(&today).await["1"], "2");
     ok_body(&c.cancel(M, 180, &c.idem(M), &ev(), t + 10).await, 200);
@@ -2120,7 +2144,13 @@ async fn the_state_dump_sees_every_key_but_idempotency_records() {
         .collect::<Vec<_>>()
     );
     assert_eq!(dump[c.k.member(M)][1]["balance"], "10");
-    assert_eq!(dump[c.k.outbox(Partition::of_id(M))][1].as_array().unwrap().len(), 3);
+    assert_eq!(
+        dump[c.k.outbox(Partition::of_id(M))][1]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     c.cleanup().await;
 }
 

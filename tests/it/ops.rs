@@ -67,7 +67,10 @@ async fn a_corrupt_order_does_not_stop_the_expiry_sweep() {
         .unwrap();
     let _: () = app
         .redis
-        .hset(app.keys.order(member, broken_expiry), ("expires_at_ms", "soon"))
+        .hset(
+            app.keys.order(member, broken_expiry),
+            ("expires_at_ms", "soon"),
+        )
         .await
         .unwrap();
     for (score, id) in [(1.0, unparsable), (2.0, broken_expiry)] {

@@ -49,7 +49,11 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
     let products: Vec<i64> = (0..5).map(|_| id()).collect();
     let mut rng2 = rand::thread_rng();
     let with_key = rng2.gen_bool(0.5);
-    let day = format!("2026{:02}{:02}", rng2.gen_range(1..13), rng2.gen_range(1..29));
+    let day = format!(
+        "2026{:02}{:02}",
+        rng2.gen_range(1..13),
+        rng2.gen_range(1..29)
+    );
     let email = format!("user{}@example.com", rng2.gen::<u32>());
     let hold = HoldRef {
         product_id: product,
@@ -207,13 +211,7 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
             keys,
         ),
         keys_of(StockCommit { hold }, keys),
-        keys_of(
-            StockReturn {
-                hold,
-                quantity: 1,
-            },
-            keys,
-        ),
+        keys_of(StockReturn { hold, quantity: 1 }, keys),
         keys_of(HoldConfirm { hold }, keys),
         keys_of(
             HoldsDue {

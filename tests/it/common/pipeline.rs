@@ -140,7 +140,10 @@ pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
 pub async fn events_produced(app: &TestApp) -> i64 {
     let mut added = 0;
     for p in flashsale::partition::Partition::all() {
-        let info: Result<Value, _> = app.redis.xinfo_stream(app.keys.outbox(p), false, None).await;
+        let info: Result<Value, _> = app
+            .redis
+            .xinfo_stream(app.keys.outbox(p), false, None)
+            .await;
         let Ok(info) = info else { continue };
         let flat = info.into_array();
         added += flat

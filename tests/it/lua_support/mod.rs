@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{TimeZone, Utc};
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
 use flashsale::keys::Keys;
+use flashsale::orders::{Reserve, Store};
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
-use flashsale::orders::{Reserve, Store};
 use flashsale::scripts::calls::{
-    CouponCreate, CouponIssue, CouponWalletAdd, HoldConfirm, HoldRef, Idem as TypedIdem, MemberSignup,
-    OrderPay, PointsCharge, ProductCreate, ProductStockAdd, StockCommit, StockHold, StockRelease,
-    StockReturn,
+    CouponCreate, CouponIssue, CouponWalletAdd, HoldConfirm, HoldRef, Idem as TypedIdem,
+    MemberSignup, OrderPay, PointsCharge, ProductCreate, ProductStockAdd, StockCommit, StockHold,
+    StockRelease, StockReturn,
 };
 use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
 use fred::prelude::*;
@@ -328,7 +328,10 @@ impl Ctx {
         };
         let stream_order = |id: &str| {
             let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-            (ms.parse::<u64>().unwrap_or(0), seq.parse::<u64>().unwrap_or(0))
+            (
+                ms.parse::<u64>().unwrap_or(0),
+                seq.parse::<u64>().unwrap_or(0),
+            )
         };
         entries.sort_by_key(|(id, fields)| {
             (
@@ -551,12 +554,16 @@ impl Ctx {
     /// The saga step the engine's worker runs for a coupon.issued event (src/saga.rs), run here at once
     /// so the tests see the wallet entry; running it again changes nothing.
     pub async fn run_wallet_step(&self, event: &str) -> String {
-        let Some(issued) = self.events().await.into_iter().find(|e| {
-            e.event_id == event && e.kind == "coupon.issued"
-        }) else {
+        let Some(issued) = self
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e.event_id == event && e.kind == "coupon.issued")
+        else {
             return "no event".into();
         };
-        let call = CouponWalletAdd::from_issued(&issued.payload).expect("wallet fields in the event");
+        let call =
+            CouponWalletAdd::from_issued(&issued.payload).expect("wallet fields in the event");
         self.scripts
             .run_call(&self.redis, &self.k, &call)
             .await
@@ -602,7 +609,10 @@ impl Ctx {
         event: &str,
     ) -> Result<ScriptReply, flashsale::error::ApiError> {
         self.remember_order(order, member);
-        self.calls.lock().expect("calls").push(vec![event.to_string()]);
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
         // The member step stamps Redis time and expires the order this TTL later (negative: already due).
         flashsale::orders::reserve(
             self.store(),
@@ -665,7 +675,13 @@ impl Ctx {
             .unwrap_or_else(|| panic!("{} returns a string", C::SCRIPT.name()))
     }
 
-    pub async fn release(&self, product: i64, order: i64, member: i64, orphan_margin_ms: Option<i64>) -> String {
+    pub async fn release(
+        &self,
+        product: i64,
+        order: i64,
+        member: i64,
+        orphan_margin_ms: Option<i64>,
+    ) -> String {
         self.outcome(&StockRelease {
             hold: self.hold_ref(product, order, member),
             orphan_margin_ms,
@@ -762,16 +778,29 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        self.calls.lock().expect("calls").push(vec![event.to_string()]);
-        flashsale::orders::cancel(self.store(), member, order, idem.typed(), day(at), event.into())
-            .await
-            .unwrap_or_else(|e| panic!("cancel: {e:?}"))
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
+        flashsale::orders::cancel(
+            self.store(),
+            member,
+            order,
+            idem.typed(),
+            day(at),
+            event.into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cancel: {e:?}"))
     }
 
     /// Expire as the expiry task runs it (src/orders.rs): the member step, then the holds released.
     pub async fn expire(&self, order: i64, event: &str, at: i64) -> String {
         let _ = at; // due by Redis time now
-        self.calls.lock().expect("calls").push(vec![event.to_string()]);
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
         flashsale::orders::expire(
             self.store(),
             Partition::of_id(self.member_of(order)),
