@@ -1,23 +1,25 @@
--- order_cancel: cancels a reserved or paid order, giving everything back: stock always; for a paid
--- order also the points, the coupon (unused again) and the units counted in the popular ranking.
+-- order_cancel: the member-slot step of a cancel (src/orders.rs): cancels a reserved or paid order; for
+-- a paid order it also gives back the points, the coupon (unused again) and the units counted in the
+-- popular ranking. The stock lives in each product's slot: the engine gives it back right after this
+-- step (stock_release.lua for a reserved order, stock_return.lua for a paid one) and the saga worker
+-- does the same from this script's event, so a crash between the steps is completed by any engine.
 -- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
 -- KEYS[2] member hash           fs:{P}:member:ID
 -- KEYS[3] member coupons hash   fs:{P}:member:ID:coupons
 -- KEYS[4] reservations zset     fs:{P}:reservations
--- KEYS[5] popular day zset      fs:{P}:popular:YYYYMMDD of the day it was paid (any key if unpaid)
+-- KEYS[5] popular day zset      fs:{P}:popular:YYYYMMDD of the engine's day. A paid order's units come
+--                               back from the day it was paid: the script names that day's key by
+--                               replacing the date at the end of KEYS[5] (same partition tag, so the
+--                               same slot: the member's).
 -- KEYS[6] idempotency key       fs:{P}:idem:MEMBER:SHA
 -- KEYS[7] outbox stream         fs:{P}:outbox (the owner's partition)
--- KEYS[8..] product hashes      one per order item, in item order
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] event id
--- ARGV[5] paid day the engine read ('' if it read the order unpaid)
--- ARGV[6..] product id per item, as the engine read them
 -- closed_at is Redis time.
 -- Returns (prelude protocol):
 --   err 404 NOT_FOUND                  member unknown to Redis (stale token): nothing written
 --   ok 200 order                       cancelled; status CANCELLED
 --   err 404 NOT_FOUND                  no such order, or another member's
 --   err 409 ORDER_NOT_CANCELLABLE      already cancelled or expired
---   stale {'stale'}                    the order changed since the engine read it: read again and retry
 --   replay / reused                    see prelude
 -- Event: order.cancelled
 if not redis.call('HGET', KEYS[2], 'id') then
@@ -34,14 +36,8 @@ if o.status ~= 'RESERVED' and o.status ~= 'PAID' then
   return fail(409, 'ORDER_NOT_CANCELLABLE', 'order is ' .. o.status)
 end
 local items = cjson.decode(o.items)
-if not items_match(items, 6) or (o.paid_day or '') ~= ARGV[5] or #items ~= #KEYS - 7 then
-  return { 'stale' }
-end
 
 local previous = o.status
-for i, item in ipairs(items) do
-  redis.call('HINCRBY', KEYS[7 + i], 'stock', int(item.quantity))
-end
 local refunded, balance_after = 0, cjson.null
 if previous == 'PAID' then
   refunded = tonumber(o.paid_amount)
@@ -54,10 +50,14 @@ if previous == 'PAID' then
       redis.call('HSET', KEYS[3], o.coupon_id, wallet_entry(w))
     end
   end
+  local popular = KEYS[5]
+  if string.match(o.paid_day or '', '^%d%d%d%d%d%d%d%d$') then
+    popular = string.sub(KEYS[5], 1, #KEYS[5] - 8) .. o.paid_day
+  end
   for _, item in ipairs(items) do
-    local left = tonumber(redis.call('ZINCRBY', KEYS[5], int(-item.quantity), int(item.product_id)))
+    local left = tonumber(redis.call('ZINCRBY', popular, int(-item.quantity), int(item.product_id)))
     if left <= 0 then
-      redis.call('ZREM', KEYS[5], int(item.product_id))
+      redis.call('ZREM', popular, int(item.product_id))
     end
   end
 else

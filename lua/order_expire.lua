@@ -1,18 +1,17 @@
--- order_expire: releases the stock of an unpaid order past its expiry. Run by the engine's expiry
--- task; fenced against a concurrent pay by the status and expiry checks (exactly one of them wins).
+-- order_expire: the member-slot step of an expiry: an unpaid order past its expiry becomes EXPIRED. Run
+-- by the engine's expiry task; fenced against a concurrent pay by the status and expiry checks (exactly
+-- one of them wins). The stock lives in each product's slot: the engine releases the holds right after
+-- this step (stock_release.lua) and the saga worker does the same from this script's event.
 -- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
 -- KEYS[2] reservations zset     fs:{P}:reservations
--- KEYS[3] outbox stream         fs:{P}:outbox (the owner's partition)
--- KEYS[4..] product hashes      one per order item, in item order
+-- KEYS[3] outbox stream         fs:{P}:outbox (the member's partition)
 -- ARGV[1] order id   ARGV[2] event id
--- ARGV[3..] product id per item, as the engine read them
 -- Due means expires_at_ms <= Redis time, which also stamps closed_at.
 -- Returns a status string:
---   'expired'        stock released, status EXPIRED
+--   'expired'        status EXPIRED (the engine then releases the stock)
 --   'not_reserved'   paid, cancelled or expired already (reservation entry dropped)
 --   'gone'           no such order (reservation entry dropped)
 --   'not_due'        its expiry is still ahead
---   'stale'          the product keys do not match the order's items: read again
 -- Event: order.expired
 local o = hgetall(KEYS[1])
 if not o.id then
@@ -27,16 +26,12 @@ local now = now_ms()
 if tonumber(o.expires_at_ms) > now then
   return 'not_due'
 end
-local items = cjson.decode(o.items)
-if not items_match(items, 3) or #items ~= #KEYS - 3 then
-  return 'stale'
-end
 
-for i, item in ipairs(items) do
-  redis.call('HINCRBY', KEYS[3 + i], 'stock', int(item.quantity))
-end
 o.status, o.closed_at = 'EXPIRED', rfc3339(now)
+-- The snapshot decodes the items: an order that cannot be read fails here, before any write (a script
+-- error does not undo the writes before it).
+local snapshot = order_snapshot(o)
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
 redis.call('ZREM', KEYS[2], ARGV[1])
-outbox(KEYS[3], ARGV[2], 'order.expired', 'order:' .. o.id, o.closed_at, { order = order_snapshot(o) })
+outbox(KEYS[3], ARGV[2], 'order.expired', 'order:' .. o.id, o.closed_at, { order = snapshot })
 return 'expired'

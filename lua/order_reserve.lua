@@ -1,21 +1,24 @@
--- order_reserve: creates an order and reserves every item's stock, or nothing at all.
+-- order_reserve: the member-slot step of an order reserve (src/orders.rs): writes the order once the
+-- engine holds every item's stock (stock_hold.lua, one call per product in the product's own slot).
+-- It touches the member's slot only; the items come with the unit prices their holds answered.
 -- KEYS[1] order hash            fs:{P}:order:ID (the member's partition)
 -- KEYS[2] reservations zset     fs:{P}:reservations
 -- KEYS[3] idempotency key       fs:{P}:idem:MEMBER:SHA
--- KEYS[4] outbox stream         fs:{P}:outbox (the owner's partition)
+-- KEYS[4] outbox stream         fs:{P}:outbox (the member's partition)
 -- KEYS[5] member hash           fs:{P}:member:ID
--- KEYS[6..] product hashes      fs:{P}:product:ID, one per distinct item, in item order
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)   ARGV[3] member id   ARGV[4] order id
 -- ARGV[5] reservation TTL (ms)   ARGV[6] event id
--- ARGV[7..] quantity per product key, same order as KEYS[6..]
+-- ARGV[7] hold deadline (ms): the earliest deadline of the order's holds
+-- ARGV[8..] per item, in item order: product id, quantity, unit price (three entries each)
 -- created_at is Redis time; expires_at = created_at + ARGV[5].
 -- Returns (prelude protocol):
 --   err 404 NOT_FOUND            member unknown to Redis (stale token): nothing written
 --   ok 201 order                 reserved; status RESERVED (or this very call resent: same event id)
 --   err 409 CONFLICT             the order id is taken by another order (an id-sequence fault; the
 --                                engine logs it and counts flashsale_entity_conflicts_total)
---   err 404 NOT_FOUND            an item names an unknown product
---   err 409 OUT_OF_STOCK         some item has too little stock; nothing reserved
+--   err 503 SERVICE_UNAVAILABLE  Redis time is past the hold deadline (the orphan sweep may release
+--                                the holds soon): nothing written, not even the record; the engine
+--                                releases the holds and the client retries
 --   replay / reused              see prelude
 -- Event: order.reserved
 if not redis.call('HGET', KEYS[5], 'id') then
@@ -31,28 +34,17 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
   return fail(409, 'CONFLICT', 'order id already in use')
 end
-
-local items, total, short = {}, 0, {}
-for i = 6, #KEYS do
-  local p = redis.call('HMGET', KEYS[i], 'id', 'price', 'stock')
-  if not p[1] then
-    return fail(404, 'NOT_FOUND', 'product not found: ' .. string.match(KEYS[i], ':product:(%d+)$'))
-  end
-  local qty = tonumber(ARGV[i + 1])
-  if tonumber(p[3]) < qty then
-    short[#short + 1] = p[1]
-  end
-  items[#items + 1] = { product_id = tonumber(p[1]), quantity = qty, unit_price = tonumber(p[2]) }
-  total = total + qty * tonumber(p[2])
-end
-if #short > 0 then
-  return fail(409, 'OUT_OF_STOCK', 'not enough stock for product ' .. table.concat(short, ', '))
-end
-
-for i = 6, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'stock', int(-tonumber(ARGV[i + 1])))
-end
 local now = now_ms()
+if now > tonumber(ARGV[7]) then
+  return refuse_unstored(503, 'SERVICE_UNAVAILABLE', 'the stock holds lapsed before the order was written; retry')
+end
+
+local items, total = {}, 0
+for i = 8, #ARGV - 2, 3 do
+  local qty, price = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  items[#items + 1] = { product_id = tonumber(ARGV[i]), quantity = qty, unit_price = price }
+  total = total + qty * price
+end
 local expires_ms = now + tonumber(ARGV[5])
 local order = {
   id = ARGV[4], member_id = ARGV[3], status = 'RESERVED', items = json(items),

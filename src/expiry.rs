@@ -1,6 +1,10 @@
 //! Reservation expiry: finds orders whose reservation is due (one sorted set by expiry time per
-//! partition; every engine sweeps every partition) and runs order_expire.lua for each. A pay racing the expiry has exactly one winner: both scripts check the
-//! status and the expiry time atomically.
+//! partition; every engine sweeps every partition) and expires each through src/orders.rs (the member
+//! step order_expire.lua, then the stock released in each product's slot). A pay racing the expiry has
+//! exactly one winner: both scripts check the status and the expiry time atomically.
+//!
+//! The same loop runs the orphan-hold sweep (src/orders.rs): holds taken for an order whose member
+//! step never ran (an engine crashed in between) are released after their deadline.
 
 use std::time::Duration;
 
@@ -8,15 +12,22 @@ use fred::prelude::*;
 use tokio::sync::watch;
 
 use crate::partition::Partition;
-use crate::routes::orders::read_order_keys;
-use crate::scripts::calls::OrderExpire;
 use crate::state::{event_id, AppState};
 
 const BATCH: i64 = 200;
 
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(state.settings.expiry_interval_ms.max(10));
+    let mut last_orphan_sweep: Option<std::time::Instant> = None;
     while !*stop.borrow() {
+        // Orphaned holds are rare (a crash between a reserve's steps) and wait out a 35 s deadline:
+        // once a second is plenty.
+        if last_orphan_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
+            last_orphan_sweep = Some(std::time::Instant::now());
+            if let Err(e) = sweep_orphan_holds(&state).await {
+                tracing::error!(error = %e, "orphan hold sweep failed");
+            }
+        }
         match expire_due(&state).await {
             Ok(n) if n >= BATCH as usize => continue, // more may be due: no pause
             Ok(_) => {}
@@ -27,6 +38,21 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => {}
         }
     }
+}
+
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Every partition's orphaned holds (src/orders.rs); returns how many were released.
+pub async fn sweep_orphan_holds(state: &AppState) -> anyhow::Result<usize> {
+    let swept = futures::future::join_all(
+        Partition::all().map(|p| crate::orders::sweep_orphan_holds(state.store(), p)),
+    )
+    .await;
+    let mut released = 0;
+    for result in swept {
+        released += result?.released;
+    }
+    Ok(released)
 }
 
 /// How long a reservation the sweep could not expire waits before it is tried again: long enough not
@@ -93,32 +119,6 @@ async fn expire_due_in(state: &AppState, partition: Partition) -> anyhow::Result
 }
 
 async fn expire_one(state: &AppState, partition: Partition, order_id: i64) -> anyhow::Result<()> {
-    for _ in 0..3 {
-        let products = read_order_keys(state, partition, order_id)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .map(|v| v.product_ids)
-            .unwrap_or_default();
-        let call = OrderExpire {
-            partition,
-            order_id,
-            product_ids: products,
-            event_id: event_id(),
-        };
-        let outcome: String = state
-            .scripts
-            .run_call(&state.redis, &state.keys, &call)
-            .await?
-            .as_string()
-            .unwrap_or_default();
-        metrics::counter!("flashsale_script_outcomes_total", "script" => "order_expire", "outcome" => outcome.clone())
-            .increment(1);
-        if outcome == "expired" {
-            metrics::counter!("flashsale_orders_total", "status" => "EXPIRED").increment(1);
-        }
-        if outcome != "stale" {
-            return Ok(());
-        }
-    }
+    crate::orders::expire(state.store(), partition, order_id, event_id()).await?;
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! Owners and what they own:
 //! - member (partition of the member id): the member hash, the coupon wallet, the member's orders,
 //!   idempotency records, the partition's reservation index and popular counters;
-//! - product (partition of the product id): the product hash, its stock holds, restock records;
+//! - product (partition of the product id): the product hash, its stock holds, returned orders,
+//!   restock records, and the partition's pending-holds index;
 //! - coupon (partition of the coupon id): the coupon hash and its holders;
 //! - e-mail address (partition of the normalised address): the login index entry.
 //!
@@ -83,6 +84,24 @@ impl Keys {
 
     pub fn product(&self, id: i64) -> String {
         self.in_partition(Partition::of_id(id), format_args!("product:{id}"))
+    }
+
+    /// The product's stock holds: order id -> `qty|member|unit_price|deadline_ms` (lua/stock_hold.lua).
+    pub fn product_holds(&self, id: i64) -> String {
+        self.in_partition(Partition::of_id(id), format_args!("product:{id}:holds"))
+    }
+
+    /// Orders whose units came back to this product after a paid cancel (lua/stock_return.lua): each
+    /// order's units come back once.
+    pub fn product_returned(&self, id: i64) -> String {
+        self.in_partition(Partition::of_id(id), format_args!("product:{id}:returned"))
+    }
+
+    /// Holds of the partition's products that no order owns yet, by deadline (ms); members are
+    /// `product:order:member`. The orphan sweep releases those past deadline + margin whose order was
+    /// never written (src/orders.rs).
+    pub fn holds_pending(&self, partition: Partition) -> String {
+        self.in_partition(partition, format_args!("holds:pending"))
     }
 
     pub fn product_ops(&self, id: i64) -> String {
@@ -200,6 +219,13 @@ mod tests {
                 key_slot(&k.product_ops(member)),
                 key_slot(&k.product(member))
             );
+            for key in [
+                k.product_holds(member),
+                k.product_returned(member),
+                k.holds_pending(p),
+            ] {
+                assert_eq!(key_slot(&key), key_slot(&k.product(member)), "{key}");
+            }
         }
         let slots: std::collections::HashSet<u16> =
             (1..1000).map(|id| key_slot(&k.member(id))).collect();

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod kafka;
 pub mod keys;
 pub mod openapi;
+pub mod orders;
 pub mod partition;
 pub mod popular;
 pub mod rebuild;

@@ -17,10 +17,13 @@ use crate::partition::Partition;
 /// Popular-ranking day buckets outlive the longest window (30 days).
 pub const POPULAR_DAY_TTL_SECS: i64 = 35 * 24 * 3600;
 
+/// A merged ranking: (product id, units), most units first.
+type Ranking = std::sync::Arc<Vec<(i64, i64)>>;
+
 /// Merged rankings per window (days), with when they were computed.
 #[derive(Default)]
 pub struct PopularCache {
-    merged: Mutex<HashMap<i64, (Instant, std::sync::Arc<Vec<(i64, i64)>>)>>,
+    merged: Mutex<HashMap<i64, (Instant, Ranking)>>,
 }
 
 impl PopularCache {

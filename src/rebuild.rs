@@ -1,7 +1,8 @@
 //! Rebuilds Redis from MySQL after a Redis loss. MySQL is the durable record: members with balances,
-//! products with stock, coupons with holders, orders (live reservations included) and the popular
-//! ranking. Idempotency records live only in Redis and are not rebuilt. Ids need nothing: their state
-//! (the node leases, src/ids.rs) lives in MySQL, which a Redis loss does not touch.
+//! products with stock, coupons with holders, orders (live reservations included), the popular ranking
+//! and the stock holds of reserved orders. Idempotency records live only in Redis and are not rebuilt.
+//! Ids need nothing: their state (the node leases, src/ids.rs) lives in MySQL, which a Redis loss does
+//! not touch.
 
 use std::collections::HashMap;
 
@@ -269,6 +270,26 @@ pub async fn rebuild(
                     (expires.and_utc().timestamp_millis() as f64, id.to_string()),
                 )
                 .await?;
+            // A reserved order's units are held in each product's slot (MySQL's stock already
+            // counts them out): the hold comes back confirmed (not pending: its order exists), so
+            // cancel/expire release it and pay commits it as for any order.
+            for item in &order_items {
+                let product = item["product_id"].as_i64().unwrap_or_default();
+                let quantity = item["quantity"].as_i64().unwrap_or_default();
+                let price = item["unit_price"].as_i64().unwrap_or_default();
+                let _: () = client
+                    .hset(
+                        keys.product_holds(product),
+                        (
+                            id.to_string(),
+                            format!(
+                                "{quantity}|{member}|{price}|{}",
+                                created.and_utc().timestamp_millis()
+                            ),
+                        ),
+                    )
+                    .await?;
+            }
         }
         if status == "PAID" && paid_at.is_some_and(|p| p > horizon) {
             for item in &order_items {

@@ -9,6 +9,11 @@
 //! - `coupon.issued` -> `coupon_wallet_add` in the member's slot (the wallet entry, with the coupon's
 //!   terms, that `/me/coupons` lists and pay uses). `/me/coupons` therefore follows an issue by the
 //!   worker's lag (measured by `flashsale_saga_lag_seconds`).
+//! - order events -> the product-slot steps of each item (src/orders.rs): `order.reserved` ->
+//!   `hold_confirm`; `order.paid` -> `stock_commit`; `order.cancelled` -> `stock_release` (it was
+//!   reserved) or `stock_return` (it was paid); `order.expired` -> `stock_release`. The engine that
+//!   cancelled or expired the order already ran them inline; here they complete a crash in between
+//!   (and change nothing otherwise).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +22,8 @@ use fred::types::Value;
 use tokio::sync::watch;
 
 use crate::app::connect_redis_client;
+use crate::domain::OrderView;
+use crate::orders::{product_steps, ProductStep, Store};
 use crate::partition::Partition;
 use crate::scripts::calls::CouponWalletAdd;
 use crate::state::AppState;
@@ -86,7 +93,7 @@ async fn run(
             let mut done = Vec::new();
             let mut failed = None;
             for (id, fields) in &entries {
-                match step(&state, fields).await {
+                match run_step(state.store(), fields).await {
                     Ok(()) => done.push(id.clone()),
                     Err(e) => {
                         // The rest stays pending with this consumer and is retried in order.
@@ -133,25 +140,71 @@ async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.quit()).await;
 }
 
-/// Runs the step an outbox entry calls for (most events call for none).
-async fn step(
-    state: &AppState,
+/// Runs the step an outbox entry calls for (most events call for none). Public for the tests, which
+/// run the worker's steps by hand.
+pub async fn run_step(
+    store: Store<'_>,
     fields: &std::collections::HashMap<String, String>,
 ) -> anyhow::Result<()> {
     let kind = fields.get("type").map(String::as_str).unwrap_or_default();
-    if kind != "coupon.issued" {
-        return Ok(());
-    }
+    let step = match kind {
+        "coupon.issued" => None,
+        "order.reserved" => Some(ProductStep::Confirm),
+        "order.paid" => Some(ProductStep::Commit),
+        "order.expired" => Some(ProductStep::Release),
+        "order.cancelled" => Some(ProductStep::Release), // or Return: decided from the payload
+        _ => return Ok(()),
+    };
     let payload: serde_json::Value =
         serde_json::from_str(fields.get("payload").map(String::as_str).unwrap_or("{}"))?;
-    let Some(call) = CouponWalletAdd::from_issued(&payload) else {
+    let step_name = match step {
+        Some(step) => {
+            let Some(order) = payload
+                .get("order")
+                .and_then(|o| serde_json::from_value::<OrderView>(o.clone()).ok())
+            else {
+                tracing::error!(payload = %payload, kind, "order event without an order; skipped");
+                metrics::counter!("flashsale_saga_steps_total", "step" => "order", "outcome" => "malformed").increment(1);
+                return Ok(());
+            };
+            let step = if kind == "order.cancelled"
+                && payload.get("previous_status").and_then(|s| s.as_str()) == Some("PAID")
+            {
+                ProductStep::Return
+            } else {
+                step
+            };
+            product_steps(store, step, order.member_id, order.id, &order.items).await?;
+            metrics::counter!("flashsale_saga_steps_total", "step" => step.name(), "outcome" => "done").increment(1);
+            step.name()
+        }
+        None => {
+            wallet_step(store, &payload).await?;
+            "coupon_wallet_add"
+        }
+    };
+    if let Some(at) = fields
+        .get("at")
+        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+    {
+        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+            .num_milliseconds()
+            .max(0);
+        metrics::histogram!("flashsale_saga_lag_seconds", "step" => step_name)
+            .record(lag as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+async fn wallet_step(store: Store<'_>, payload: &serde_json::Value) -> anyhow::Result<()> {
+    let Some(call) = CouponWalletAdd::from_issued(payload) else {
         tracing::error!(payload = %payload, "coupon.issued without the wallet fields; skipped");
         metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => "malformed").increment(1);
         return Ok(());
     };
-    let outcome: String = state
+    let outcome: String = store
         .scripts
-        .run_call(&state.redis, &state.keys, &call)
+        .run_call(store.redis, store.keys, &call)
         .await?
         .as_string()
         .unwrap_or_default();
@@ -168,16 +221,6 @@ async fn step(
         );
     }
     metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => outcome).increment(1);
-    if let Some(at) = fields
-        .get("at")
-        .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-    {
-        let lag = (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
-            .num_milliseconds()
-            .max(0);
-        metrics::histogram!("flashsale_saga_lag_seconds", "step" => "coupon_wallet_add")
-            .record(lag as f64 / 1000.0);
-    }
     Ok(())
 }
 

@@ -37,6 +37,15 @@ impl AppState {
     pub fn new(inner: Inner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// What the order sagas run against (src/orders.rs).
+    pub fn store(&self) -> crate::orders::Store<'_> {
+        crate::orders::Store {
+            redis: &self.redis,
+            scripts: &self.scripts,
+            keys: &self.keys,
+        }
+    }
 }
 
 impl Deref for AppState {

@@ -165,19 +165,6 @@ local function product_view(h)
   return { id = tonumber(h.id), name = h.name, price = tonumber(h.price), stock = tonumber(h.stock) }
 end
 
--- Checks that the product ids the engine pre-read (ARGV from `first`) still match the order's items.
-local function items_match(items, first)
-  if #items ~= (#ARGV - first + 1) then
-    return false
-  end
-  for i, item in ipairs(items) do
-    if tonumber(ARGV[first + i - 1]) ~= tonumber(item.product_id) then
-      return false
-    end
-  end
-  return true
-end
-
 -- End of prelude; the operation follows.
 
 -- A member's wallet entry for one coupon (fs:{P}:member:ID:coupons, field = coupon id), as

@@ -1,4 +1,5 @@
-//! Orders: reserve (all items or none), pay, cancel, read. Each mutation is one Lua script.
+//! Orders: reserve (all items or none), pay, cancel, read. Pay is one Lua script in the member's slot;
+//! reserve and cancel are sagas of single-slot steps sequenced by src/orders.rs.
 
 use std::collections::HashMap;
 
@@ -16,8 +17,7 @@ use crate::domain::{CreateOrderRequest, OrderView, PayOrderRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
-use crate::partition::Partition;
-use crate::scripts::calls::{OrderCancel, OrderPay, OrderReserve};
+use crate::scripts::calls::OrderPay;
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
@@ -53,8 +53,8 @@ pub async fn create(
         return crate::dblock::create_order(&state, member, &items).await;
     }
     let order_id = state.ids.next(Entity::Order).await?;
-    // The script stamps the order with Redis time and expires it the TTL after that.
-    let call = OrderReserve {
+    // The member step stamps the order with Redis time and expires it the TTL after that.
+    let request = crate::orders::Reserve {
         member_id: member,
         order_id,
         idem,
@@ -62,10 +62,7 @@ pub async fn create(
         reservation_ttl_ms: state.settings.reservation_ttl_secs.saturating_mul(1000) as i64,
         event_id: event_id(),
     };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
+    let reply = crate::orders::reserve(state.store(), &request).await?;
     reply.note_entity_conflict(Script::OrderReserve, order_id);
     count_transition(&reply, "RESERVED");
     Ok(reply.into_response())
@@ -131,35 +128,6 @@ pub async fn pay(
     Ok(reply.into_response())
 }
 
-/// What the engine reads before cancel/expire to name the script's KEYS: items and paid day.
-pub struct OrderKeysView {
-    pub product_ids: Vec<i64>,
-    pub paid_day: String,
-}
-
-pub async fn read_order_keys(
-    state: &AppState,
-    partition: Partition,
-    order_id: i64,
-) -> ApiResult<Option<OrderKeysView>> {
-    let fields: Vec<Option<String>> = state
-        .redis
-        .hmget(
-            state.keys.order_in(partition, order_id),
-            vec!["items", "paid_day"],
-        )
-        .await?;
-    let Some(Some(items)) = fields.first() else {
-        return Ok(None);
-    };
-    let items: Vec<crate::domain::OrderItemView> = serde_json::from_str(items)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("order {order_id} items: {e}")))?;
-    Ok(Some(OrderKeysView {
-        product_ids: items.iter().map(|i| i.product_id).collect(),
-        paid_day: fields.get(1).cloned().flatten().unwrap_or_default(),
-    }))
-}
-
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     params(("id" = i64, Path, description = "order id"), ("Idempotency-Key" = String, Header, description = "required")),
     responses(
@@ -180,48 +148,19 @@ pub async fn cancel(
     body: Bytes,
 ) -> ApiResult<Response> {
     let idem = Idempotent::from_request(&headers, &method, &uri, &body, true)?;
-    // The order's items name the product keys; they never change, but a pay may land between our read
-    // and the script (changing the popular bucket), so the script checks and we retry on 'stale'.
-    for _ in 0..5 {
-        let view = read_order_keys(&state, Partition::of_id(member), order_id).await?;
-        let (product_ids, paid_day) = view
-            .map(|v| (v.product_ids, v.paid_day))
-            .unwrap_or_default();
-        let popular_day = if paid_day.is_empty() {
-            Now::read().day()
-        } else {
-            paid_day.clone()
-        };
-        let call = OrderCancel {
-            member_id: member,
-            order_id,
-            idem: idem.clone(),
-            paid_day,
-            popular_day,
-            product_ids,
-            event_id: event_id(),
-        };
-        let reply = state
-            .scripts
-            .invoke(&state.redis, &state.keys, &call)
-            .await?;
-        if reply != ScriptReply::Stale {
-            count_transition(&reply, "CANCELLED");
-            return Ok(reply.into_response());
-        }
-    }
-    // Not an idempotency matter: the order kept changing (paid/cancelled concurrently) under this call.
-    let mut busy = ApiError::problem(
-        axum::http::StatusCode::CONFLICT,
-        "ORDER_BUSY",
-        "the order is changing under this request; retry",
+    // The member step, then the stock back in each product's slot (inline, so a product read right
+    // after shows it; the saga worker completes it after a crash).
+    let reply = crate::orders::cancel(
+        state.store(),
+        member,
+        order_id,
+        idem,
+        Now::read().day(),
+        event_id(),
     )
-    .into_response();
-    busy.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    Ok(busy)
+    .await?;
+    count_transition(&reply, "CANCELLED");
+    Ok(reply.into_response())
 }
 
 pub fn order_from_hash(h: &HashMap<String, String>) -> Option<OrderView> {

@@ -259,14 +259,24 @@ impl ScriptCall for CouponWalletAdd {
     }
 }
 
-/// lua/order_reserve.lua
+/// An order item with the unit price its stock hold answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PricedItem {
+    pub product_id: i64,
+    pub quantity: i64,
+    pub unit_price: i64,
+}
+
+/// lua/order_reserve.lua: the member-slot step of a reserve (the holds come first: StockHold).
 pub struct OrderReserve {
     pub member_id: i64,
     pub order_id: i64,
     pub idem: Idem,
-    /// (product id, quantity), distinct products in item order.
-    pub items: Vec<(i64, i64)>,
+    /// Distinct products in item order, priced by their holds.
+    pub items: Vec<PricedItem>,
     pub reservation_ttl_ms: i64,
+    /// The earliest deadline of the order's holds (Redis ms): refused after it.
+    pub hold_deadline_ms: i64,
     pub event_id: String,
 }
 
@@ -274,15 +284,13 @@ impl ScriptCall for OrderReserve {
     const SCRIPT: Script = Script::OrderReserve;
     fn keys(&self, keys: &Keys) -> Vec<String> {
         let partition = Partition::of_id(self.member_id);
-        let mut k = vec![
+        vec![
             keys.order(self.member_id, self.order_id),
             keys.reservations(partition),
             self.idem.key(keys, self.member_id),
             keys.outbox(partition),
             keys.member(self.member_id),
-        ];
-        k.extend(self.items.iter().map(|(product, _)| keys.product(*product)));
-        k
+        ]
     }
     fn args(&self) -> Vec<String> {
         let mut a = vec![
@@ -292,9 +300,204 @@ impl ScriptCall for OrderReserve {
             self.order_id.to_string(),
             self.reservation_ttl_ms.to_string(),
             self.event_id.clone(),
+            self.hold_deadline_ms.to_string(),
         ];
-        a.extend(self.items.iter().map(|(_, quantity)| quantity.to_string()));
+        for item in &self.items {
+            a.push(item.product_id.to_string());
+            a.push(item.quantity.to_string());
+            a.push(item.unit_price.to_string());
+        }
         a
+    }
+}
+
+/// lua/order_refuse.lua: records a reserve's refusal (a failed hold) in the member's slot.
+pub struct OrderRefuse {
+    pub member_id: i64,
+    pub idem: Idem,
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+}
+
+impl ScriptCall for OrderRefuse {
+    const SCRIPT: Script = Script::OrderRefuse;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.member(self.member_id),
+            self.idem.key(keys, self.member_id),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.idem.fingerprint.clone(),
+            Idem::ttl(),
+            self.status.to_string(),
+            self.code.clone(),
+            self.detail.clone(),
+        ]
+    }
+}
+
+/// Names one order's hold on one product (the product-slot steps take it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HoldRef {
+    pub product_id: i64,
+    pub order_id: i64,
+    pub member_id: i64,
+}
+
+impl HoldRef {
+    fn args(&self) -> Vec<String> {
+        vec![
+            self.product_id.to_string(),
+            self.order_id.to_string(),
+            self.member_id.to_string(),
+        ]
+    }
+
+    /// The pending-index entry, `product:order:member`.
+    pub fn entry(&self) -> String {
+        format!("{}:{}:{}", self.product_id, self.order_id, self.member_id)
+    }
+
+    /// Parses a pending-index entry.
+    pub fn parse(entry: &str) -> Option<Self> {
+        let mut parts = entry.split(':').map(|p| p.parse::<i64>().ok());
+        let hold = Self {
+            product_id: parts.next()??,
+            order_id: parts.next()??,
+            member_id: parts.next()??,
+        };
+        parts.next().is_none().then_some(hold)
+    }
+}
+
+/// lua/stock_hold.lua (product slot).
+pub struct StockHold {
+    pub hold: HoldRef,
+    pub quantity: i64,
+    pub ttl_ms: i64,
+}
+
+impl ScriptCall for StockHold {
+    const SCRIPT: Script = Script::StockHold;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let product = self.hold.product_id;
+        vec![
+            keys.product(product),
+            keys.product_holds(product),
+            keys.holds_pending(Partition::of_id(product)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = self.hold.args();
+        a.push(self.quantity.to_string());
+        a.push(self.ttl_ms.to_string());
+        a
+    }
+}
+
+/// lua/stock_release.lua (product slot).
+pub struct StockRelease {
+    pub hold: HoldRef,
+    /// The orphan sweep's margin: release only a still-pending hold past deadline + margin.
+    pub orphan_margin_ms: Option<i64>,
+}
+
+impl ScriptCall for StockRelease {
+    const SCRIPT: Script = Script::StockRelease;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let product = self.hold.product_id;
+        vec![
+            keys.product(product),
+            keys.product_holds(product),
+            keys.holds_pending(Partition::of_id(product)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = self.hold.args();
+        a.push(
+            self.orphan_margin_ms
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        );
+        a
+    }
+}
+
+/// lua/stock_commit.lua (product slot).
+pub struct StockCommit {
+    pub hold: HoldRef,
+}
+
+impl ScriptCall for StockCommit {
+    const SCRIPT: Script = Script::StockCommit;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let product = self.hold.product_id;
+        vec![
+            keys.product_holds(product),
+            keys.holds_pending(Partition::of_id(product)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        self.hold.args()
+    }
+}
+
+/// lua/stock_return.lua (product slot).
+pub struct StockReturn {
+    pub hold: HoldRef,
+    pub quantity: i64,
+}
+
+impl ScriptCall for StockReturn {
+    const SCRIPT: Script = Script::StockReturn;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let product = self.hold.product_id;
+        vec![
+            keys.product(product),
+            keys.product_holds(product),
+            keys.holds_pending(Partition::of_id(product)),
+            keys.product_returned(product),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = self.hold.args();
+        a.push(self.quantity.to_string());
+        a
+    }
+}
+
+/// lua/hold_confirm.lua (product slot).
+pub struct HoldConfirm {
+    pub hold: HoldRef,
+}
+
+impl ScriptCall for HoldConfirm {
+    const SCRIPT: Script = Script::HoldConfirm;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.holds_pending(Partition::of_id(self.hold.product_id))]
+    }
+    fn args(&self) -> Vec<String> {
+        self.hold.args()
+    }
+}
+
+/// lua/holds_due.lua (one partition's pending-holds index; read only).
+pub struct HoldsDue {
+    pub partition: Partition,
+    pub margin_ms: i64,
+    pub limit: i64,
+}
+
+impl ScriptCall for HoldsDue {
+    const SCRIPT: Script = Script::HoldsDue;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.holds_pending(self.partition)]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![self.margin_ms.to_string(), self.limit.to_string()]
     }
 }
 
@@ -337,17 +540,14 @@ impl ScriptCall for OrderPay {
     }
 }
 
-/// lua/order_cancel.lua
+/// lua/order_cancel.lua: the member-slot step of a cancel (the stock follows: StockRelease/StockReturn).
 pub struct OrderCancel {
     pub member_id: i64,
     pub order_id: i64,
     pub idem: Idem,
-    /// The paid day the engine read ('' when it read the order unpaid).
-    pub paid_day: String,
-    /// The popular bucket to touch: the paid day, or any day when unpaid.
+    /// The engine's popular bucket, YYYYMMDD; the script takes a paid order's units back from the
+    /// bucket of the day it was paid (same partition key, that day's date).
     pub popular_day: String,
-    /// The order's product ids as the engine read them, in item order.
-    pub product_ids: Vec<i64>,
     pub event_id: String,
 }
 
@@ -355,7 +555,7 @@ impl ScriptCall for OrderCancel {
     const SCRIPT: Script = Script::OrderCancel;
     fn keys(&self, keys: &Keys) -> Vec<String> {
         let partition = Partition::of_id(self.member_id);
-        let mut k = vec![
+        vec![
             keys.order(self.member_id, self.order_id),
             keys.member(self.member_id),
             keys.member_coupons(self.member_id),
@@ -363,47 +563,37 @@ impl ScriptCall for OrderCancel {
             keys.popular_day(partition, &self.popular_day),
             self.idem.key(keys, self.member_id),
             keys.outbox(partition),
-        ];
-        k.extend(self.product_ids.iter().map(|p| keys.product(*p)));
-        k
+        ]
     }
     fn args(&self) -> Vec<String> {
-        let mut a = vec![
+        vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
             self.member_id.to_string(),
             self.event_id.clone(),
-            self.paid_day.clone(),
-        ];
-        a.extend(self.product_ids.iter().map(|p| p.to_string()));
-        a
+        ]
     }
 }
 
-/// lua/order_expire.lua (the expiry sweep's; replies a bare outcome string, not the HTTP protocol).
+/// lua/order_expire.lua (the expiry sweep's member-slot step; replies a bare outcome string, not the
+/// HTTP protocol; the stock follows: StockRelease).
 pub struct OrderExpire {
     /// The partition of the order's member (the sweep finds orders per partition).
     pub partition: Partition,
     pub order_id: i64,
-    /// The order's product ids as the sweep read them, in item order.
-    pub product_ids: Vec<i64>,
     pub event_id: String,
 }
 
 impl ScriptCall for OrderExpire {
     const SCRIPT: Script = Script::OrderExpire;
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        let mut k = vec![
+        vec![
             keys.order_in(self.partition, self.order_id),
             keys.reservations(self.partition),
             keys.outbox(self.partition),
-        ];
-        k.extend(self.product_ids.iter().map(|p| keys.product(*p)));
-        k
+        ]
     }
     fn args(&self) -> Vec<String> {
-        let mut a = vec![self.order_id.to_string(), self.event_id.clone()];
-        a.extend(self.product_ids.iter().map(|p| p.to_string()));
-        a
+        vec![self.order_id.to_string(), self.event_id.clone()]
     }
 }

@@ -31,10 +31,17 @@ pub enum Script {
     OrderPay,
     OrderCancel,
     OrderExpire,
+    OrderRefuse,
+    StockHold,
+    StockRelease,
+    StockCommit,
+    StockReturn,
+    HoldConfirm,
+    HoldsDue,
 }
 
 impl Script {
-    pub const ALL: [Script; 11] = [
+    pub const ALL: [Script; 18] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
@@ -46,6 +53,13 @@ impl Script {
         Script::OrderPay,
         Script::OrderCancel,
         Script::OrderExpire,
+        Script::OrderRefuse,
+        Script::StockHold,
+        Script::StockRelease,
+        Script::StockCommit,
+        Script::StockReturn,
+        Script::HoldConfirm,
+        Script::HoldsDue,
     ];
 
     /// The script's name: its file in `lua/` without `.lua`, and its metrics label.
@@ -62,6 +76,13 @@ impl Script {
             Script::OrderPay => "order_pay",
             Script::OrderCancel => "order_cancel",
             Script::OrderExpire => "order_expire",
+            Script::OrderRefuse => "order_refuse",
+            Script::StockHold => "stock_hold",
+            Script::StockRelease => "stock_release",
+            Script::StockCommit => "stock_commit",
+            Script::StockReturn => "stock_return",
+            Script::HoldConfirm => "hold_confirm",
+            Script::HoldsDue => "holds_due",
         }
     }
 
@@ -78,6 +99,13 @@ impl Script {
             Script::OrderPay => include_str!("../../lua/order_pay.lua"),
             Script::OrderCancel => include_str!("../../lua/order_cancel.lua"),
             Script::OrderExpire => include_str!("../../lua/order_expire.lua"),
+            Script::OrderRefuse => include_str!("../../lua/order_refuse.lua"),
+            Script::StockHold => include_str!("../../lua/stock_hold.lua"),
+            Script::StockRelease => include_str!("../../lua/stock_release.lua"),
+            Script::StockCommit => include_str!("../../lua/stock_commit.lua"),
+            Script::StockReturn => include_str!("../../lua/stock_return.lua"),
+            Script::HoldConfirm => include_str!("../../lua/hold_confirm.lua"),
+            Script::HoldsDue => include_str!("../../lua/holds_due.lua"),
         }
     }
 
@@ -196,8 +224,6 @@ pub enum ScriptReply {
     },
     /// Idempotency key reused with another request.
     KeyReused,
-    /// The state the engine pre-read changed; read again and retry.
-    Stale,
 }
 
 impl ScriptReply {
@@ -225,7 +251,6 @@ impl ScriptReply {
                 detail: text(4),
             },
             "reused" => Self::KeyReused,
-            "stale" => Self::Stale,
             _ => return Err(bad_reply(&Value::Array(parts))),
         })
     }
@@ -249,7 +274,6 @@ impl ScriptReply {
             Self::Refused { code, .. } => code.clone(),
             Self::Replay { .. } => "replayed".into(),
             Self::KeyReused => "IDEMPOTENCY_KEY_REUSED".into(),
-            Self::Stale => "stale".into(),
         }
     }
 }
@@ -304,8 +328,6 @@ impl IntoResponse for ScriptReply {
                 "this Idempotency-Key was used with a different request",
             )
             .into_response(),
-            Self::Stale => ApiError::Internal(anyhow::anyhow!("stale script input after retries"))
-                .into_response(),
         }
     }
 }

@@ -752,3 +752,82 @@ async fn members_sign_up_log_in_and_own_their_orders() {
     assert_eq!(app.outbox_count("member.registered").await, 2);
     app.stop().await;
 }
+
+/// A reserve that crashed between its steps: the holds were taken, the member step never ran (here:
+/// only the holds are called, with a deadline already past its margin). The engine's orphan sweep gives
+/// the stock back; an order written in time keeps its units, and its holds are confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_holds_are_released_by_the_sweep() {
+    use flashsale::orders::HOLD_MARGIN_MS;
+    use flashsale::scripts::calls::{HoldRef, StockHold};
+
+    let app = spawn_app().await;
+    let product = app.create_product(100, 10).await;
+    let (member, token) = app.member(0).await;
+    for order_id in [i64::MAX - 11, i64::MAX - 12] {
+        let held = app
+            .state
+            .scripts
+            .run_call(
+                &app.redis,
+                &app.keys,
+                &StockHold {
+                    hold: HoldRef {
+                        product_id: product,
+                        order_id,
+                        member_id: member,
+                    },
+                    quantity: 3,
+                    ttl_ms: -HOLD_MARGIN_MS - 1,
+                },
+            )
+            .await
+            .expect("stock_hold");
+        assert_eq!(
+            held.into_array()
+                .first()
+                .and_then(|v| v.as_string())
+                .as_deref(),
+            Some("held")
+        );
+    }
+    // Interleaved: a real order between the crashed holds and the sweep.
+    let r = app
+        .order(&token, json!([{"product_id": product, "quantity": 2}]))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(app.stock(product).await <= 2);
+    let mut stock = 0;
+    for _ in 0..100 {
+        stock = app.stock(product).await;
+        if stock == 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stock, 8,
+        "the orphans' 6 units back, the order's 2 still held"
+    );
+    let mut pending = 1;
+    for _ in 0..50 {
+        pending = 0;
+        for p in flashsale::partition::Partition::all() {
+            let n: i64 = app.redis.zcard(app.keys.holds_pending(p)).await.unwrap();
+            pending += n;
+        }
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(pending, 0, "the order's hold confirmed by the saga worker");
+    let holds: Vec<String> = app
+        .redis
+        .hkeys(app.keys.product_holds(product))
+        .await
+        .unwrap();
+    assert_eq!(holds, [r.json()["id"].to_string()]);
+    assert_eq!(app.outbox_count("order.reserved").await, 1);
+    app.stop().await;
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::pipeline::{drain, platform, start_sink, DRAIN};
 use common::{spawn_app, spawn_app_with, unique, Reply, TestApp};
 use flashsale::partition::Partition;
-use flashsale::scripts::calls::{Idem, MemberSignup, OrderReserve};
+use flashsale::scripts::calls::{Idem, MemberSignup};
 use flashsale::scripts::ScriptReply;
 use fred::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -293,7 +293,7 @@ async fn member_signup_refuses_a_taken_member_id() {
     app.stop().await;
 }
 
-/// Item 3: order_reserve never answers with (or overwrites) an order whose id another call took.
+/// Item 3: a reserve (holds, then order_reserve) never answers with (or overwrites) an order whose id another call took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_reserve_refuses_a_taken_order_id() {
     let app = spawn_app().await;
@@ -306,25 +306,22 @@ async fn order_reserve_refuses_a_taken_order_id() {
     let reserve = |member: i64, event: String| {
         let app = &app;
         async move {
-            app.state
-                .scripts
-                .invoke(
-                    &app.redis,
-                    &app.keys,
-                    &OrderReserve {
-                        member_id: member,
-                        order_id,
-                        idem: Idem {
-                            digest: Some(unique("k")),
-                            fingerprint: "fp".into(),
-                        },
-                        items: vec![(product, 2)],
-                        reservation_ttl_ms: 600_000,
-                        event_id: event,
+            flashsale::orders::reserve(
+                app.state.store(),
+                &flashsale::orders::Reserve {
+                    member_id: member,
+                    order_id,
+                    idem: Idem {
+                        digest: Some(unique("k")),
+                        fingerprint: "fp".into(),
                     },
-                )
-                .await
-                .expect("script runs")
+                    items: vec![(product, 2)],
+                    reservation_ttl_ms: 600_000,
+                    event_id: event,
+                },
+            )
+            .await
+            .expect("script runs")
         }
     };
     let first_event = flashsale::state::event_id();

@@ -20,3 +20,4 @@ mod ops;
 mod pipeline;
 mod redis_restart;
 mod relay_resilience;
+mod slots;

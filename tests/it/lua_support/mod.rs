@@ -1,5 +1,7 @@
 //! Harness for tests/it/lua_scripts.rs: runs the engine's Lua scripts straight against the real Redis with the
-//! exact KEYS/ARGV layout the routes and the expiry task use, under a random key prefix per test.
+//! exact KEYS/ARGV layout the routes and the expiry task use, under a random key prefix per test. Reserve,
+//! cancel and expire run through the engine's own saga sequencing (src/orders.rs), as the route and the
+//! expiry task run them; the product-slot steps can also be run one by one.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -7,11 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{TimeZone, Utc};
 use flashsale::domain::{MAX_BALANCE, MAX_STOCK};
 use flashsale::keys::Keys;
+use flashsale::orders::{Reserve, Store};
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
 use flashsale::scripts::calls::{
-    CouponCreate, CouponIssue, CouponWalletAdd, Idem as TypedIdem, MemberSignup, OrderCancel,
-    OrderExpire, OrderPay, OrderReserve, PointsCharge, ProductCreate, ProductStockAdd,
+    CouponCreate, CouponIssue, CouponWalletAdd, HoldConfirm, HoldRef, Idem as TypedIdem,
+    MemberSignup, OrderPay, PointsCharge, ProductCreate, ProductStockAdd, StockCommit, StockHold,
+    StockRelease, StockReturn,
 };
 use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
 use fred::prelude::*;
@@ -67,6 +71,10 @@ pub fn day(ms: i64) -> String {
 pub fn clock() -> i64 {
     let now = Utc::now().timestamp_millis();
     now - now % 1000 + 123
+}
+
+fn json_int(n: i64) -> Json {
+    Json::from(n)
 }
 
 pub fn ev() -> String {
@@ -564,6 +572,16 @@ impl Ctx {
             .expect("coupon_wallet_add returns a string")
     }
 
+    /// What the engine's order sagas run against (src/orders.rs).
+    pub fn store(&self) -> Store<'_> {
+        Store {
+            redis: &self.redis,
+            scripts: &self.scripts,
+            keys: &self.k,
+        }
+    }
+
+    /// Reserve as the route runs it (src/orders.rs): the holds, then the member step.
     #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
@@ -575,17 +593,159 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
+        self.try_reserve(member, order, idem, items, expires_ms - at, event)
+            .await
+            .unwrap_or_else(|e| panic!("reserve: {e:?}"))
+    }
+
+    /// Reserve with the member step's TTL given; errors (e.g. the 503 of lapsed holds) returned.
+    pub async fn try_reserve(
+        &self,
+        member: i64,
+        order: i64,
+        idem: &Idem,
+        items: &[(i64, i64)],
+        reservation_ttl_ms: i64,
+        event: &str,
+    ) -> Result<ScriptReply, flashsale::error::ApiError> {
         self.remember_order(order, member);
-        // The script stamps Redis time and expires the order this TTL later (negative: already due).
-        self.invoke(&OrderReserve {
-            member_id: member,
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
+        // The member step stamps Redis time and expires the order this TTL later (negative: already due).
+        flashsale::orders::reserve(
+            self.store(),
+            &Reserve {
+                member_id: member,
+                order_id: order,
+                idem: idem.typed(),
+                items: items.to_vec(),
+                reservation_ttl_ms,
+                event_id: event.into(),
+            },
+        )
+        .await
+    }
+
+    // ---- the product-slot steps one by one ----
+
+    pub fn hold_ref(&self, product: i64, order: i64, member: i64) -> HoldRef {
+        HoldRef {
+            product_id: product,
             order_id: order,
-            idem: idem.typed(),
-            items: items.to_vec(),
-            reservation_ttl_ms: expires_ms - at,
-            event_id: event.into(),
+            member_id: member,
+        }
+    }
+
+    /// stock_hold's raw reply, e.g. ["held", price, deadline] or ["out_of_stock", stock].
+    pub async fn hold(&self, product: i64, order: i64, member: i64, qty: i64, ttl_ms: i64) -> Json {
+        self.remember_order(order, member);
+        let value = self
+            .scripts
+            .run_call(
+                &self.redis,
+                &self.k,
+                &StockHold {
+                    hold: self.hold_ref(product, order, member),
+                    quantity: qty,
+                    ttl_ms,
+                },
+            )
+            .await
+            .expect("stock_hold");
+        Json::Array(
+            value
+                .into_array()
+                .into_iter()
+                .map(|v| match v.as_i64() {
+                    Some(n) if v.is_integer() => json_int(n),
+                    _ => Json::String(v.as_string().unwrap_or_default()),
+                })
+                .collect(),
+        )
+    }
+
+    async fn outcome<C: ScriptCall>(&self, call: &C) -> String {
+        self.scripts
+            .run_call(&self.redis, &self.k, call)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", C::SCRIPT.name()))
+            .as_string()
+            .unwrap_or_else(|| panic!("{} returns a string", C::SCRIPT.name()))
+    }
+
+    pub async fn release(
+        &self,
+        product: i64,
+        order: i64,
+        member: i64,
+        orphan_margin_ms: Option<i64>,
+    ) -> String {
+        self.outcome(&StockRelease {
+            hold: self.hold_ref(product, order, member),
+            orphan_margin_ms,
         })
         .await
+    }
+
+    pub async fn commit(&self, product: i64, order: i64, member: i64) -> String {
+        self.outcome(&StockCommit {
+            hold: self.hold_ref(product, order, member),
+        })
+        .await
+    }
+
+    pub async fn give_back(&self, product: i64, order: i64, member: i64, qty: i64) -> String {
+        self.outcome(&StockReturn {
+            hold: self.hold_ref(product, order, member),
+            quantity: qty,
+        })
+        .await
+    }
+
+    pub async fn confirm(&self, product: i64, order: i64, member: i64) -> String {
+        self.outcome(&HoldConfirm {
+            hold: self.hold_ref(product, order, member),
+        })
+        .await
+    }
+
+    /// Every partition's pending holds, merged: entry -> deadline.
+    pub async fn pending_holds(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        for p in Partition::all() {
+            all.extend(self.zset(&self.k.holds_pending(p)).await);
+        }
+        all
+    }
+
+    /// The orphan sweep of every partition, as the expiry task runs it: (released, confirmed).
+    pub async fn sweep_orphans(&self) -> (usize, usize) {
+        let mut totals = (0, 0);
+        for p in Partition::all() {
+            let sweep = flashsale::orders::sweep_orphan_holds(self.store(), p)
+                .await
+                .expect("orphan sweep");
+            totals.0 += sweep.released;
+            totals.1 += sweep.confirmed;
+        }
+        totals
+    }
+
+    /// Runs the saga worker's step (src/saga.rs) for every outbox entry of this test, in call order,
+    /// as a worker would after a crash; every step is idempotent.
+    pub async fn run_saga_steps(&self) {
+        for e in self.events().await {
+            let fields: HashMap<String, String> = [
+                ("type".to_string(), e.kind.clone()),
+                ("payload".to_string(), e.payload.to_string()),
+            ]
+            .into();
+            flashsale::saga::run_step(self.store(), &fields)
+                .await
+                .expect("saga step");
+        }
     }
 
     pub async fn pay(
@@ -609,51 +769,7 @@ impl Ctx {
         .await
     }
 
-    /// What the engine pre-reads before cancel/expire: product ids and paid day ('' when unpaid/unknown).
-    pub async fn read_order_keys(&self, order: i64) -> (Vec<i64>, String) {
-        let fields: Vec<Option<String>> = self
-            .redis
-            .hmget(self.order_key(order), vec!["items", "paid_day"])
-            .await
-            .expect("hmget");
-        let Some(Some(items)) = fields.first() else {
-            return (Vec::new(), String::new());
-        };
-        let items: Vec<Json> = serde_json::from_str(items).expect("items json");
-        (
-            items
-                .iter()
-                .map(|i| i["product_id"].as_i64().expect("product_id"))
-                .collect(),
-            fields.get(1).cloned().flatten().unwrap_or_default(),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn cancel_raw(
-        &self,
-        member: i64,
-        order: i64,
-        idem: &Idem,
-        paid_day: &str,
-        popular_day: &str,
-        products: &[i64],
-        event: &str,
-        _at: i64,
-    ) -> ScriptReply {
-        self.invoke(&OrderCancel {
-            member_id: member,
-            order_id: order,
-            idem: idem.typed(),
-            paid_day: paid_day.into(),
-            popular_day: popular_day.into(),
-            product_ids: products.to_vec(),
-            event_id: event.into(),
-        })
-        .await
-    }
-
-    /// Cancel as the route runs it: pre-read the order's product ids and paid day, then the script.
+    /// Cancel as the route runs it (src/orders.rs): the member step, then the stock back inline.
     pub async fn cancel(
         &self,
         member: i64,
@@ -662,46 +778,37 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        let (products, paid_day) = self.read_order_keys(order).await;
-        let popular_day = if paid_day.is_empty() {
-            day(at)
-        } else {
-            paid_day.clone()
-        };
-        self.cancel_raw(
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
+        flashsale::orders::cancel(
+            self.store(),
             member,
             order,
-            idem,
-            &paid_day,
-            &popular_day,
-            &products,
-            event,
-            at,
+            idem.typed(),
+            day(at),
+            event.into(),
         )
         .await
+        .unwrap_or_else(|e| panic!("cancel: {e:?}"))
     }
 
-    pub async fn expire_raw(&self, order: i64, products: &[i64], event: &str, at: i64) -> String {
-        let _ = at; // due by Redis time now
-        let call = OrderExpire {
-            partition: Partition::of_id(self.member_of(order)),
-            order_id: order,
-            product_ids: products.to_vec(),
-            event_id: event.into(),
-        };
-        self.calls.lock().expect("calls").push(call.args());
-        self.scripts
-            .run_call(&self.redis, &self.k, &call)
-            .await
-            .expect("order_expire")
-            .as_string()
-            .expect("order_expire returns a string")
-    }
-
-    /// Expire as the expiry task runs it.
+    /// Expire as the expiry task runs it (src/orders.rs): the member step, then the holds released.
     pub async fn expire(&self, order: i64, event: &str, at: i64) -> String {
-        let (products, _) = self.read_order_keys(order).await;
-        self.expire_raw(order, &products, event, at).await
+        let _ = at; // due by Redis time now
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
+        flashsale::orders::expire(
+            self.store(),
+            Partition::of_id(self.member_of(order)),
+            order,
+            event.into(),
+        )
+        .await
+        .expect("expire")
     }
 
     /// The popular ranking as the engine merges it (src/popular.rs): `window` days ending on the day

@@ -1,0 +1,37 @@
+-- stock_hold: the product-slot step of an order reserve (src/orders.rs): holds `qty` units of one
+-- product for one order. Idempotent by order id: a second call for the same order (a resend, a retry)
+-- answers as the first did and writes nothing.
+-- KEYS[1] product hash          fs:{P}:product:ID
+-- KEYS[2] product holds hash    fs:{P}:product:ID:holds (order id -> qty|member|unit_price|deadline_ms)
+-- KEYS[3] pending holds zset    fs:{P}:holds:pending of the product's partition (member
+--                               `product:order:member`, score = deadline_ms; read by the orphan sweep)
+-- ARGV[1] product id   ARGV[2] order id   ARGV[3] member id   ARGV[4] quantity   ARGV[5] hold TTL (ms)
+-- deadline_ms = Redis time + ARGV[5]: the order's member step refuses after it, the orphan sweep
+-- releases the hold some margin after it when no order was written.
+-- Returns an array:
+--   { 'held', unit_price, deadline_ms }  held now, or already held for this order (same answer)
+--   { 'not_found' }                      no such product; nothing written
+--   { 'out_of_stock', stock }            less stock than the quantity; nothing written
+--   { 'conflict' }                       the order id already holds this product for another member
+--                                        (an id fault); nothing written
+local held = redis.call('HGET', KEYS[2], ARGV[2])
+if held then
+  local _, member, price, deadline = string.match(held, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if member ~= ARGV[3] then
+    return { 'conflict' }
+  end
+  return { 'held', tonumber(price), tonumber(deadline) }
+end
+local p = redis.call('HMGET', KEYS[1], 'id', 'price', 'stock')
+if not p[1] then
+  return { 'not_found' }
+end
+local qty = tonumber(ARGV[4])
+if tonumber(p[3]) < qty then
+  return { 'out_of_stock', tonumber(p[3]) }
+end
+redis.call('HINCRBY', KEYS[1], 'stock', int(-qty))
+local deadline = now_ms() + tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[2], table.concat({ int(qty), ARGV[3], p[2], int(deadline) }, '|'))
+redis.call('ZADD', KEYS[3], deadline, ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3])
+return { 'held', tonumber(p[2]), deadline }
