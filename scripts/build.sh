@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one release build that `make up`, `make test` and CI share: engine and sink binaries (the workspace's
 # default members), in the release profile, into $CARGO_TARGET_DIR. `make test` then compiles only the test
-# crates on top of it (see [profile.bench] in Cargo.toml), so a fresh machine compiles every dependency once.
+# crates on top of it (same profile, see Cargo.toml), so a fresh machine compiles every dependency once.
 #
 # Cargo prints one line per crate; when that goes to a log or a pipe nobody sees how far it is, so every
 # `Compiling` line is prefixed with a count against the number of crates in the build and the elapsed time.
