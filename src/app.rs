@@ -220,7 +220,9 @@ impl Application {
             }
         };
         let producer = crate::kafka::producer(&c.kafka_brokers)?;
-        let scripts = Scripts::load(&redis).await.context("loading Lua scripts")?;
+        let scripts = Scripts::load(&redis, settings.connections.durability())
+            .await
+            .context("loading Lua scripts")?;
         let keys = Keys::new(c.key_prefix.clone());
         ensure_outbox_group(&redis, &keys).await?;
 

@@ -56,6 +56,31 @@ pub struct ConnectionSettings {
     pub redis_pool_size: usize,
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
+    /// Replicas that must have a mutating script's writes before the client gets its answer (`WAIT`).
+    /// Unset: 1 on a Redis Cluster (an acknowledged write survives a primary failover), 0 on one node.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+    /// How long a request waits for those replicas; past it the answer is 503 with Retry-After (the
+    /// write stands on the primary, and the client's retry with its Idempotency-Key replays it).
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+}
+
+impl ConnectionSettings {
+    /// True when REDIS_URL names a cluster (`redis-cluster://...`).
+    pub fn redis_is_cluster(&self) -> bool {
+        self.redis_url.starts_with("redis-cluster://")
+            || self.redis_url.starts_with("rediss-cluster://")
+    }
+
+    /// The `WAIT` after each mutating script (see `redis_wait_replicas`).
+    pub fn durability(&self) -> crate::scripts::Durability {
+        let default = u32::from(self.redis_is_cluster());
+        crate::scripts::Durability {
+            replicas: self.redis_wait_replicas.unwrap_or(default),
+            timeout_ms: self.redis_wait_timeout_ms.max(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

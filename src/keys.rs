@@ -255,7 +255,7 @@ mod tests {
             k.outbox(p),
             k.email("a@b.c"),
             format!("fs:{{{}}}:order:007", p.tag()),
-            format!("fs:{{nope}}:order:7"),
+            "fs:{nope}:order:7".to_string(),
             // A member key under another partition's tag is not what `member` builds.
             format!(
                 "fs:{{{}}}:member:1",

@@ -157,7 +157,11 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
                     quantity: *quantity,
                     ttl_ms: HOLD_TTL_MS,
                 };
-                let value = store.run(&call).await?;
+                // The order will count on this hold: on a cluster it must be on a replica first.
+                let value = store
+                    .scripts
+                    .run_call_replicated(store.redis, store.keys, &call)
+                    .await?;
                 parse_hold(value)
             }),
     )

@@ -115,20 +115,35 @@ impl Script {
     }
 }
 
+/// How many replicas must confirm a mutating script's writes before its answer goes out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durability {
+    /// 0: answer at once (one node, or the cluster with the guarantee switched off).
+    pub replicas: u32,
+    pub timeout_ms: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Scripts {
     shas: HashMap<Script, String>,
+    durability: Durability,
 }
 
 impl Scripts {
     /// Loads every script; fails at start if any does not compile.
-    pub async fn load(redis: &Pool) -> Result<Self, fred::error::Error> {
+    /// On a cluster every primary gets every script (a script runs on the node of its slot).
+    pub async fn load(redis: &Pool, durability: Durability) -> Result<Self, fred::error::Error> {
         let mut shas = HashMap::new();
+        let client = redis.next();
         for script in Script::ALL {
-            let sha: String = redis.next().script_load(script.source()).await?;
+            let sha: String = if client.is_clustered() {
+                client.script_load_cluster(script.source()).await?
+            } else {
+                client.script_load(script.source()).await?
+            };
             shas.insert(script, sha);
         }
-        Ok(Self { shas })
+        Ok(Self { shas, durability })
     }
 
     pub fn sha(&self, script: Script) -> &str {
@@ -146,17 +161,30 @@ impl Scripts {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, fred::error::Error> {
+        self.run_on(redis.next(), script, keys, args).await
+    }
+
+    async fn run_on(
+        &self,
+        client: &Client,
+        script: Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, fred::error::Error> {
         let started = Instant::now();
-        let client = redis.next();
         let result = match client
             .evalsha::<Value, _, _, _>(self.sha(script), keys.clone(), args.clone())
             .await
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                tracing::warn!(script = script.name(), "script cache lost, reloading");
-                let _: String = client.script_load(script.source()).await?;
+                // EVAL goes to the node of the keys' slot (a SCRIPT LOAD would go to any node) and
+                // caches the script there again (restart, failover to a replica that never loaded it).
+                tracing::warn!(
+                    script = script.name(),
+                    "script cache lost, sending the source"
+                );
                 client
-                    .evalsha::<Value, _, _, _>(self.sha(script), keys, args)
+                    .eval::<Value, _, _, _>(script.source(), keys, args)
                     .await
             }
             other => other,
@@ -164,6 +192,52 @@ impl Scripts {
         metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name())
             .record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// WAIT for the configured replicas on the connection that ran the script, on the node that owns
+    /// `key`'s slot. Err when they do not confirm in time: the client must not be told "done".
+    async fn confirm_replicated(&self, client: &Client, key: &str) -> Result<(), ApiError> {
+        let Durability {
+            replicas,
+            timeout_ms,
+        } = self.durability;
+        if replicas == 0 {
+            return Ok(());
+        }
+        let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+        let started = Instant::now();
+        let acknowledged: Result<i64, fred::error::Error> = if client.is_clustered() {
+            let slot = crate::partition::key_slot(key);
+            match client
+                .cached_cluster_state()
+                .and_then(|state| state.get_server(slot).cloned())
+            {
+                Some(node) => {
+                    client
+                        .with_cluster_node(node)
+                        .wait(i64::from(replicas), timeout)
+                        .await
+                }
+                None => Ok(0),
+            }
+        } else {
+            client.wait(i64::from(replicas), timeout).await
+        };
+        metrics::histogram!("flashsale_redis_wait_seconds").record(started.elapsed().as_secs_f64());
+        match acknowledged {
+            Ok(n) if n >= i64::from(replicas) => Ok(()),
+            outcome => {
+                let outcome = if outcome.is_ok() { "timeout" } else { "error" };
+                metrics::counter!("flashsale_redis_wait_failures_total", "outcome" => outcome)
+                    .increment(1);
+                Err(ApiError::retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    "the write is not on a replica yet; retry with the same Idempotency-Key",
+                    std::time::Duration::from_secs(1),
+                ))
+            }
+        }
     }
 
     /// Runs a typed call and returns the raw reply (scripts outside the HTTP reply protocol).
@@ -175,6 +249,22 @@ impl Scripts {
     ) -> Result<Value, fred::error::Error> {
         self.run(redis, C::SCRIPT, call.keys(keys), call.args())
             .await
+    }
+
+    /// Runs a typed call whose writes a client's answer depends on (a stock hold): like `run_call`,
+    /// then the replica confirmation `invoke` waits for too.
+    pub async fn run_call_replicated<C: ScriptCall>(
+        &self,
+        redis: &Pool,
+        keys: &Keys,
+        call: &C,
+    ) -> Result<Value, ApiError> {
+        let client = redis.next();
+        let keys = call.keys(keys);
+        let first_key = keys.first().cloned().unwrap_or_default();
+        let value = self.run_on(client, C::SCRIPT, keys, call.args()).await?;
+        self.confirm_replicated(client, &first_key).await?;
+        Ok(value)
     }
 
     /// Runs a typed HTTP-facing call and decodes its reply (see lua/lib/prelude.lua).
@@ -196,8 +286,14 @@ impl Scripts {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<ScriptReply, ApiError> {
-        let value = self.run(redis, script, keys, args).await?;
+        let client = redis.next();
+        let first_key = keys.first().cloned().unwrap_or_default();
+        let value = self.run_on(client, script, keys, args).await?;
         let reply = ScriptReply::decode(value)?;
+        if matches!(reply, ScriptReply::Ok { .. }) {
+            // Every key of a call shares one slot, so the first names the node that ran it.
+            self.confirm_replicated(client, &first_key).await?;
+        }
         metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => reply.outcome_label())
             .increment(1);
         Ok(reply)

@@ -20,4 +20,5 @@ mod ops;
 mod pipeline;
 mod redis_restart;
 mod relay_resilience;
+mod replica_wait;
 mod slots;

@@ -5,9 +5,6 @@
 
 use crate::common;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,97 +13,8 @@ use futures::future::join_all;
 use serde_json::json;
 
 use common::pipeline::{drain, mixed_workload, platform, start_sink, DRAIN};
+use common::redis::PrivateRedis;
 use common::{isolated_connections, serve_settings, spawn_with_settings, unique};
-
-/// A private redis-server with AOF (fsync always: an acknowledged write survives kill -9). Killed and
-/// its data removed on drop, so a failing test leaves nothing behind.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(unique("flashsale-redis-"));
-        std::fs::create_dir_all(&dir).expect("redis data dir");
-        let mut redis = Self {
-            port,
-            dir,
-            child: None,
-        };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--daemonize", "no", "--logfile", "redis.log"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Polls PING until PONG (not LOADING) or the deadline.
-    async fn wait_ready(&self) {
-        use std::io::{Read, Write};
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pong = std::net::TcpStream::connect(("127.0.0.1", self.port))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    s.write_all(b"PING\r\n")?;
-                    let mut buf = [0u8; 64];
-                    let n = s.read(&mut buf)?;
-                    Ok(buf[..n].starts_with(b"+PONG"))
-                })
-                .unwrap_or(false);
-            if pong {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the private redis-server never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The value of an unlabelled gauge in /metrics.
 async fn gauge(app: &common::TestApp, name: &str) -> Option<f64> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 pub mod kafka;
 pub mod pipeline;
 pub mod proxy;
+pub mod redis;
 
 use flashsale::app::Application;
 use flashsale::config::{ConnectionSettings, HotPath, IdSettings, RelaySettings, ServeSettings};
@@ -74,6 +75,9 @@ pub fn isolated_connections() -> ConnectionSettings {
         key_prefix: id,
         redis_pool_size: 4,
         database_pool_size: 8,
+        // The deployment's own rule: WAIT 1 on a cluster, nothing on one node.
+        redis_wait_replicas: None,
+        redis_wait_timeout_ms: 500,
     }
 }
 

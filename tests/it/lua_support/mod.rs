@@ -184,7 +184,9 @@ impl Ctx {
             .build_pool(2)
             .expect("pool");
         redis.init().await.expect("connect to Redis");
-        let scripts = Scripts::load(&redis).await.expect("load scripts");
+        let scripts = Scripts::load(&redis, Default::default())
+            .await
+            .expect("load scripts");
         let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
         Self {
             redis,
