@@ -135,7 +135,23 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServeSettings)) -> TestA
     spawn_with_settings(settings).await
 }
 
+/// The engine's errors (an internal error's cause above all) in the test's captured
+/// output, which a failing test prints. RUST_LOG overrides the level.
+fn trace_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("error,librdkafka=off,rdkafka=off")
+        });
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 pub async fn spawn_with_settings(settings: ServeSettings) -> TestApp {
+    trace_to_test_output();
     let app = Application::build(settings.clone())
         .await
         .expect("engine starts");
