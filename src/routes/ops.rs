@@ -62,6 +62,7 @@ const RECONCILE_PAGE_MAX: i64 = 5000;
         (status = 200, description = "One page of Redis compared with MySQL; follow `next_cursor` to the end (`flashsale reconcile` runs the whole scan)", body = ReconcilePage),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SERVICE_UNAVAILABLE (Redis, MySQL or Kafka did not answer; Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn reconcile(
     State(state): State<AppState>,
@@ -89,6 +90,17 @@ pub async fn reconcile(
         cursor,
         limit,
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        // Every step is a read of Redis, MySQL or Kafka: one that fails or times out is a store not
+        // answering, which the operator retries, not an engine fault.
+        tracing::warn!(error = %e, "reconcile page failed");
+        ApiError::retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "a store did not answer the comparison in time; retry",
+            std::time::Duration::from_secs(2),
+        )
+    })?;
     Ok(Json(page))
 }
