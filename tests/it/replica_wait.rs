@@ -17,7 +17,7 @@ async fn a_write_no_replica_confirms_is_503_and_its_retry_replays_once_one_does(
     let port = primary.port.to_string();
     let replica_args = ["--replicaof", "127.0.0.1", port.as_str()];
     let mut replica = PrivateRedis::start_with(&replica_args);
-    replica.wait_ready().await;
+    replica.wait_synced().await;
 
     let mut connections = isolated_connections();
     connections.redis_url = primary.url();
@@ -56,7 +56,7 @@ async fn a_write_no_replica_confirms_is_503_and_its_retry_replays_once_one_does(
 
     // A replica again (it resyncs from the primary): the client's retry replays the one charge.
     replica.spawn();
-    replica.wait_ready().await;
+    replica.wait_synced().await;
     let mut retried = charge().await;
     for _ in 0..100 {
         if retried.status != 503 {

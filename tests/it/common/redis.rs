@@ -98,6 +98,32 @@ impl PrivateRedis {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// For a replica: polls INFO replication until its link to the primary is up (the first sync
+    /// done), or the deadline. A replica answers PING long before that.
+    pub async fn wait_synced(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = std::net::TcpStream::connect(("127.0.0.1", self.port))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    s.write_all(b"INFO replication\r\n")?;
+                    let mut buf = [0u8; 4096];
+                    let n = s.read(&mut buf)?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).contains("master_link_status:up"))
+                })
+                .unwrap_or(false);
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private replica never synced with its primary"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for PrivateRedis {
