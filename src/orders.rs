@@ -229,22 +229,41 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
     }
 
     let result = member_step(store, req, priced, deadline).await;
-    let keep = matches!(result, Ok(ScriptReply::Ok { .. }));
-    if !keep {
-        // No order of this call owns the holds (a replay, a reuse, a refusal, an error): give them
-        // back now; if this fails the orphan sweep does it after the deadline.
+    // Give the holds back now only when the member step definitely wrote no order of this call (a
+    // replay, a reuse, a refusal). After an error the order may exist (the script ran, its answer was
+    // lost with the connection): the orphan sweep decides after the deadline, by whether it exists.
+    let no_order = matches!(result, Ok(MemberStep::Refused(_)) | Ok(MemberStep::Lapsed));
+    if no_order {
         release_all(store, &taken).await;
     }
-    result
+    match result? {
+        MemberStep::Written(reply) | MemberStep::Refused(reply) => Ok(reply),
+        MemberStep::Lapsed => Err(ApiError::retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "the stock holds lapsed before the order was written; retry",
+            std::time::Duration::from_secs(1),
+        )),
+    }
 }
 
-/// The member step; a 503 (deadline passed) becomes a retryable error.
+/// What the member step did. An `Err` from it is no answer: the order may or may not exist.
+enum MemberStep {
+    /// The order of this call exists now.
+    Written(ScriptReply),
+    /// No order of this call was written (a replay, a reused id or key, a refusal).
+    Refused(ScriptReply),
+    /// Refused because the holds' deadline had passed by the member node's clock.
+    Lapsed,
+}
+
+/// The member step.
 async fn member_step(
     store: Store<'_>,
     req: &Reserve,
     items: Vec<PricedItem>,
     hold_deadline_ms: i64,
-) -> Result<ScriptReply, ApiError> {
+) -> Result<MemberStep, ApiError> {
     let call = OrderReserve {
         member_id: req.member_id,
         order_id: req.order_id,
@@ -255,16 +274,14 @@ async fn member_step(
         event_id: req.event_id.clone(),
     };
     let reply = store.scripts.invoke(store.redis, store.keys, &call).await?;
-    if let ScriptReply::Refused { status: 503, .. } = reply {
-        metrics::counter!("flashsale_hold_lapsed_total").increment(1);
-        return Err(ApiError::retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_UNAVAILABLE",
-            "the stock holds lapsed before the order was written; retry",
-            std::time::Duration::from_secs(1),
-        ));
-    }
-    Ok(reply)
+    Ok(match reply {
+        ScriptReply::Refused { status: 503, .. } => {
+            metrics::counter!("flashsale_hold_lapsed_total").increment(1);
+            MemberStep::Lapsed
+        }
+        ScriptReply::Ok { .. } => MemberStep::Written(reply),
+        other => MemberStep::Refused(other),
+    })
 }
 
 /// The stored result of an idempotency record read as `fp, status, kind, body, detail`, answered as
