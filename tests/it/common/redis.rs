@@ -76,51 +76,43 @@ impl PrivateRedis {
 
     /// Polls PING until PONG (not LOADING) or the deadline.
     pub async fn wait_ready(&self) {
-        use std::io::{Read, Write};
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let pong = std::net::TcpStream::connect(("127.0.0.1", self.port))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    s.write_all(b"PING\r\n")?;
-                    let mut buf = [0u8; 64];
-                    let n = s.read(&mut buf)?;
-                    Ok(buf[..n].starts_with(b"+PONG"))
-                })
-                .unwrap_or(false);
-            if pong {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the private redis-server never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.poll_until(
+            b"PING\r\n",
+            "+PONG",
+            "the private redis-server never answered",
+        )
+        .await;
     }
 
     /// For a replica: polls INFO replication until its link to the primary is up (the first sync
     /// done), or the deadline. A replica answers PING long before that.
     pub async fn wait_synced(&self) {
+        self.poll_until(
+            b"INFO replication\r\n",
+            "master_link_status:up",
+            "the private replica never synced with its primary",
+        )
+        .await;
+    }
+
+    /// Sends `command` on a fresh connection every 50 ms until the answer contains `expected`.
+    async fn poll_until(&self, command: &[u8], expected: &str, failure: &str) {
         use std::io::{Read, Write};
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let synced = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            let answered = std::net::TcpStream::connect(("127.0.0.1", self.port))
                 .and_then(|mut s| {
                     s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                    s.write_all(b"INFO replication\r\n")?;
+                    s.write_all(command)?;
                     let mut buf = [0u8; 4096];
                     let n = s.read(&mut buf)?;
-                    Ok(String::from_utf8_lossy(&buf[..n]).contains("master_link_status:up"))
+                    Ok(String::from_utf8_lossy(&buf[..n]).contains(expected))
                 })
                 .unwrap_or(false);
-            if synced {
+            if answered {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the private replica never synced with its primary"
-            );
+            assert!(Instant::now() < deadline, "{failure}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
