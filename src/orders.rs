@@ -135,7 +135,9 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
     if order_exists == 1 {
         // This very call resent, or an id fault: the member step answers from the order (same event:
         // the first answer; else CONFLICT) before it looks at items or deadline.
-        return member_step(store, req, Vec::new(), i64::MAX).await;
+        return member_step(store, req, Vec::new(), i64::MAX)
+            .await
+            .and_then(MemberStep::answer);
     }
 
     let holds: Vec<HoldRef> = req
@@ -236,15 +238,7 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
     if no_order {
         release_all(store, &taken).await;
     }
-    match result? {
-        MemberStep::Written(reply) | MemberStep::Refused(reply) => Ok(reply),
-        MemberStep::Lapsed => Err(ApiError::retry_later(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_UNAVAILABLE",
-            "the stock holds lapsed before the order was written; retry",
-            std::time::Duration::from_secs(1),
-        )),
-    }
+    result.and_then(MemberStep::answer)
 }
 
 /// What the member step did. An `Err` from it is no answer: the order may or may not exist.
@@ -255,6 +249,21 @@ enum MemberStep {
     Refused(ScriptReply),
     /// Refused because the holds' deadline had passed by the member node's clock.
     Lapsed,
+}
+
+impl MemberStep {
+    /// The client's answer: the script's reply, or a retryable 503 when the holds had lapsed.
+    fn answer(self) -> Result<ScriptReply, ApiError> {
+        match self {
+            MemberStep::Written(reply) | MemberStep::Refused(reply) => Ok(reply),
+            MemberStep::Lapsed => Err(ApiError::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "the stock holds lapsed before the order was written; retry",
+                std::time::Duration::from_secs(1),
+            )),
+        }
+    }
 }
 
 /// The member step.
