@@ -205,21 +205,6 @@ pub async fn settled_counts(app: &TestApp, parked: i64) -> (i64, i64) {
     }
 }
 
-/// (events applied, events produced - `parked`) once they agree, or as they stand after DRAIN. An event
-/// appended after a drain reported in sync (a background step such as an expiry landing just then) is
-/// waited for, not counted as lost; an event really lost never arrives, and the counts differ.
-pub async fn settled_counts(app: &TestApp, parked: i64) -> (i64, i64) {
-    let started = Instant::now();
-    loop {
-        let produced = events_produced(app).await - parked;
-        let processed = processed_events(app).await;
-        if processed == produced || started.elapsed() > DRAIN {
-            return (processed, produced);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 pub async fn processed_events(app: &TestApp) -> i64 {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM processed_events")
         .fetch_one(&app.state.db)
