@@ -269,7 +269,7 @@ mod tests {
             k.email("a@b.c"),
             k.email_claims(p),
             format!("fs:{{{}}}:order:007", p.tag()),
-            format!("fs:{{nope}}:order:7"),
+            "fs:{nope}:order:7".to_string(),
             // A member key under another partition's tag is not what `member` builds.
             format!(
                 "fs:{{{}}}:member:1",
