@@ -78,9 +78,10 @@ fn credential_store_down(e: &sqlx::Error) -> Response {
     response
 }
 
-/// Runs the sign-up saga (src/signup.rs); shared by sign-up and seeding. The password hash is written to MySQL
-/// (member_credentials, keyed by the new id) BEFORE the Redis steps, so it never travels in an event and
-/// rebuild-redis restores logins from there; a refused sign-up removes its credential row again.
+/// Runs the sign-up saga (src/signup.rs); shared by sign-up and seeding. The password hash is written
+/// to MySQL (member_credentials, keyed by the new id) BEFORE the Redis steps, so it never travels in an
+/// event and rebuild-redis restores logins from there; a refused sign-up removes its credential row
+/// again (not after a Redis error: the member may exist, the claim sweep settles it).
 async fn register(
     state: &AppState,
     email: &str,
