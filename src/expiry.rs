@@ -4,7 +4,9 @@
 //! exactly one winner: both scripts check the status and the expiry time atomically.
 //!
 //! The same loop runs the orphan-hold sweep (src/orders.rs): holds taken for an order whose member
-//! step never ran (an engine crashed in between) are released after their deadline.
+//! step never ran (an engine crashed in between) are released after their deadline; and the e-mail
+//! claim sweep (src/signup.rs): addresses claimed by a sign-up whose member step never ran are
+//! released after theirs, claims whose member exists are confirmed.
 
 use std::time::Duration;
 
@@ -20,12 +22,15 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(state.settings.expiry_interval_ms.max(10));
     let mut last_orphan_sweep: Option<std::time::Instant> = None;
     while !*stop.borrow() {
-        // Orphaned holds are rare (a crash between a reserve's steps) and wait out a 35 s deadline:
-        // once a second is plenty.
+        // Orphaned holds and claims are rare (a crash between a reserve's or a sign-up's steps) and
+        // wait out a 35 s deadline: once a second is plenty.
         if last_orphan_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
             last_orphan_sweep = Some(std::time::Instant::now());
             if let Err(e) = sweep_orphan_holds(&state).await {
                 tracing::error!(error = %e, "orphan hold sweep failed");
+            }
+            if let Err(e) = sweep_email_claims(&state).await {
+                tracing::error!(error = %e, "e-mail claim sweep failed");
             }
         }
         match expire_due(&state).await {
@@ -46,6 +51,20 @@ const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub async fn sweep_orphan_holds(state: &AppState) -> anyhow::Result<usize> {
     let swept = futures::future::join_all(
         Partition::all().map(|p| crate::orders::sweep_orphan_holds(state.store(), p)),
+    )
+    .await;
+    let mut released = 0;
+    for result in swept {
+        released += result?.released;
+    }
+    Ok(released)
+}
+
+/// Every partition's pending e-mail claims past their deadline (src/signup.rs); returns how many
+/// were released.
+pub async fn sweep_email_claims(state: &AppState) -> anyhow::Result<usize> {
+    let swept = futures::future::join_all(
+        Partition::all().map(|p| crate::signup::sweep_email_claims(state.store(), p)),
     )
     .await;
     let mut released = 0;

@@ -41,6 +41,7 @@ async fn sample(state: &AppState) -> anyhow::Result<()> {
         .await?;
     for id in products {
         let stock: Option<i64> = client.hget(state.keys.product(id), "stock").await?;
+        // None: an index entry whose create never ran (src/routes/products.rs): skipped.
         if let Some(stock) = stock {
             metrics::gauge!("flashsale_product_stock", "product_id" => id.to_string())
                 .set(stock as f64);

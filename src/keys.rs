@@ -8,7 +8,8 @@
 //! - product (partition of the product id): the product hash, its stock holds, returned orders,
 //!   restock records, and the partition's pending-holds index;
 //! - coupon (partition of the coupon id): the coupon hash and its holders;
-//! - e-mail address (partition of the normalised address): the login index entry.
+//! - e-mail address (partition of the normalised address): the login index entry, and the partition's
+//!   pending sign-up claims.
 //!
 //! Every partition has its own outbox stream; a script appends its event to its own partition's stream.
 
@@ -49,6 +50,13 @@ impl Keys {
     /// Login index: normalised e-mail -> member id.
     pub fn email(&self, email: &str) -> String {
         self.in_partition(Partition::of_text(email), format_args!("email:{email}"))
+    }
+
+    /// Sign-up claims of the partition's addresses that no member confirmed yet, by deadline (ms);
+    /// members are `member_id:email`. The claim sweep releases those past deadline + margin whose
+    /// member was never written, and confirms those whose member exists (src/signup.rs).
+    pub fn email_claims(&self, partition: Partition) -> String {
+        self.in_partition(partition, format_args!("emails:pending"))
     }
 
     /// The client's key is hashed so its length and characters never shape ours.
@@ -108,8 +116,8 @@ impl Keys {
         self.in_partition(Partition::of_id(id), format_args!("product:{id}:ops"))
     }
 
-    /// The product listing index. Written only by the admin path (one ZADD after a create), never on
-    /// the hot path, so one key for all products is fine.
+    /// The product listing index. Written only by the admin path (one ZADD before a create, as its own
+    /// single-key step), never on the hot path, so one key for all products is fine.
     pub fn products(&self) -> String {
         format!("{}:{{catalog}}:products", self.prefix)
     }
@@ -211,6 +219,11 @@ mod tests {
             ] {
                 assert_eq!(key_slot(&key), slot, "{key}");
             }
+            let email = format!("m{member}@example.test");
+            assert_eq!(
+                key_slot(&k.email_claims(Partition::of_text(&email))),
+                key_slot(&k.email(&email))
+            );
             assert_eq!(
                 key_slot(&k.coupon_holders(member)),
                 key_slot(&k.coupon(member))
@@ -254,6 +267,7 @@ mod tests {
             k.reservations(p),
             k.outbox(p),
             k.email("a@b.c"),
+            k.email_claims(p),
             format!("fs:{{{}}}:order:007", p.tag()),
             "fs:{nope}:order:7".to_string(),
             // A member key under another partition's tag is not what `member` builds.

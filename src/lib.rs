@@ -26,5 +26,6 @@ pub mod relay;
 pub mod routes;
 pub mod saga;
 pub mod scripts;
+pub mod signup;
 pub mod state;
 pub mod telemetry;

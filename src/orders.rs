@@ -53,12 +53,15 @@ pub struct Store<'a> {
 }
 
 impl Store<'_> {
-    async fn run<C: ScriptCall>(&self, call: &C) -> Result<fred::types::Value, fred::error::Error> {
+    pub(crate) async fn run<C: ScriptCall>(
+        &self,
+        call: &C,
+    ) -> Result<fred::types::Value, fred::error::Error> {
         self.scripts.run_call(self.redis, self.keys, call).await
     }
 
-    /// A product-slot step whose reply is a bare outcome string, counted by script and outcome.
-    async fn step<C: ScriptCall>(&self, call: &C) -> Result<String, fred::error::Error> {
+    /// A step whose reply is a bare outcome string, counted by script and outcome.
+    pub(crate) async fn step<C: ScriptCall>(&self, call: &C) -> Result<String, fred::error::Error> {
         let outcome = self.run(call).await?.as_string().unwrap_or_default();
         metrics::counter!("flashsale_script_outcomes_total", "script" => C::SCRIPT.name(), "outcome" => outcome.clone())
             .increment(1);

@@ -73,6 +73,8 @@ pub async fn rebuild(
                 ],
             )
             .await?;
+        // A confirmed claim (src/signup.rs): the key alone, no entry in the pending index (`clear`
+        // removed every old one), so the claim sweep never looks at it.
         let _: () = client
             .set(keys.email(email), id.to_string(), None, None, false)
             .await?;
@@ -95,6 +97,8 @@ pub async fn rebuild(
                 ],
             )
             .await?;
+        // The listing index from MySQL's products alone: entries of creates that crashed before their
+        // product (src/routes/products.rs) do not come back.
         let _: () = client
             .zadd(
                 keys.products(),

@@ -6,6 +6,10 @@
 //! then the deployment's Redis keys (SCAN), for the entities Redis holds and MySQL does not. Both go in
 //! bounded steps, so the admin endpoint answers one page per request (`reconcile_page`, resumed by a
 //! cursor) and `flashsale reconcile` runs the same steps through to the end (`reconcile`).
+//!
+//! E-mail keys and the pending sign-up claims (src/signup.rs) are not compared: a pending claim is a
+//! sign-up in progress (or one the claim sweep settles within its deadline + margin), not drift, and
+//! MySQL has no row for it until its member exists. `Keys::entity_of` knows neither key.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

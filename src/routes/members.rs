@@ -19,7 +19,7 @@ use crate::domain::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::Entity;
-use crate::scripts::calls::{Idem, MemberSignup, PointsCharge};
+use crate::scripts::calls::{Idem, PointsCharge};
 use crate::scripts::{Script, ScriptReply};
 use crate::state::{event_id, AppState, Now};
 
@@ -78,9 +78,10 @@ fn credential_store_down(e: &sqlx::Error) -> Response {
     response
 }
 
-/// Runs member_signup; shared by sign-up and seeding. The password hash is written to MySQL
-/// (member_credentials, keyed by the new id) BEFORE the script, so it never travels in an event and
-/// rebuild-redis restores logins from there; a refused sign-up removes its credential row again.
+/// Runs the sign-up saga (src/signup.rs); shared by sign-up and seeding. The password hash is written
+/// to MySQL (member_credentials, keyed by the new id) BEFORE the Redis steps, so it never travels in an
+/// event and rebuild-redis restores logins from there; a refused sign-up removes its credential row
+/// again (not after a Redis error: the member may exist, the claim sweep settles it).
 async fn register(
     state: &AppState,
     email: &str,
@@ -107,17 +108,16 @@ async fn register(
         reply.note_entity_conflict(Script::MemberSignup, id);
         return Ok((id, reply));
     }
-    let call = MemberSignup {
+    // The saga of single-slot steps: the address claimed in its partition, then the member in its
+    // own (src/signup.rs).
+    let signup = crate::signup::Signup {
         member_id: id,
         email,
         name,
         password_hash,
         event_id: event_id(),
     };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
+    let reply = crate::signup::register(state.store(), &signup).await?;
     reply.note_entity_conflict(Script::MemberSignup, id);
     if let ScriptReply::Refused { code, .. } = &reply {
         if code != "CONFLICT" {
@@ -127,6 +127,10 @@ async fn register(
                 .execute(&state.db)
                 .await;
         }
+    }
+    if crate::signup::lapsed(&reply) {
+        // Nothing was created (the claim is released): retryable, like a reserve whose holds lapsed.
+        return Err(RegisterError::Api(crate::signup::retry_lapsed()));
     }
     Ok((id, reply))
 }
@@ -148,7 +152,8 @@ pub async fn signup(
     rate_limit(&state, &addr, &headers)?;
     let signup = parse_json::<SignupRequest>(&body)?.parse()?;
     state.auth_guard.check_account(&signup.email)?;
-    // Cheap pre-check so a taken email does not cost an argon2 hash; the script decides for real.
+    // Cheap pre-check so a taken email does not cost an argon2 hash (a pending claim counts as taken
+    // too); the claim step decides for real.
     let taken: bool = state.redis.exists(state.keys.email(&signup.email)).await?;
     if taken {
         return Err(ApiError::problem(

@@ -34,20 +34,79 @@ impl Idem {
     }
 }
 
-/// lua/member_signup.lua
+/// Names one sign-up's claim of one e-mail address (the address-slot steps take it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimRef {
+    pub member_id: i64,
+    /// Normalized (`parse_email`).
+    pub email: String,
+}
+
+impl ClaimRef {
+    fn args(&self) -> Vec<String> {
+        vec![self.member_id.to_string(), self.email.clone()]
+    }
+
+    /// The pending-index entry, `member_id:email`.
+    pub fn entry(&self) -> String {
+        format!("{}:{}", self.member_id, self.email)
+    }
+
+    /// Parses a pending-index entry (the id is digits, so the first `:` ends it; the address may
+    /// hold more).
+    pub fn parse(entry: &str) -> Option<Self> {
+        let (id, email) = entry.split_once(':')?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || email.is_empty() {
+            return None;
+        }
+        Some(Self {
+            member_id: id.parse().ok()?,
+            email: email.to_string(),
+        })
+    }
+
+    /// The partition of the address: its key and its pending index live there.
+    pub fn partition(&self) -> Partition {
+        Partition::of_text(&self.email)
+    }
+}
+
+/// lua/email_claim.lua: step 1 of a sign-up, in the address's slot.
+pub struct EmailClaim {
+    pub claim: ClaimRef,
+    pub ttl_ms: i64,
+}
+
+impl ScriptCall for EmailClaim {
+    const SCRIPT: Script = Script::EmailClaim;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.email(&self.claim.email),
+            keys.email_claims(self.claim.partition()),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = self.claim.args();
+        a.push(self.ttl_ms.to_string());
+        a
+    }
+}
+
+/// lua/member_signup.lua: step 2 of a sign-up, in the member's slot.
 pub struct MemberSignup<'a> {
     pub member_id: i64,
     pub email: &'a str,
     pub name: &'a str,
     pub password_hash: &'a str,
     pub event_id: String,
+    /// The claim's deadline (Redis ms) email_claim answered: refused after it.
+    pub claim_deadline_ms: i64,
 }
 
 impl ScriptCall for MemberSignup<'_> {
     const SCRIPT: Script = Script::MemberSignup;
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![
-            keys.email(self.email),
             keys.member(self.member_id),
             keys.outbox(Partition::of_id(self.member_id)),
         ]
@@ -59,7 +118,67 @@ impl ScriptCall for MemberSignup<'_> {
             self.name.to_string(),
             self.password_hash.to_string(),
             self.event_id.clone(),
+            self.claim_deadline_ms.to_string(),
         ]
+    }
+}
+
+/// lua/email_confirm.lua (address slot).
+pub struct EmailConfirm {
+    pub claim: ClaimRef,
+}
+
+impl ScriptCall for EmailConfirm {
+    const SCRIPT: Script = Script::EmailConfirm;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.email_claims(self.claim.partition())]
+    }
+    fn args(&self) -> Vec<String> {
+        self.claim.args()
+    }
+}
+
+/// lua/email_release.lua (address slot).
+pub struct EmailRelease {
+    pub claim: ClaimRef,
+    /// The sweep's margin: release only a claim past deadline + margin. None: at once (a refused
+    /// member step).
+    pub sweep_margin_ms: Option<i64>,
+}
+
+impl ScriptCall for EmailRelease {
+    const SCRIPT: Script = Script::EmailRelease;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.email(&self.claim.email),
+            keys.email_claims(self.claim.partition()),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        let mut a = self.claim.args();
+        a.push(
+            self.sweep_margin_ms
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        );
+        a
+    }
+}
+
+/// lua/email_claims_due.lua (one partition's pending-claims index; read only).
+pub struct EmailClaimsDue {
+    pub partition: Partition,
+    pub margin_ms: i64,
+    pub limit: i64,
+}
+
+impl ScriptCall for EmailClaimsDue {
+    const SCRIPT: Script = Script::EmailClaimsDue;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.email_claims(self.partition)]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![self.margin_ms.to_string(), self.limit.to_string()]
     }
 }
 
@@ -92,7 +211,7 @@ impl ScriptCall for PointsCharge {
     }
 }
 
-/// lua/product_create.lua
+/// lua/product_create.lua (the listing index is its own step before it: src/routes/products.rs).
 pub struct ProductCreate {
     pub product_id: i64,
     pub name: String,
@@ -107,7 +226,6 @@ impl ScriptCall for ProductCreate {
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![
             keys.product(self.product_id),
-            keys.products(),
             keys.outbox(Partition::of_id(self.product_id)),
         ]
     }

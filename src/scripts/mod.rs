@@ -38,10 +38,14 @@ pub enum Script {
     StockReturn,
     HoldConfirm,
     HoldsDue,
+    EmailClaim,
+    EmailConfirm,
+    EmailRelease,
+    EmailClaimsDue,
 }
 
 impl Script {
-    pub const ALL: [Script; 18] = [
+    pub const ALL: [Script; 22] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
@@ -60,6 +64,10 @@ impl Script {
         Script::StockReturn,
         Script::HoldConfirm,
         Script::HoldsDue,
+        Script::EmailClaim,
+        Script::EmailConfirm,
+        Script::EmailRelease,
+        Script::EmailClaimsDue,
     ];
 
     /// The script's name: its file in `lua/` without `.lua`, and its metrics label.
@@ -83,6 +91,10 @@ impl Script {
             Script::StockReturn => "stock_return",
             Script::HoldConfirm => "hold_confirm",
             Script::HoldsDue => "holds_due",
+            Script::EmailClaim => "email_claim",
+            Script::EmailConfirm => "email_confirm",
+            Script::EmailRelease => "email_release",
+            Script::EmailClaimsDue => "email_claims_due",
         }
     }
 
@@ -106,6 +118,10 @@ impl Script {
             Script::StockReturn => include_str!("../../lua/stock_return.lua"),
             Script::HoldConfirm => include_str!("../../lua/hold_confirm.lua"),
             Script::HoldsDue => include_str!("../../lua/holds_due.lua"),
+            Script::EmailClaim => include_str!("../../lua/email_claim.lua"),
+            Script::EmailConfirm => include_str!("../../lua/email_confirm.lua"),
+            Script::EmailRelease => include_str!("../../lua/email_release.lua"),
+            Script::EmailClaimsDue => include_str!("../../lua/email_claims_due.lua"),
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::pipeline::{drain, platform, start_sink, DRAIN};
 use common::{spawn_app, spawn_app_with, unique, Reply, TestApp};
 use flashsale::partition::Partition;
-use flashsale::scripts::calls::{Idem, MemberSignup};
+use flashsale::scripts::calls::{ClaimRef, EmailClaim, Idem};
 use flashsale::scripts::ScriptReply;
 use fred::prelude::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -162,6 +162,15 @@ async fn password_hash_stays_out_of_the_pipeline_and_rebuild_restores_logins() {
 
     let report = drain(&app, DRAIN).await;
     assert!(report.in_sync, "{report:?}");
+    // A sign-up in progress (its address claimed, no member yet) is not in MySQL: gone after the rebuild.
+    let unfinished = format!("{}@example.com", unique("u"));
+    claim_alone(
+        &app,
+        flashsale::ids::MAX_ID - 9,
+        &unfinished,
+        flashsale::signup::CLAIM_TTL_MS,
+    )
+    .await;
     flashsale::rebuild::rebuild(
         &app.redis,
         &app.state.db,
@@ -173,6 +182,19 @@ async fn password_hash_stays_out_of_the_pipeline_and_rebuild_restores_logins() {
     .expect("rebuild");
     let r = login(&app, &email, PASSWORD).await;
     assert_eq!(r.status, 200, "login after rebuild: {}", r.text);
+    assert_eq!(
+        pending_claims(&app).await,
+        0,
+        "rebuilt e-mail keys are confirmed claims"
+    );
+    let owner: Option<i64> = app.redis.get(app.keys.email(&email)).await.expect("get");
+    assert_eq!(owner, Some(id));
+    let unfinished_key: bool = app
+        .redis
+        .exists(app.keys.email(&unfinished))
+        .await
+        .expect("exists");
+    assert!(!unfinished_key, "the unfinished claim came back");
     let r = login(&app, &email, "wrong password!").await;
     assert_eq!(r.status, 401, "{}", r.text);
     app.stop().await;
@@ -227,7 +249,8 @@ async fn engine_refuses_development_secrets_outside_dev() {
 }
 
 /// Item 3: member_signup never overwrites another member: a taken id is refused (409 CONFLICT) unless
-/// the hash is this very call's (same create event id, a resent script).
+/// the hash is this very call's (same create event id, a resent script); the refused sign-up's address
+/// claim is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_signup_refuses_a_taken_member_id() {
     let app = spawn_app().await;
@@ -242,24 +265,22 @@ async fn member_signup_refuses_a_taken_member_id() {
         .expect("member");
     let events = app.outbox_count("member.registered").await;
 
+    // The sign-up saga as the route runs it (src/signup.rs), on the taken id.
     let call = |email: String, event: String| {
         let app = &app;
         async move {
-            app.state
-                .scripts
-                .invoke(
-                    &app.redis,
-                    &app.keys,
-                    &MemberSignup {
-                        member_id: id,
-                        email: &email,
-                        name: "Mallory",
-                        password_hash: "$argon2id$other",
-                        event_id: event,
-                    },
-                )
-                .await
-                .expect("script runs")
+            flashsale::signup::register(
+                app.state.store(),
+                &flashsale::signup::Signup {
+                    member_id: id,
+                    email: &email,
+                    name: "Mallory",
+                    password_hash: "$argon2id$other",
+                    event_id: event,
+                },
+            )
+            .await
+            .expect("the steps run")
         }
     };
     let other = format!("{}@example.com", unique("x"));
@@ -280,7 +301,8 @@ async fn member_signup_refuses_a_taken_member_id() {
         .exists(app.keys.email(&other))
         .await
         .expect("exists");
-    assert!(!other_key);
+    assert!(!other_key, "the refused sign-up's claim was released");
+    assert_eq!(pending_claims(&app).await, 0);
     assert_eq!(app.outbox_count("member.registered").await, events);
 
     // The same script resent (same event id) answers as its first run did.
@@ -290,6 +312,113 @@ async fn member_signup_refuses_a_taken_member_id() {
         reply => panic!("a resent sign-up answers 201, got {reply:?}"),
     }
     assert_eq!(app.outbox_count("member.registered").await, events);
+    app.stop().await;
+}
+
+/// Pending e-mail claims of every partition (src/signup.rs).
+async fn pending_claims(app: &TestApp) -> i64 {
+    let mut n = 0;
+    for p in Partition::all() {
+        let c: i64 = app
+            .redis
+            .zcard(app.keys.email_claims(p))
+            .await
+            .expect("zcard");
+        n += c;
+    }
+    n
+}
+
+/// Runs a sign-up's first step alone (the address claim), as an engine that crashed right after it.
+async fn claim_alone(app: &TestApp, member_id: i64, email: &str, ttl_ms: i64) {
+    let reply = app
+        .state
+        .scripts
+        .run_call(
+            &app.redis,
+            &app.keys,
+            &EmailClaim {
+                claim: ClaimRef {
+                    member_id,
+                    email: email.to_string(),
+                },
+                ttl_ms,
+            },
+        )
+        .await
+        .expect("email_claim");
+    assert_eq!(
+        reply
+            .into_array()
+            .first()
+            .and_then(|v| v.as_string())
+            .as_deref(),
+        Some("claimed")
+    );
+}
+
+/// Issue 9: a sign-up that crashed between its steps (the address claimed, the member never written)
+/// keeps the address taken until its deadline, is no drift for reconcile, and is then released by the
+/// engine's claim sweep: the address signs up and logs in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signup_crashed_after_its_claim_is_released_by_the_sweep() {
+    use flashsale::signup::{CLAIM_MARGIN_MS, CLAIM_TTL_MS};
+    let app = spawn_app().await;
+
+    // Crashed, its deadline still ahead: the address is taken, nobody logs in with it.
+    let waiting = format!("{}@example.com", unique("w"));
+    claim_alone(&app, flashsale::ids::MAX_ID - 7, &waiting, CLAIM_TTL_MS).await;
+    let r = signup(&app, &waiting, PASSWORD).await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(r.code(), "EMAIL_TAKEN");
+    let r = login(&app, &waiting, PASSWORD).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    assert_eq!(r.code(), "INVALID_CREDENTIALS");
+    let report = flashsale::reconcile::reconcile(
+        &app.redis,
+        &app.state.db,
+        &app.keys,
+        &app.settings.connections,
+    )
+    .await
+    .expect("reconcile");
+    assert!(
+        report.drift.is_empty(),
+        "a pending claim is no drift: {report:?}"
+    );
+
+    // Crashed, its deadline + margin already past: the sweep (every engine, once a second) frees it.
+    let crashed = format!("{}@example.com", unique("c"));
+    let ghost = flashsale::ids::MAX_ID - 8;
+    claim_alone(&app, ghost, &crashed, -CLAIM_MARGIN_MS - 1).await;
+    let mut claimed = true;
+    for _ in 0..100 {
+        claimed = app
+            .redis
+            .exists(app.keys.email(&crashed))
+            .await
+            .expect("exists");
+        if !claimed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!claimed, "the claim sweep did not release the address");
+    assert_eq!(pending_claims(&app).await, 1, "only the waiting claim left");
+
+    let r = signup(&app, &crashed, PASSWORD).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json()["id"].as_i64().expect("id");
+    assert_ne!(id, ghost);
+    let owner: Option<i64> = app.redis.get(app.keys.email(&crashed)).await.expect("get");
+    assert_eq!(owner, Some(id));
+    assert_eq!(
+        pending_claims(&app).await,
+        1,
+        "the new claim confirmed inline"
+    );
+    let r = login(&app, &crashed, PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text);
     app.stop().await;
 }
 

@@ -159,6 +159,199 @@ async fn member_signup_creates_the_member_once_and_refuses_a_taken_email() {
     c.cleanup().await;
 }
 
+/// The whole sign-up (claim, member, confirm) leaves no pending claim; a refused member step releases
+/// its claim (the address key names the member or nobody, never a member that does not exist).
+#[tokio::test]
+async fn member_signup_saga_leaves_no_pending_claim() {
+    let c = Ctx::new().await;
+    let t = clock();
+    ok_body(&c.signup(7, "ann@example.test", "Ann", &ev(), t).await, 201);
+    assert!(c.pending_claims().await.is_empty());
+    // A taken id (an id fault) with a new address: CONFLICT, and the new address is free again.
+    assert_refused(
+        &c.signup(7, "bob@example.test", "Bob", &ev(), t).await,
+        409,
+        "CONFLICT",
+    );
+    assert!(c.pending_claims().await.is_empty());
+    assert!(!c.exists(&c.k.email("bob@example.test")).await);
+    // The same taken id repeated with the member's own address: its claim is the member's, kept.
+    assert_refused(
+        &c.signup(7, "ann@example.test", "Ann", &ev(), t).await,
+        409,
+        "CONFLICT",
+    );
+    assert_eq!(
+        c.get(&c.k.email("ann@example.test")).await.as_deref(),
+        Some("7")
+    );
+    assert!(c.pending_claims().await.is_empty());
+    ok_body(&c.signup(8, "bob@example.test", "Bob", &ev(), t).await, 201);
+    c.cleanup().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// email_claim / email_confirm / email_release / email_claims_due (sign-up steps, src/signup.rs)
+// ------------------------------------------------------------------------------------------------
+
+const ANN: &str = "ann@example.test";
+
+#[tokio::test]
+async fn email_claim_claims_once_replays_and_refuses_a_taken_address() {
+    let c = Ctx::new().await;
+    let before_ms = c.redis_ms().await;
+    let claimed = c.claim(7, ANN, 30_000).await;
+    assert_eq!(claimed[0], "claimed");
+    let deadline = claimed[1].as_i64().expect("deadline");
+    let after_ms = c.redis_ms().await;
+    assert!(
+        (before_ms + 30_000..=after_ms + 30_000).contains(&deadline),
+        "deadline {deadline} is Redis time + TTL"
+    );
+    assert_eq!(c.get(&c.k.email(ANN)).await.as_deref(), Some("7"));
+    let pending = c.pending_claims().await;
+    assert_eq!(
+        pending.keys().cloned().collect::<Vec<_>>(),
+        [format!("7:{ANN}")]
+    );
+    let score: f64 = pending[&format!("7:{ANN}")].parse().expect("score");
+    assert_eq!(score, deadline as f64, "scored by the deadline");
+    assert!(c.events().await.is_empty(), "a claim is no event");
+
+    // The same member id again (a resend): the first answer, nothing written, deadline unchanged.
+    let before = c.dump().await;
+    assert_eq!(c.claim(7, ANN, 60_000).await, claimed);
+    assert_eq!(c.dump().await, before);
+    // Another member id: taken while pending, nothing written.
+    assert_eq!(c.claim(8, ANN, 30_000).await, json!(["taken"]));
+    assert_eq!(c.dump().await, before);
+
+    // Confirmed: out of the pending index, the key stays; confirming again changes nothing.
+    assert_eq!(c.confirm_claim(7, ANN).await, "confirmed");
+    assert!(c.pending_claims().await.is_empty());
+    assert_eq!(c.get(&c.k.email(ANN)).await.as_deref(), Some("7"));
+    let before = c.dump().await;
+    assert_eq!(c.confirm_claim(7, ANN).await, "gone");
+    // A confirmed claim: the same id answers `confirmed`, another is refused, a release leaves it.
+    assert_eq!(c.claim(7, ANN, 30_000).await, json!(["confirmed"]));
+    assert_eq!(c.claim(8, ANN, 30_000).await, json!(["taken"]));
+    assert_eq!(c.release_claim(7, ANN, None).await, "confirmed");
+    assert_eq!(c.release_claim(7, ANN, Some(0)).await, "confirmed");
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn member_signup_step_refuses_after_the_claim_deadline() {
+    let c = Ctx::new().await;
+    c.claim(7, ANN, 30_000).await;
+    let before = c.dump().await;
+    let now = c.redis_ms().await;
+    // Past the deadline (by Redis time): retryable, nothing written.
+    assert_refused(
+        &c.member_step(7, ANN, &ev(), now - 1).await,
+        503,
+        "SERVICE_UNAVAILABLE",
+    );
+    assert!(!c.exists(&c.k.member(7)).await);
+    assert_eq!(c.dump().await, before);
+    // In time: the member and its event.
+    let e = ev();
+    let body = ok_body(&c.member_step(7, ANN, &e, now + 60_000).await, 201);
+    assert_eq!(body, json!({"id": 7, "email": ANN, "name": "Ann"}));
+    assert_eq!(c.field(&c.k.member(7), "email").await.as_deref(), Some(ANN));
+    assert_eq!(c.last_event().await.kind, "member.registered");
+    // The very call resent after the deadline answers as it first did (the member exists); any other
+    // call on the id is refused, never an overwrite.
+    let before = c.dump().await;
+    assert_eq!(
+        ok_body(&c.member_step(7, ANN, &e, now - 1).await, 201),
+        body
+    );
+    assert_refused(
+        &c.member_step(7, ANN, &ev(), now + 60_000).await,
+        409,
+        "CONFLICT",
+    );
+    assert_eq!(c.dump().await, before);
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn email_release_deletes_the_key_only_while_it_names_the_claims_member() {
+    use fred::prelude::*;
+    let c = Ctx::new().await;
+    // A pending claim released at once (a refused member step): key and entry go.
+    c.claim(7, ANN, 30_000).await;
+    assert_eq!(c.release_claim(7, ANN, Some(0)).await, "not_due");
+    assert_eq!(c.release_claim(7, ANN, None).await, "released");
+    assert!(!c.exists(&c.k.email(ANN)).await);
+    assert!(c.pending_claims().await.is_empty());
+    assert_eq!(c.release_claim(7, ANN, None).await, "absent");
+    // A pending entry whose key names another member now: only the entry goes, the key stays.
+    c.claim(7, ANN, 30_000).await;
+    let _: () = c
+        .redis
+        .set(c.k.email(ANN), "9", None, None, false)
+        .await
+        .expect("set");
+    assert_eq!(c.release_claim(7, ANN, None).await, "gone");
+    assert_eq!(c.get(&c.k.email(ANN)).await.as_deref(), Some("9"));
+    assert!(c.pending_claims().await.is_empty());
+    // The address free again: another member claims it.
+    let _: i64 = c.redis.del(c.k.email(ANN)).await.expect("del");
+    assert_eq!(c.claim(8, ANN, 30_000).await[0], "claimed");
+    c.cleanup().await;
+}
+
+#[tokio::test]
+async fn claim_sweep_confirms_claims_with_their_member_and_releases_the_rest() {
+    use flashsale::signup::CLAIM_MARGIN_MS;
+    let c = Ctx::new().await;
+    let t = clock();
+    let past = -CLAIM_MARGIN_MS - 1; // a TTL putting the deadline past deadline + margin already
+                                     // Crashed after the member step (in time), before the confirm: confirmed, the key stays.
+    c.claim(7, ANN, past).await;
+    ok_body(&c.member_step(7, ANN, &ev(), i64::MAX).await, 201);
+    // Crashed before the member step: released.
+    c.claim(8, "bob@example.test", past).await;
+    // Past its deadline but within the margin: stays (its member step may still be judged in time by
+    // a node whose clock is behind).
+    c.claim(9, "cy@example.test", -1).await;
+    // Its id names a member with another address (an id fault): not that member's claim, released.
+    ok_body(
+        &c.signup(10, "dee@example.test", "Dee", &ev(), t).await,
+        201,
+    );
+    c.claim(10, "dee2@example.test", past).await;
+
+    assert_eq!(c.sweep_claims().await, (2, 1));
+    assert_eq!(c.get(&c.k.email(ANN)).await.as_deref(), Some("7"));
+    assert!(!c.exists(&c.k.email("bob@example.test")).await);
+    assert!(!c.exists(&c.k.email("dee2@example.test")).await);
+    assert_eq!(
+        c.get(&c.k.email("dee@example.test")).await.as_deref(),
+        Some("10")
+    );
+    assert_eq!(
+        c.pending_claims().await.keys().cloned().collect::<Vec<_>>(),
+        ["9:cy@example.test"]
+    );
+    let before = c.dump().await;
+    assert_eq!(c.sweep_claims().await, (0, 0));
+    assert_eq!(c.dump().await, before);
+    // The released address signs up again.
+    ok_body(
+        &c.signup(11, "bob@example.test", "Bob", &ev(), t).await,
+        201,
+    );
+    assert_eq!(
+        c.get(&c.k.email("bob@example.test")).await.as_deref(),
+        Some("11")
+    );
+    c.cleanup().await;
+}
+
 // ------------------------------------------------------------------------------------------------
 // points_charge
 // ------------------------------------------------------------------------------------------------

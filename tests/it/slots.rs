@@ -1,28 +1,15 @@
 //! Redis Cluster runs a script only when all its KEYS hash to one slot (issue 9 item 2). For every typed
 //! call in src/scripts/calls.rs, built with many random ids, this computes the slot of each key
 //! (`flashsale::partition::key_slot`, CRC16 with the hash-tag rule) and asserts one slot per call,
-//! except the calls listed in `STILL_MULTI_SLOT`, which this test also proves still ARE multi-slot (so
-//! the list cannot go stale).
+//! for every call without exception (sign-up and product create are sagas of single-slot steps now).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use flashsale::keys::Keys;
 use flashsale::partition::{key_slot, Partition};
 use flashsale::scripts::calls::*;
 use flashsale::scripts::{Script, ScriptCall};
 use rand::Rng;
-
-/// Calls whose KEYS still span two slots, and why. Not hidden: the report of issue 9 names them.
-const STILL_MULTI_SLOT: [(Script, &str); 2] = [
-    (
-        Script::MemberSignup,
-        "the e-mail login index lives in the address's partition, the member in the id's",
-    ),
-    (
-        Script::ProductCreate,
-        "the product listing index is one {catalog} key (admin path only)",
-    ),
-];
 
 fn keys_of<C: ScriptCall>(call: C, keys: &Keys) -> (Script, Vec<String>) {
     (C::SCRIPT, call.keys(keys))
@@ -55,6 +42,10 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
         rng2.gen_range(1..29)
     );
     let email = format!("user{}@example.com", rng2.gen::<u32>());
+    let claim = ClaimRef {
+        member_id: member,
+        email: email.clone(),
+    };
     let hold = HoldRef {
         product_id: product,
         order_id: order,
@@ -68,6 +59,35 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
                 name: "n",
                 password_hash: "h",
                 event_id: "e".into(),
+                claim_deadline_ms: 1,
+            },
+            keys,
+        ),
+        keys_of(
+            EmailClaim {
+                claim: claim.clone(),
+                ttl_ms: 1,
+            },
+            keys,
+        ),
+        keys_of(
+            EmailConfirm {
+                claim: claim.clone(),
+            },
+            keys,
+        ),
+        keys_of(
+            EmailRelease {
+                claim: claim.clone(),
+                sweep_margin_ms: with_key.then_some(5),
+            },
+            keys,
+        ),
+        keys_of(
+            EmailClaimsDue {
+                partition: claim.partition(),
+                margin_ms: 1,
+                limit: 1,
             },
             keys,
         ),
@@ -228,32 +248,62 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
 fn every_script_call_touches_one_slot() {
     let keys = Keys::new("fs");
     let mut rng = rand::thread_rng();
-    let known: BTreeMap<&str, &str> = STILL_MULTI_SLOT
-        .iter()
-        .map(|(s, why)| (s.name(), *why))
-        .collect();
     let mut seen = BTreeSet::new();
-    let mut multi = BTreeSet::new();
     for _ in 0..2_000 {
         for (script, call_keys) in every_call(&mut rng, &keys) {
             seen.insert(script.name());
             assert!(!call_keys.is_empty(), "{}: no keys", script.name());
             let slots: BTreeSet<u16> = call_keys.iter().map(|k| key_slot(k)).collect();
-            if slots.len() > 1 {
-                assert!(
-                    known.contains_key(script.name()),
-                    "{} spans slots {slots:?}: {call_keys:?}",
-                    script.name()
-                );
-                multi.insert(script.name());
-            }
+            assert_eq!(
+                slots.len(),
+                1,
+                "{} spans slots {slots:?}: {call_keys:?}",
+                script.name()
+            );
         }
     }
     let all: BTreeSet<&str> = Script::ALL.iter().map(|s| s.name()).collect();
     assert_eq!(seen, all, "every script has a call in this test");
-    assert_eq!(
-        multi,
-        known.keys().copied().collect(),
-        "the calls listed as still multi-slot are exactly those that are"
-    );
+}
+
+/// A sign-up's two steps are in two owners' slots (that is why it is a saga): the address's step keeps
+/// the address's keys together, the member's step the member's.
+#[test]
+fn a_signups_steps_follow_their_owners() {
+    let keys = Keys::new("fs");
+    let mut rng = rand::thread_rng();
+    for _ in 0..1_000 {
+        let member = rng.gen_range(1..i64::MAX);
+        let email = format!("u{}@example.com", rng.gen::<u64>());
+        let claim = ClaimRef {
+            member_id: member,
+            email: email.clone(),
+        };
+        let address = EmailClaim { claim, ttl_ms: 1 }.keys(&keys);
+        assert!(address
+            .iter()
+            .all(|k| key_slot(k) == key_slot(&keys.email(&email))));
+        let member_keys = MemberSignup {
+            member_id: member,
+            email: &email,
+            name: "n",
+            password_hash: "h",
+            event_id: "e".into(),
+            claim_deadline_ms: 1,
+        }
+        .keys(&keys);
+        assert!(member_keys
+            .iter()
+            .all(|k| key_slot(k) == key_slot(&keys.member(member))));
+        assert!(!ProductCreate {
+            product_id: member,
+            name: "p".into(),
+            price: 1,
+            stock: 1,
+            created_at: "t".into(),
+            event_id: "e".into(),
+        }
+        .keys(&keys)
+        .contains(&keys.products()));
+    }
 }

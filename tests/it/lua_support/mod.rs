@@ -13,9 +13,9 @@ use flashsale::orders::{Reserve, Store};
 use flashsale::partition::Partition;
 use flashsale::popular::POPULAR_DAY_TTL_SECS;
 use flashsale::scripts::calls::{
-    CouponCreate, CouponIssue, CouponWalletAdd, HoldConfirm, HoldRef, Idem as TypedIdem,
-    MemberSignup, OrderPay, PointsCharge, ProductCreate, ProductStockAdd, StockCommit, StockHold,
-    StockRelease, StockReturn,
+    ClaimRef, CouponCreate, CouponIssue, CouponWalletAdd, EmailClaim, EmailConfirm, EmailRelease,
+    HoldConfirm, HoldRef, Idem as TypedIdem, MemberSignup, OrderPay, PointsCharge, ProductCreate,
+    ProductStockAdd, StockCommit, StockHold, StockRelease, StockReturn,
 };
 use flashsale::scripts::{ScriptCall, ScriptReply, Scripts};
 use fred::prelude::*;
@@ -404,6 +404,8 @@ impl Ctx {
         self.k.order(self.member_of(order), order)
     }
 
+    /// Sign-up as the route runs it (src/signup.rs): the address claimed, the member, the claim
+    /// confirmed (or released after a refused member step).
     pub async fn signup(
         &self,
         id: i64,
@@ -412,14 +414,118 @@ impl Ctx {
         event: &str,
         _at: i64,
     ) -> ScriptReply {
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(vec![event.to_string()]);
+        flashsale::signup::register(
+            self.store(),
+            &flashsale::signup::Signup {
+                member_id: id,
+                email,
+                name,
+                password_hash: PASSWORD_HASH,
+                event_id: event.into(),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("signup: {e:?}"))
+    }
+
+    // ---- the sign-up's steps one by one ----
+
+    pub fn claim_ref(&self, member: i64, email: &str) -> ClaimRef {
+        ClaimRef {
+            member_id: member,
+            email: email.into(),
+        }
+    }
+
+    /// email_claim's raw reply: ["claimed", deadline], ["confirmed"] or ["taken"].
+    pub async fn claim(&self, member: i64, email: &str, ttl_ms: i64) -> Json {
+        let value = self
+            .scripts
+            .run_call(
+                &self.redis,
+                &self.k,
+                &EmailClaim {
+                    claim: self.claim_ref(member, email),
+                    ttl_ms,
+                },
+            )
+            .await
+            .expect("email_claim");
+        Json::Array(
+            value
+                .into_array()
+                .into_iter()
+                .map(|v| match v.as_i64() {
+                    Some(n) if v.is_integer() => json_int(n),
+                    _ => Json::String(v.as_string().unwrap_or_default()),
+                })
+                .collect(),
+        )
+    }
+
+    /// The member step alone, with the claim deadline given.
+    pub async fn member_step(
+        &self,
+        id: i64,
+        email: &str,
+        event: &str,
+        claim_deadline_ms: i64,
+    ) -> ScriptReply {
         self.invoke(&MemberSignup {
             member_id: id,
             email,
-            name,
+            name: "Ann",
             password_hash: PASSWORD_HASH,
             event_id: event.into(),
+            claim_deadline_ms,
         })
         .await
+    }
+
+    pub async fn confirm_claim(&self, member: i64, email: &str) -> String {
+        self.outcome(&EmailConfirm {
+            claim: self.claim_ref(member, email),
+        })
+        .await
+    }
+
+    pub async fn release_claim(
+        &self,
+        member: i64,
+        email: &str,
+        sweep_margin_ms: Option<i64>,
+    ) -> String {
+        self.outcome(&EmailRelease {
+            claim: self.claim_ref(member, email),
+            sweep_margin_ms,
+        })
+        .await
+    }
+
+    /// Every partition's pending e-mail claims, merged: entry -> deadline.
+    pub async fn pending_claims(&self) -> BTreeMap<String, String> {
+        let mut all = BTreeMap::new();
+        for p in Partition::all() {
+            all.extend(self.zset(&self.k.email_claims(p)).await);
+        }
+        all
+    }
+
+    /// The claim sweep of every partition, as the expiry task runs it: (released, confirmed).
+    pub async fn sweep_claims(&self) -> (usize, usize) {
+        let mut totals = (0, 0);
+        for p in Partition::all() {
+            let sweep = flashsale::signup::sweep_email_claims(self.store(), p)
+                .await
+                .expect("claim sweep");
+            totals.0 += sweep.released;
+            totals.1 += sweep.confirmed;
+        }
+        totals
     }
 
     pub async fn charge_limited(
@@ -462,15 +568,19 @@ impl Ctx {
         event: &str,
         at: i64,
     ) -> ScriptReply {
-        self.invoke(&ProductCreate {
+        // As the route runs it: the listing index entry, then the script.
+        let call = ProductCreate {
             product_id: id,
             name: name.into(),
             price,
             stock,
             created_at: rfc(at),
             event_id: event.into(),
-        })
-        .await
+        };
+        self.calls.lock().expect("calls").push(call.args());
+        flashsale::routes::products::create_in_redis(self.store(), &call)
+            .await
+            .unwrap_or_else(|e| panic!("product_create: {e:?}"))
     }
 
     pub async fn stock_add_limited(
