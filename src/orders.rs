@@ -292,6 +292,20 @@ async fn member_step(
             MemberStep::Lapsed
         }
         ScriptReply::Ok { .. } => MemberStep::Written(reply),
+        // A replay is usually an earlier request's answer (its own order; this call's holds are
+        // spare), but it is also what this very call gets when the client library resent it after a
+        // reconnect and the first run had written the order: then the holds are that order's.
+        ScriptReply::Replay { .. } => {
+            let written: bool = store
+                .redis
+                .exists(store.keys.order(req.member_id, req.order_id))
+                .await?;
+            if written {
+                MemberStep::Written(reply)
+            } else {
+                MemberStep::Refused(reply)
+            }
+        }
         other => MemberStep::Refused(other),
     })
 }
