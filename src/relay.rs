@@ -115,8 +115,15 @@ impl Relay {
         }
         let mut relays = tokio::task::JoinSet::new();
         for partition in Partition::all() {
-            let relay = Self::new(&connections, &settings, producer.clone(), partition).await?;
-            relays.spawn(relay.run(stop.clone()));
+            let (connections, settings) = (connections.clone(), settings.clone());
+            let (producer, mut stop) = (producer.clone(), stop.clone());
+            relays.spawn(async move {
+                if let Some(relay) =
+                    Self::connect(&connections, &settings, producer, partition, &mut stop).await
+                {
+                    relay.run(stop).await;
+                }
+            });
         }
         tracing::info!(partitions = relays.len(), "relay started");
         while relays.join_next().await.is_some() {}
@@ -124,16 +131,44 @@ impl Relay {
         Ok(())
     }
 
-    async fn new(
+    /// A partition's relay on a connection of its own, connecting until it succeeds (a start while
+    /// Redis is slow or restarting must not leave a partition without a relay); None when stopped.
+    async fn connect(
         connections: &ConnectionSettings,
         settings: &RelaySettings,
         producer: FutureProducer,
         partition: Partition,
-    ) -> anyhow::Result<Self> {
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Self> {
+        let mut wait = Duration::from_millis(100);
+        let redis = loop {
+            match connect_redis_client(connections).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    metrics::counter!("flashsale_relay_errors_total").increment(1);
+                    tracing::warn!(error = %e, %partition, retry_in = ?wait, "relay cannot connect to Redis; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => return None,
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        Some(Self::new(connections, settings, producer, partition, redis))
+    }
+
+    fn new(
+        connections: &ConnectionSettings,
+        settings: &RelaySettings,
+        producer: FutureProducer,
+        partition: Partition,
+        redis: Client,
+    ) -> Self {
         let batch = settings.relay_batch.max(1);
         let keys = Keys::new(connections.key_prefix.clone());
-        Ok(Self {
-            redis: connect_redis_client(connections).await?,
+        Self {
+            redis,
             outbox: keys.outbox(partition),
             outbox_dead: keys.outbox_dead(partition),
             partition,
@@ -151,7 +186,7 @@ impl Relay {
             window: batch * 4,
             waiting: HashMap::new(),
             in_flight: HashSet::new(),
-        })
+        }
     }
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -396,6 +431,7 @@ impl Relay {
         let mut acked = Vec::new();
         let mut failed = 0u64;
         let mut new_producer = false;
+        let mut first_error: Option<anyhow::Error> = None;
         for done in settled {
             let Settled {
                 entry,
@@ -412,7 +448,11 @@ impl Relay {
                 }
                 Verdict::Dead => {
                     let error = result.err().unwrap_or_default();
-                    self.dead_letter(&entry, &error).await?;
+                    // On a failure the entry stays pending and is read again after the reconnect;
+                    // the rest of this batch is still settled (else their ids stay in flight for good).
+                    if let Err(e) = self.dead_letter(&entry, &error).await {
+                        first_error.get_or_insert(e);
+                    }
                     self.advance(&aggregate, &entry.0);
                 }
                 Verdict::Retry | Verdict::RetryNewProducer => {
@@ -447,10 +487,14 @@ impl Relay {
             }
         }
         if !acked.is_empty() {
-            let _: i64 = self
+            // Not acknowledged: they stay pending and are sent again (the sink drops the duplicates).
+            let acknowledged: Result<i64, _> = self
                 .redis
                 .xack(&self.outbox, RELAY_GROUP, acked.clone())
-                .await?;
+                .await;
+            if let Err(e) = acknowledged {
+                first_error.get_or_insert(e.into());
+            }
         }
         if new_producer {
             tracing::error!("the Kafka producer is in a fatal state; replacing it");
@@ -461,7 +505,7 @@ impl Relay {
         metrics::counter!("flashsale_relay_errors_total").increment(failed);
         metrics::histogram!("flashsale_relay_publish_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The head of the aggregate's queue went through: the next one may go at once.
