@@ -9,6 +9,7 @@ mod lua_support;
 mod bad_input;
 mod clock_skew;
 mod dblock_baseline;
+mod failover;
 mod foundation;
 mod hot_paths;
 mod http_contract;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod cluster;
 pub mod kafka;
 pub mod pipeline;
 pub mod proxy;

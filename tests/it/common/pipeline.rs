@@ -101,6 +101,47 @@ pub fn start_relay(c: &ConnectionSettings, consumer: &str) -> ChildGuard {
     ChildGuard(cmd.spawn().expect("relay starts"))
 }
 
+/// A second engine as a child process (`flashsale serve`, relay on) on a port of its own, so a test
+/// can kill -9 it; it accepts the tokens of the test's in-process engine (same JWT secret and admin
+/// key). Returns when its /readyz answers 200.
+pub async fn start_engine(c: &ConnectionSettings) -> (ChildGuard, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    cmd.arg("serve")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_API_KEY", super::ADMIN_KEY)
+        .env("JWT_SECRET", super::JWT_SECRET)
+        .env("FLASHSALE_ENV", "dev")
+        .env("RUN_RELAY", "true")
+        .env("RELAY_CLAIM_IDLE_MS", "1000")
+        .env("EXPIRY_INTERVAL_MS", "100")
+        .env("REQUEST_TIMEOUT_MS", "30000")
+        .env("KAFKA_PARTITIONS", c.kafka_partitions.to_string());
+    common_env(&mut cmd, c);
+    let child = ChildGuard(cmd.spawn().expect("engine starts"));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return (child, base);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second engine never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// kill -9.
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
