@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod kafka;
 pub mod keys;
+pub mod keyspace;
 pub mod openapi;
 pub mod orders;
 pub mod partition;

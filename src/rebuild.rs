@@ -326,20 +326,8 @@ pub async fn rebuild(
     })
 }
 
-/// Deletes every key of this deployment (its prefix).
+/// Deletes every key of this deployment (its prefix), on every node.
 async fn clear(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
-    use futures::TryStreamExt;
-    let client = redis.next();
-    let mut scan = client.scan_buffered(keys.all_pattern(), Some(1000), None);
-    let mut batch: Vec<Key> = Vec::new();
-    while let Some(key) = scan.try_next().await? {
-        batch.push(key);
-        if batch.len() >= 1000 {
-            let _: i64 = client.unlink(std::mem::take(&mut batch)).await?;
-        }
-    }
-    if !batch.is_empty() {
-        let _: i64 = client.unlink(batch).await?;
-    }
+    crate::keyspace::unlink_all(redis.next(), &keys.all_pattern()).await?;
     Ok(())
 }

@@ -77,8 +77,10 @@ fn compared(entity: Entity) -> Compared {
 pub enum ScanCursor {
     /// MySQL rows of `ENTITIES[entity]` with ids above `after` are still to compare (`entity:after`).
     Rows { entity: usize, after: i64 },
-    /// Redis keys from this SCAN cursor on are still to look at (`keys:cursor`).
-    Keys { cursor: u64 },
+    /// Redis keys from this SCAN cursor on, on the `node`th node to scan (one on a single Redis, each
+    /// primary of a cluster in turn), are still to look at (`keys:cursor` on the first node,
+    /// `keys<node>:cursor` on the others).
+    Keys { node: usize, cursor: u64 },
 }
 
 impl Default for ScanCursor {
@@ -97,8 +99,14 @@ impl ScanCursor {
         if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        if name == "keys" {
+        if let Some(node) = name.strip_prefix("keys") {
+            let node = match node {
+                "" => 0,
+                digits if digits.bytes().all(|b| b.is_ascii_digit()) => digits.parse().ok()?,
+                _ => return None,
+            };
             return Some(Self::Keys {
+                node,
                 cursor: number.parse().ok()?,
             });
         }
@@ -112,7 +120,8 @@ impl std::fmt::Display for ScanCursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Rows { entity, after } => write!(f, "{}:{after}", ENTITIES[*entity].name()),
-            Self::Keys { cursor } => write!(f, "keys:{cursor}"),
+            Self::Keys { node: 0, cursor } => write!(f, "keys:{cursor}"),
+            Self::Keys { node, cursor } => write!(f, "keys{node}:{cursor}"),
         }
     }
 }
@@ -270,6 +279,7 @@ async fn compare_rows(
 /// does not have. Returns how many keys were looked at and the next SCAN cursor (0: done).
 async fn compare_keys(
     redis: &Pool,
+    node: Option<&fred::types::config::Server>,
     db: &MySqlPool,
     keys: &Keys,
     (cursor, limit): (u64, i64),
@@ -282,10 +292,9 @@ async fn compare_keys(
     for _ in 0..SCAN_CALLS_PER_STEP {
         // COUNT is a hint (SCAN returns whole buckets): asking for what is left keeps close to `limit`.
         let count = u32::try_from((limit - looked).clamp(1, 10_000)).unwrap_or(1000);
-        let (next, page): (String, Vec<String>) = client
-            .scan_page(cursor.to_string(), keys.all_pattern(), Some(count), None)
-            .await?;
-        cursor = next.parse()?;
+        let (next, page) =
+            crate::keyspace::scan_page(client, node, cursor, &keys.all_pattern(), count).await?;
+        cursor = next;
         looked += page.len() as i64;
         for key in page {
             if let Some((entity, id)) = keys.entity_of(&key) {
@@ -371,7 +380,7 @@ async fn scan(
                         after: 0,
                     }
                 } else {
-                    ScanCursor::Keys { cursor: 0 }
+                    ScanCursor::Keys { node: 0, cursor: 0 }
                 };
                 budget -= rows;
                 if budget <= 0 {
@@ -382,14 +391,40 @@ async fn scan(
                     });
                 }
             }
-            ScanCursor::Keys { cursor } => {
-                let (looked, next) =
-                    compare_keys(redis, db, keys, (cursor, budget), &mut drift).await?;
+            ScanCursor::Keys { node, cursor } => {
+                let nodes = crate::keyspace::scan_nodes(redis.next());
+                let Some(server) = nodes.get(node) else {
+                    // A cursor from before the cluster lost a primary: nothing left to scan.
+                    return Ok(Scanned {
+                        drift,
+                        checked,
+                        next: None,
+                    });
+                };
+                let (looked, next) = compare_keys(
+                    redis,
+                    server.as_ref(),
+                    db,
+                    keys,
+                    (cursor, budget),
+                    &mut drift,
+                )
+                .await?;
                 checked += looked;
+                let next = if next != 0 {
+                    Some(ScanCursor::Keys { node, cursor: next })
+                } else if node + 1 < nodes.len() {
+                    Some(ScanCursor::Keys {
+                        node: node + 1,
+                        cursor: 0,
+                    })
+                } else {
+                    None
+                };
                 return Ok(Scanned {
                     drift,
                     checked,
-                    next: (next != 0).then_some(ScanCursor::Keys { cursor: next }),
+                    next,
                 });
             }
         }
@@ -459,9 +494,15 @@ mod tests {
         assert_eq!(c.to_string(), "member:17");
         assert_eq!(ScanCursor::parse("member:17"), Some(c));
         assert_eq!(ScanCursor::parse("product:0"), Some(ScanCursor::default()));
-        let k = ScanCursor::Keys { cursor: u64::MAX };
+        let k = ScanCursor::Keys {
+            node: 0,
+            cursor: u64::MAX,
+        };
         assert_eq!(k.to_string(), "keys:18446744073709551615");
         assert_eq!(ScanCursor::parse(&k.to_string()), Some(k));
+        let k = ScanCursor::Keys { node: 2, cursor: 7 };
+        assert_eq!(k.to_string(), "keys2:7");
+        assert_eq!(ScanCursor::parse("keys2:7"), Some(k));
         for junk in [
             "",
             "member",
@@ -474,6 +515,8 @@ mod tests {
             "keys:",
             "keys:-1",
             "keys:18446744073709551616",
+            "keys-1:3",
+            "keysx:3",
         ] {
             assert_eq!(ScanCursor::parse(junk), None, "{junk}");
         }

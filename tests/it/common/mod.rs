@@ -390,18 +390,10 @@ impl TestApp {
     }
 }
 
-/// Deletes every Redis key of the deployment.
+/// Deletes every Redis key of the deployment (every primary of a cluster).
 pub async fn cleanup_redis_keys(c: &ConnectionSettings, redis: &Pool) {
-    use futures::TryStreamExt;
-    let client = redis.next();
-    let mut scan = client.scan_buffered(format!("{}:*", c.key_prefix), Some(1000), None);
-    let mut keys: Vec<Key> = Vec::new();
-    while let Ok(Some(key)) = scan.try_next().await {
-        keys.push(key);
-    }
-    for chunk in keys.chunks(1000) {
-        let _: Result<i64, _> = client.unlink(chunk.to_vec()).await;
-    }
+    let pattern = format!("{}:*", c.key_prefix);
+    let _ = flashsale::keyspace::unlink_all(redis.next(), &pattern).await;
 }
 
 /// Drops the test's database, Redis keys and Kafka topics.
