@@ -199,12 +199,31 @@ impl Ctx {
     }
 
     pub async fn cleanup(self) {
-        let _: i64 = self
-            .redis
-            .eval(DELETE_LUA, Vec::<String>::new(), vec![self.k.all_pattern()])
-            .await
-            .expect("cleanup");
+        self.on_every_node(DELETE_LUA).await;
         let _ = self.redis.quit().await;
+    }
+
+    /// Runs a KEYS-walking script on every node (every primary of a cluster: KEYS sees one node's
+    /// keys only) and returns each node's answer.
+    async fn on_every_node(&self, script: &str) -> Vec<fred::types::Value> {
+        let client = self.redis.next();
+        let mut answers = Vec::new();
+        for node in flashsale::keyspace::scan_nodes(client) {
+            let args = vec![self.k.all_pattern()];
+            let answer: fred::types::Value = match node {
+                Some(node) => client
+                    .with_cluster_node(node)
+                    .eval(script, Vec::<String>::new(), args)
+                    .await
+                    .expect("script on a node"),
+                None => client
+                    .eval(script, Vec::<String>::new(), args)
+                    .await
+                    .expect("script"),
+            };
+            answers.push(answer);
+        }
+        answers
     }
 
     /// A record for a coupon issue: it lives in the coupon's slot, where the issue is decided.
@@ -230,12 +249,15 @@ impl Ctx {
 
     /// Every key of this test but the idempotency records.
     pub async fn dump(&self) -> Json {
-        let text: String = self
-            .redis
-            .eval(DUMP_LUA, Vec::<String>::new(), vec![self.k.all_pattern()])
-            .await
-            .expect("dump");
-        serde_json::from_str(&text).expect("dump json")
+        let mut all = serde_json::Map::new();
+        for answer in self.on_every_node(DUMP_LUA).await {
+            let text = answer.as_string().expect("dump text");
+            // cjson encodes an empty table as an object: {} on a node without keys of this test.
+            if let Json::Object(keys) = serde_json::from_str(&text).expect("dump json") {
+                all.extend(keys);
+            }
+        }
+        Json::Object(all)
     }
 
     /// The hash with its RFC 3339 values masked (see TIME).
