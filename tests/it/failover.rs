@@ -205,7 +205,7 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
 
     // The only 5xx: 503s from the kill to a few seconds after the replica took over.
     let window_end = ended + Duration::from_secs(5);
-    let answers = log.answers.lock().expect("log");
+    let answers = std::mem::take(&mut *log.answers.lock().expect("log"));
     for (at, status, text) in answers.iter() {
         if *status >= 500 {
             assert_eq!(*status, 503, "a 5xx other than 503: {text}");
@@ -222,7 +222,6 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
         answers.len(),
         ended - started
     );
-    drop(answers);
 
     // Coupons: never over-issued, one per member, every acknowledged issue kept.
     let issued: usize = outcomes.iter().filter(|o| o.issued).count();
