@@ -73,7 +73,8 @@ impl PrivateCluster {
                 || cli(port, &["PING"]).contains("PONG"),
                 "a cluster node never answered",
             )
-            .await;
+            .await
+            .unwrap_or_else(|failure| panic!("{failure}"));
         }
         let addrs: Vec<String> = cluster
             .ports
@@ -155,7 +156,41 @@ impl PrivateCluster {
             },
             "the private cluster never became healthy",
         )
-        .await;
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}: {}", self.describe()));
+    }
+
+    /// Each live node's cluster state and replication role, for a failure message.
+    fn describe(&self) -> String {
+        self.live_ports()
+            .iter()
+            .map(|&port| {
+                let info = cli(port, &["CLUSTER", "INFO"]);
+                let replication = cli(port, &["INFO", "replication"]);
+                let pick = |text: &str, prefixes: &[&str]| -> Vec<String> {
+                    text.lines()
+                        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+                        .map(|l| l.trim().to_string())
+                        .collect()
+                };
+                format!(
+                    "{port}: {:?} {:?}",
+                    pick(
+                        &info,
+                        &[
+                            "cluster_state",
+                            "cluster_slots_assigned",
+                            "cluster_known_nodes"
+                        ]
+                    ),
+                    pick(
+                        &replication,
+                        &["role", "master_link_status", "connected_slaves", "slave0"]
+                    )
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -263,12 +298,16 @@ impl PrivateCluster {
     }
 }
 
-async fn poll(mut ready: impl FnMut() -> bool, failure: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// Polls `ready` every 100 ms for up to 90 s; Err(failure) when it never is.
+async fn poll(mut ready: impl FnMut() -> bool, failure: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
     while !ready() {
-        assert!(Instant::now() < deadline, "{failure}");
+        if Instant::now() >= deadline {
+            return Err(failure.to_string());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 impl Drop for PrivateCluster {
