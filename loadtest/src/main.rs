@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::api::{Api, Drain};
 use crate::call::Ctx;
 use crate::scenarios::{Check, CouponArgs, PointsArgs, ShopperArgs, StockArgs};
-use crate::stats::{ms, proc_cpu_secs, proc_hwm_kib, Stats, StatsSummary};
+use crate::stats::{ms, node_info, proc_cpu_secs, proc_hwm_kib, NodeInfo, Stats, StatsSummary};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -101,6 +101,10 @@ struct Common {
     /// Redis server pid: its CPU time over the timed part goes into the summary.
     #[arg(long, global = true, env = "REDIS_PID")]
     redis_pid: Option<String>,
+    /// Redis nodes (host:port, comma-separated; e.g. every node of a cluster): each one's CPU
+    /// (`INFO cpu`) and script calls (`INFO commandstats`) over the timed part go into the summary.
+    #[arg(long, global = true, env = "REDIS_NODES", value_delimiter = ',')]
+    redis_nodes: Vec<String>,
     /// Also print goose's running metrics every N seconds.
     #[arg(long, global = true)]
     goose_running_metrics: Option<usize>,
@@ -163,6 +167,7 @@ struct CpuSnap {
     engine: Option<f64>,
     redis: Option<f64>,
     me: Option<f64>,
+    nodes: Vec<Option<NodeInfo>>,
 }
 
 fn snap(c: &Common) -> CpuSnap {
@@ -170,7 +175,48 @@ fn snap(c: &Common) -> CpuSnap {
         engine: c.engine_pid.as_deref().and_then(proc_cpu_secs),
         redis: c.redis_pid.as_deref().and_then(proc_cpu_secs),
         me: proc_cpu_secs("self"),
+        nodes: c.redis_nodes.iter().map(|a| node_info(a)).collect(),
     }
+}
+
+/// One Redis node over the timed part (--redis-nodes).
+#[derive(Serialize, Debug, Clone)]
+struct NodeDelta {
+    addr: String,
+    role: String,
+    cpu_secs: f64,
+    cpu_us_per_request: f64,
+    evalsha_calls: u64,
+    evalsha_failed: u64,
+    evalsha_usec: u64,
+    evalsha_calls_per_request: f64,
+    wait_calls: u64,
+    commands: u64,
+}
+
+fn node_deltas(c: &Common, before: &CpuSnap, after: &CpuSnap, requests: f64) -> Vec<NodeDelta> {
+    let mut out = Vec::new();
+    for (i, addr) in c.redis_nodes.iter().enumerate() {
+        let (Some(Some(b)), Some(Some(a))) = (before.nodes.get(i), after.nodes.get(i)) else {
+            eprintln!("warning: redis node {addr} did not answer INFO before or after the run");
+            continue;
+        };
+        let cpu = ((a.cpu_secs - b.cpu_secs) * 1000.0).round() / 1000.0;
+        let calls = a.evalsha_calls.saturating_sub(b.evalsha_calls);
+        out.push(NodeDelta {
+            addr: addr.clone(),
+            role: a.role.clone(),
+            cpu_secs: cpu,
+            cpu_us_per_request: (cpu * 1e6 / requests * 10.0).round() / 10.0,
+            evalsha_calls: calls,
+            evalsha_failed: a.evalsha_failed.saturating_sub(b.evalsha_failed),
+            evalsha_usec: a.evalsha_usec.saturating_sub(b.evalsha_usec),
+            evalsha_calls_per_request: (calls as f64 / requests * 1000.0).round() / 1000.0,
+            wait_calls: a.wait_calls.saturating_sub(b.wait_calls),
+            commands: a.commands.saturating_sub(b.commands),
+        });
+    }
+    out
 }
 
 #[derive(Serialize, Debug)]
@@ -194,6 +240,7 @@ struct Summary {
     seed_secs: f64,
     stats: StatsSummary,
     cpu: Cpu,
+    redis_nodes: Vec<NodeDelta>,
     drain: Option<Drain>,
     checks: Vec<Check>,
     thresholds: Vec<Threshold>,
@@ -365,6 +412,20 @@ async fn run(cli: Cli) -> Result<bool> {
         loadtest_us_per_request: per_req(loadtest_secs),
         engine_peak_rss_kib: c.engine_pid.as_deref().and_then(proc_hwm_kib),
     };
+    let redis_nodes = node_deltas(c, &before, &after, n);
+    for d in &redis_nodes {
+        eprintln!(
+            "  redis {} ({}): cpu {} s ({} µs/req), evalsha {} ({}/req, {} failed), wait {}",
+            d.addr,
+            d.role,
+            d.cpu_secs,
+            d.cpu_us_per_request,
+            d.evalsha_calls,
+            d.evalsha_calls_per_request,
+            d.evalsha_failed,
+            d.wait_calls
+        );
+    }
 
     print_stats(kind, &run_id, &stats, &cpu);
 
@@ -478,6 +539,7 @@ async fn run(cli: Cli) -> Result<bool> {
         seed_secs: round3(seed_secs),
         stats,
         cpu,
+        redis_nodes,
         drain,
         checks,
         thresholds,

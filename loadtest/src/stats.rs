@@ -374,6 +374,93 @@ pub fn proc_hwm_kib(pid: &str) -> Option<u64> {
         .ok()
 }
 
+/// What one Redis node reports in `INFO cpu` + `INFO commandstats` + `INFO replication` (the bench's
+/// per-node figures on a cluster, where a pid per node is not enough: the script calls count too).
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub role: String,
+    /// used_cpu_sys + used_cpu_user (seconds, the whole process).
+    pub cpu_secs: f64,
+    pub evalsha_calls: u64,
+    pub evalsha_usec: u64,
+    /// Script calls that answered an error (not a business refusal: those are ordinary replies).
+    pub evalsha_failed: u64,
+    pub wait_calls: u64,
+    /// Calls of every command.
+    pub commands: u64,
+}
+
+/// `INFO` of a node over a plain connection (host:port): one RESP command, one bulk reply. None when the
+/// node does not answer within 2 s.
+pub fn node_info(addr: &str) -> Option<NodeInfo> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let sock = addr.to_socket_addrs().ok()?.next()?;
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(2)).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    conn.write_all(b"*2\r\n$4\r\nINFO\r\n$3\r\nall\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let mut want: Option<usize> = None;
+    loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if want.is_none() {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                let head = std::str::from_utf8(&buf[..end]).ok()?;
+                let len: usize = head.strip_prefix('$')?.parse().ok()?;
+                want = Some(end + 2 + len);
+            }
+        }
+        if matches!(want, Some(w) if buf.len() >= w) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut info = NodeInfo::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        match k {
+            "role" => info.role = v.trim().to_string(),
+            "used_cpu_sys" | "used_cpu_user" => {
+                info.cpu_secs += v.trim().parse::<f64>().unwrap_or(0.0)
+            }
+            _ if k.starts_with("cmdstat_") => {
+                let field = |name: &str| {
+                    v.split(',')
+                        .find_map(|kv| {
+                            kv.strip_prefix(name)?
+                                .strip_prefix('=')?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .unwrap_or(0)
+                };
+                let calls = field("calls");
+                info.commands += calls;
+                match k {
+                    "cmdstat_evalsha" => {
+                        info.evalsha_calls = calls;
+                        info.evalsha_usec = field("usec");
+                        info.evalsha_failed = field("failed_calls");
+                    }
+                    "cmdstat_wait" => info.wait_calls = calls,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
