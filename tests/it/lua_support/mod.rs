@@ -26,34 +26,25 @@ pub const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFz
 pub const RESERVATION_MS: i64 = 600_000;
 
 /// Dumps every key under a pattern (except idempotency records) as JSON: {key: [type, contents]}.
-const DUMP_LUA: &str = r#"
-local out = {}
-for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  if not string.find(k, ':idem:', 1, true) then
-    local t = redis.call('TYPE', k).ok
-    local v = {}
-    if t == 'hash' or t == 'zset' then
-      local flat
-      if t == 'hash' then flat = redis.call('HGETALL', k) else flat = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
-      for i = 1, #flat, 2 do v[flat[i]] = flat[i + 1] end
-    elseif t == 'set' then
-      v = redis.call('SMEMBERS', k)
-      table.sort(v)
-    elseif t == 'string' then
-      v = redis.call('GET', k)
-    elseif t == 'stream' then
-      for _, e in ipairs(redis.call('XRANGE', k, '-', '+')) do v[#v + 1] = e[1] end
-    end
-    out[k] = { t, v }
-  end
+/// One key's type and contents, as `[type, value]` in JSON (hash and zset as objects, a set sorted, a
+/// stream as its entry ids). One declared key per call, so that a cluster routes it to its node.
+const DUMP_KEY_LUA: &str = r#"
+local k = KEYS[1]
+local t = redis.call('TYPE', k).ok
+local v = {}
+if t == 'hash' or t == 'zset' then
+  local flat
+  if t == 'hash' then flat = redis.call('HGETALL', k) else flat = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
+  for i = 1, #flat, 2 do v[flat[i]] = flat[i + 1] end
+elseif t == 'set' then
+  v = redis.call('SMEMBERS', k)
+  table.sort(v)
+elseif t == 'string' then
+  v = redis.call('GET', k)
+elseif t == 'stream' then
+  for _, e in ipairs(redis.call('XRANGE', k, '-', '+')) do v[#v + 1] = e[1] end
 end
-return cjson.encode(out)
-"#;
-
-const DELETE_LUA: &str = r#"
-local n = 0
-for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end
-return n
+return cjson.encode({ t, v })
 "#;
 
 pub fn rfc(ms: i64) -> String {
@@ -199,31 +190,8 @@ impl Ctx {
     }
 
     pub async fn cleanup(self) {
-        self.on_every_node(DELETE_LUA).await;
+        let _ = flashsale::keyspace::unlink_all(self.redis.next(), &self.k.all_pattern()).await;
         let _ = self.redis.quit().await;
-    }
-
-    /// Runs a KEYS-walking script on every node (every primary of a cluster: KEYS sees one node's
-    /// keys only) and returns each node's answer.
-    async fn on_every_node(&self, script: &str) -> Vec<fred::types::Value> {
-        let client = self.redis.next();
-        let mut answers = Vec::new();
-        for node in flashsale::keyspace::scan_nodes(client) {
-            let args = vec![self.k.all_pattern()];
-            let answer: fred::types::Value = match node {
-                Some(node) => client
-                    .with_cluster_node(node)
-                    .eval(script, Vec::<String>::new(), args)
-                    .await
-                    .expect("script on a node"),
-                None => client
-                    .eval(script, Vec::<String>::new(), args)
-                    .await
-                    .expect("script"),
-            };
-            answers.push(answer);
-        }
-        answers
     }
 
     /// A record for a coupon issue: it lives in the coupon's slot, where the issue is decided.
@@ -247,14 +215,21 @@ impl Ctx {
 
     // ---- state readers ----
 
-    /// Every key of this test but the idempotency records.
+    /// Every key of this test but the idempotency records (on every primary of a cluster).
     pub async fn dump(&self) -> Json {
+        let keys = flashsale::keyspace::all_keys(self.redis.next(), &self.k.all_pattern())
+            .await
+            .expect("scan");
         let mut all = serde_json::Map::new();
-        for answer in self.on_every_node(DUMP_LUA).await {
-            let text = answer.as_string().expect("dump text");
-            // cjson encodes an empty table as an object: {} on a node without keys of this test.
-            if let Json::Object(keys) = serde_json::from_str(&text).expect("dump json") {
-                all.extend(keys);
+        for key in keys.into_iter().filter(|k| !k.contains(":idem:")) {
+            let text: String = self
+                .redis
+                .eval(DUMP_KEY_LUA, vec![key.clone()], Vec::<String>::new())
+                .await
+                .expect("dump a key");
+            let entry: Json = serde_json::from_str(&text).expect("dump json");
+            if entry[0] != "none" {
+                all.insert(key, entry);
             }
         }
         Json::Object(all)
