@@ -111,6 +111,16 @@ async fn track_http(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// Marks a refusal sent before the request body was read to its end: the connection cannot carry
+/// another request, so say so (`Connection: close`) rather than let the client reuse it and meet a
+/// broken pipe.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// The stable code of a refusal the framework (not a handler) made.
 fn framework_code(status: StatusCode) -> (&'static str, &'static str) {
     match status {
@@ -229,7 +239,7 @@ async fn enforce_request_limits(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > limits.body_limit as u64) {
-        return ApiError::PayloadTooLarge.into_response();
+        return closing(ApiError::PayloadTooLarge.into_response());
     }
     let (parts, body) = request.into_parts();
     let read = tokio::time::timeout(
@@ -239,18 +249,20 @@ async fn enforce_request_limits(
     .await;
     let bytes = match read {
         Err(_) => {
-            return ApiError::problem(
-                StatusCode::REQUEST_TIMEOUT,
-                "REQUEST_TIMEOUT",
-                "the request body did not arrive in time",
+            return closing(
+                ApiError::problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "REQUEST_TIMEOUT",
+                    "the request body did not arrive in time",
+                )
+                .into_response(),
             )
-            .into_response()
         }
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             return if too_large {
-                ApiError::PayloadTooLarge.into_response()
+                closing(ApiError::PayloadTooLarge.into_response())
             } else {
                 ApiError::InvalidRequest(format!("could not read the request body: {e}"))
                     .into_response()

@@ -106,6 +106,12 @@ async fn bad_input_is_a_clear_4xx() {
         )
         .await;
     assert_eq!(r.status, 413, "{}", r.text);
+    // Refused before its body was read: the connection is not reused (the next request on it would
+    // meet a broken pipe).
+    assert_eq!(
+        r.headers.get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
 
     // Tokens: missing, forged, expired, wrong audience -> 401.
     let now = chrono::Utc::now().timestamp() as u64;
