@@ -60,13 +60,29 @@ impl Store<'_> {
         self.scripts.run_call(self.redis, self.keys, call).await
     }
 
-    /// A step whose reply is a bare outcome string, counted by script and outcome.
+    /// A saga step: its reply is a bare outcome string, counted by script and outcome. It returns only
+    /// once the replicas hold what the step found (see `Scripts::run_step`), so its caller may act
+    /// on it (acknowledge the event that triggered it) without a failover taking it back.
     pub(crate) async fn step<C: ScriptCall>(&self, call: &C) -> Result<String, fred::error::Error> {
-        let outcome = self.run(call).await?.as_string().unwrap_or_default();
+        let outcome = self
+            .scripts
+            .run_step(self.redis, self.keys, call, |outcome| {
+                step_wrote(C::SCRIPT.name(), outcome)
+            })
+            .await?;
         metrics::counter!("flashsale_script_outcomes_total", "script" => C::SCRIPT.name(), "outcome" => outcome.clone())
             .increment(1);
         Ok(outcome)
     }
+}
+
+/// True when a step's outcome means the step itself wrote (so WAIT covers it without a fence).
+fn step_wrote(script: &str, outcome: &str) -> bool {
+    matches!(
+        (script, outcome),
+        (_, "committed" | "released" | "returned" | "added")
+            | ("hold_confirm" | "email_confirm", "confirmed")
+    )
 }
 
 /// A reserve request, as the route received it.

@@ -233,6 +233,20 @@ impl Relay {
                     let due_now = self.next_due().is_some_and(|due| due <= Instant::now());
                     fresh.extend(self.read(">", if due_now { None } else { block }).await?);
                 }
+                if !fresh.is_empty() {
+                    // Only entries on the replicas go to Kafka: an entry a failover can take back
+                    // would reach MySQL while its write is undone in Redis.
+                    let durability = self.connections.durability();
+                    if !crate::scripts::replicated(&self.redis, &self.outbox, durability, true)
+                        .await?
+                    {
+                        // No replica yet (a failover just promoted one): read them again later.
+                        metrics::counter!("flashsale_relay_unreplicated_waits_total").increment(1);
+                        own_pending_cursor = Some("0-0".into());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        fresh.clear();
+                    }
+                }
                 for entry in fresh {
                     if let Some(send) = self.admit(entry, 0) {
                         sends.push(send);

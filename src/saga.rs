@@ -90,6 +90,14 @@ async fn run(
             if entries.is_empty() {
                 entries = read(&client, &outbox, &consumer, ">", Some(1_000)).await?;
             }
+            if !entries.is_empty() {
+                // The steps must not act on an entry a failover could still take back (its
+                // operation would be undone while its step stands): it must be on the replicas.
+                let durability = state.scripts.durability();
+                if !crate::scripts::replicated(&client, &outbox, durability, true).await? {
+                    anyhow::bail!("the outbox entries are not on a replica yet");
+                }
+            }
             let mut done = Vec::new();
             let mut failed = None;
             for (id, fields) in &entries {
@@ -202,12 +210,7 @@ async fn wallet_step(store: Store<'_>, payload: &serde_json::Value) -> anyhow::R
         metrics::counter!("flashsale_saga_steps_total", "step" => "coupon_wallet_add", "outcome" => "malformed").increment(1);
         return Ok(());
     };
-    let outcome: String = store
-        .scripts
-        .run_call(store.redis, store.keys, &call)
-        .await?
-        .as_string()
-        .unwrap_or_default();
+    let outcome: String = store.step(&call).await?;
     let outcome: &'static str = match outcome.as_str() {
         "added" => "added",
         "present" => "present",

@@ -213,35 +213,14 @@ impl Scripts {
     /// WAIT for the configured replicas on the connection that ran the script, on the node that owns
     /// `key`'s slot. Err when they do not confirm in time: the client must not be told "done".
     async fn confirm_replicated(&self, client: &Client, key: &str) -> Result<(), ApiError> {
-        let Durability {
-            replicas,
-            timeout_ms,
-        } = self.durability;
-        if replicas == 0 {
+        if self.durability.replicas == 0 {
             return Ok(());
         }
-        let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
         let started = Instant::now();
-        let acknowledged: Result<i64, fred::error::Error> = if client.is_clustered() {
-            let slot = crate::partition::key_slot(key);
-            match client
-                .cached_cluster_state()
-                .and_then(|state| state.get_server(slot).cloned())
-            {
-                Some(node) => {
-                    client
-                        .with_cluster_node(node)
-                        .wait(i64::from(replicas), timeout)
-                        .await
-                }
-                None => Ok(0),
-            }
-        } else {
-            client.wait(i64::from(replicas), timeout).await
-        };
+        let acknowledged = replicated(client, key, self.durability, false).await;
         metrics::histogram!("flashsale_redis_wait_seconds").record(started.elapsed().as_secs_f64());
         match acknowledged {
-            Ok(n) if n >= i64::from(replicas) => Ok(()),
+            Ok(true) => Ok(()),
             outcome => {
                 let outcome = if outcome.is_ok() { "timeout" } else { "error" };
                 metrics::counter!("flashsale_redis_wait_failures_total", "outcome" => outcome)
@@ -254,6 +233,53 @@ impl Scripts {
                 ))
             }
         }
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Runs a saga step (a typed call whose reply is a bare outcome) and returns only once what the
+    /// step found is on the replicas: a step whose effect a failover could still take back must not
+    /// let its trigger be acknowledged. A step that wrote nothing ("already done") found the effect of
+    /// an earlier run, maybe another engine's that is not replicated yet: it fences (see `replicated`).
+    /// Err (a Timeout) when the replicas do not confirm in time.
+    pub async fn run_step<C: ScriptCall>(
+        &self,
+        redis: &Pool,
+        keys: &Keys,
+        call: &C,
+        wrote: impl Fn(&str) -> bool,
+    ) -> Result<String, fred::error::Error> {
+        let client = redis.next();
+        let keys = call.keys(keys);
+        let first_key = keys.first().cloned().unwrap_or_default();
+        let outcome = self
+            .run_on(client, C::SCRIPT, keys, call.args())
+            .await?
+            .as_string()
+            .unwrap_or_default();
+        if self.durability.replicas > 0 {
+            let started = Instant::now();
+            let confirmed = replicated(client, &first_key, self.durability, !wrote(&outcome)).await;
+            metrics::histogram!("flashsale_redis_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if !matches!(confirmed, Ok(true)) {
+                let outcome = if confirmed.is_ok() {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                metrics::counter!("flashsale_redis_wait_failures_total", "outcome" => outcome)
+                    .increment(1);
+                confirmed?;
+                return Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Timeout,
+                    format!("{}: not confirmed by a replica in time", C::SCRIPT.name()),
+                ));
+            }
+        }
+        Ok(outcome)
     }
 
     /// Runs a typed call and returns the raw reply (scripts outside the HTTP reply protocol).
@@ -314,6 +340,60 @@ impl Scripts {
             .increment(1);
         Ok(reply)
     }
+}
+
+/// The key a fence writes: in `key`'s slot (same hash tag), short-lived.
+fn fence_key(key: &str) -> String {
+    match key.find('}') {
+        Some(close) if key[..close].contains('{') => format!("{}:fence", &key[..=close]),
+        _ => format!("{key}:fence"),
+    }
+}
+
+/// True once `durability.replicas` replicas of the node owning `key`'s slot hold everything this
+/// connection wrote there. WAIT counts from the connection's last write, so a caller that wrote
+/// nothing but acts on what it read (the relay forwarding outbox entries, a saga step that found its
+/// work already done) fences first: a small write in the same slot, after which WAIT covers every
+/// earlier write on that node, whoever made it (one replication stream per node).
+pub async fn replicated(
+    client: &Client,
+    key: &str,
+    durability: Durability,
+    fence: bool,
+) -> Result<bool, fred::error::Error> {
+    let Durability {
+        replicas,
+        timeout_ms,
+    } = durability;
+    if replicas == 0 {
+        return Ok(true);
+    }
+    let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+    let node_client = if client.is_clustered() {
+        let slot = crate::partition::key_slot(key);
+        match client
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned())
+        {
+            Some(node) => client.with_cluster_node(node),
+            None => return Ok(false),
+        }
+    } else {
+        client.with_options(&fred::types::config::Options::default())
+    };
+    if fence {
+        let _: Value = node_client
+            .set(
+                fence_key(key),
+                "1",
+                Some(fred::types::Expiration::PX(10_000)),
+                None,
+                false,
+            )
+            .await?;
+    }
+    let acknowledged: i64 = node_client.wait(i64::from(replicas), timeout).await?;
+    Ok(acknowledged >= i64::from(replicas))
 }
 
 /// A decoded script reply.
