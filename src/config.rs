@@ -100,7 +100,7 @@ pub struct ServeSettings {
     #[arg(long, env = "RESERVATION_TTL_SECS", default_value_t = 600)]
     pub reservation_ttl_secs: u64,
     /// How often the expiry task looks for due reservations.
-    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 500)]
+    #[arg(long, env = "EXPIRY_INTERVAL_MS", default_value_t = 1000)]
     pub expiry_interval_ms: u64,
     /// How long the popular-products union is cached (0 = not cached).
     #[arg(long, env = "POPULAR_CACHE_MS", default_value_t = 1000)]

@@ -23,7 +23,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut last_orphan_sweep: Option<std::time::Instant> = None;
     while !*stop.borrow() {
         // Orphaned holds and claims are rare (a crash between a reserve's or a sign-up's steps) and
-        // wait out a 35 s deadline: once a second is plenty.
+        // wait out a 35 s deadline: every two seconds is plenty (64 partitions x 2 scripts a round).
         if last_orphan_sweep.is_none_or(|at| at.elapsed() >= ORPHAN_SWEEP_EVERY) {
             last_orphan_sweep = Some(std::time::Instant::now());
             if let Err(e) = sweep_orphan_holds(&state).await {
@@ -45,7 +45,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(1);
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(2);
 
 /// Every partition's orphaned holds (src/orders.rs); returns how many were released.
 pub async fn sweep_orphan_holds(state: &AppState) -> anyhow::Result<usize> {

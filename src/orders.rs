@@ -105,6 +105,17 @@ enum Hold {
     Conflict,
 }
 
+/// Whether a stock_hold reply may stand for a write (anything but a plain refusal).
+fn hold_wrote(reply: &fred::types::Value) -> bool {
+    match reply {
+        fred::types::Value::Array(parts) => !matches!(
+            parts.first().and_then(|v| v.as_str()).as_deref(),
+            Some("not_found" | "out_of_stock" | "conflict")
+        ),
+        _ => true,
+    }
+}
+
 fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
     let parts = value.into_array();
     let int = |i: usize| parts.get(i).and_then(|v| v.as_i64());
@@ -130,35 +141,10 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
 /// Reserves an order: holds, then the member step (see the module doc). The reply is what the route
 /// sends back; a 503 (the holds lapsed before the member step ran) comes back as a retryable error.
 pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, ApiError> {
-    let keys = store.keys;
-    // A replay must answer the first result even when the stock is gone since, and an unknown member
-    // must not hold stock: read the member's slot first. The member step checks all of it again.
-    let (member, record, order_exists): (Option<String>, Vec<Option<String>>, i64) = tokio::try_join!(
-        store.redis.hget(keys.member(req.member_id), "id"),
-        store.redis.hmget(
-            keys.idempotency(req.member_id, req.idem.digest.as_deref().unwrap_or("none")),
-            vec!["fp", "status", "kind", "body", "detail"],
-        ),
-        store.redis.exists(keys.order(req.member_id, req.order_id)),
-    )?;
-    if member.is_none() {
-        return Ok(ScriptReply::Refused {
-            status: 404,
-            code: "NOT_FOUND".into(),
-            detail: "member not found".into(),
-        });
-    }
-    if let Some(reply) = recorded(&req.idem, &record) {
-        return Ok(reply);
-    }
-    if order_exists == 1 {
-        // This very call resent, or an id fault: the member step answers from the order (same event:
-        // the first answer; else CONFLICT) before it looks at items or deadline.
-        return member_step(store, req, Vec::new(), i64::MAX)
-            .await
-            .and_then(MemberStep::answer);
-    }
-
+    // No read ahead of the holds: the member step checks everything a read would (the member is
+    // known, a stored result to replay, this very call resent) and whichever step follows the holds
+    // answers a replay with the first result, even when the stock is gone since (order_refuse) or
+    // still there (order_reserve: the new holds go back). Two script calls an order, not five commands.
     let holds: Vec<HoldRef> = req
         .items
         .iter()
@@ -181,7 +167,7 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
                 // The order will count on this hold: on a cluster it must be on a replica first.
                 let value = store
                     .scripts
-                    .run_call_replicated(store.redis, store.keys, &call)
+                    .run_call_replicated(store.redis, store.keys, &call, hold_wrote)
                     .await?;
                 parse_hold(value)
             }),
@@ -323,23 +309,6 @@ async fn member_step(
             }
         }
         other => MemberStep::Refused(other),
-    })
-}
-
-/// The stored result of an idempotency record read as `fp, status, kind, body, detail`, answered as
-/// the prelude's `idem_begin` does.
-fn recorded(idem: &Idem, record: &[Option<String>]) -> Option<ScriptReply> {
-    idem.digest.as_ref()?;
-    let field = |i: usize| record.get(i).cloned().flatten();
-    let fp = field(0)?;
-    if fp != idem.fingerprint {
-        return Some(ScriptReply::KeyReused);
-    }
-    Some(ScriptReply::Replay {
-        status: field(1).and_then(|s| s.parse().ok()).unwrap_or(500),
-        problem: field(2).as_deref() == Some("problem"),
-        body: field(3).unwrap_or_default(),
-        detail: field(4).unwrap_or_default(),
     })
 }
 

@@ -35,6 +35,10 @@ use crate::partition::Partition;
 
 type Entry = XReadValue<String, String, String>;
 
+/// How long an idle relay blocks on its stream: a new entry ends the block at once, so this only
+/// sets the idle cost (64 partitions, one read each per block).
+const IDLE_BLOCK: Duration = Duration::from_millis(2_000);
+
 /// How much longer than its BLOCK time a read may take before the connection is deemed wedged.
 const READ_GRACE_MS: u64 = 5_000;
 
@@ -227,8 +231,8 @@ impl Relay {
                         let until_due = self
                             .next_due()
                             .map(|due| due.saturating_duration_since(Instant::now()))
-                            .unwrap_or(Duration::from_millis(500));
-                        until_due.as_millis().clamp(1, 500) as u64
+                            .unwrap_or(IDLE_BLOCK);
+                        until_due.as_millis().clamp(1, IDLE_BLOCK.as_millis()) as u64
                     });
                     let due_now = self.next_due().is_some_and(|due| due <= Instant::now());
                     fresh.extend(self.read(">", if due_now { None } else { block }).await?);

@@ -32,6 +32,9 @@ pub const SAGA_GROUP: &str = "sagas";
 
 /// Entries read per round.
 const BATCH: u64 = 100;
+/// How long an idle worker blocks on its stream (a new entry ends the block at once; this sets only
+/// the idle cost: one read per partition per block).
+const IDLE_BLOCK_MS: u64 = 2_000;
 /// An entry pending this long with a consumer is taken over (its engine died or hangs).
 const CLAIM_IDLE_MS: u64 = 5_000;
 
@@ -88,7 +91,7 @@ async fn run(
                 entries.extend(claim(&client, &outbox, &consumer).await?);
             }
             if entries.is_empty() {
-                entries = read(&client, &outbox, &consumer, ">", Some(1_000)).await?;
+                entries = read(&client, &outbox, &consumer, ">", Some(IDLE_BLOCK_MS)).await?;
             }
             if !entries.is_empty() {
                 // The steps must not act on an entry a failover could still take back (its

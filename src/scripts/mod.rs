@@ -294,18 +294,22 @@ impl Scripts {
     }
 
     /// Runs a typed call whose writes a client's answer depends on (a stock hold): like `run_call`,
-    /// then the replica confirmation `invoke` waits for too.
+    /// then, when `wrote` says the reply means a write, the replica confirmation `invoke` waits for
+    /// too (a refusal that wrote nothing has nothing to confirm).
     pub async fn run_call_replicated<C: ScriptCall>(
         &self,
         redis: &Pool,
         keys: &Keys,
         call: &C,
+        wrote: impl Fn(&Value) -> bool,
     ) -> Result<Value, ApiError> {
         let client = redis.next();
         let keys = call.keys(keys);
         let first_key = keys.first().cloned().unwrap_or_default();
         let value = self.run_on(client, C::SCRIPT, keys, call.args()).await?;
-        self.confirm_replicated(client, &first_key).await?;
+        if wrote(&value) {
+            self.confirm_replicated(client, &first_key).await?;
+        }
         Ok(value)
     }
 

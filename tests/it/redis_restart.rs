@@ -91,7 +91,7 @@ async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
         .await
         .expect("backlog");
     assert_eq!(backlog, 0);
-    // The engine's gauge follows (sampled every two seconds).
+    // The engine's gauge follows (sampled every five seconds).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let pending = gauge(&app, "flashsale_outbox_pending").await;
