@@ -486,6 +486,12 @@ peak_rps() { # label scenario -> half of the measured rate
 COUPON=(--members "$COUPON_MEMBERS" --quantity "$COUPON_QTY")
 STOCK=(--members "$STOCK_MEMBERS" --stock "$STOCK_UNITS")
 
+# scrape LABEL PORT: the engine's /metrics after a run (the wallet lag of the coupon rush is read from it).
+scrape() {
+    curl -sf --max-time 10 "http://127.0.0.1:$2/metrics" >"$WORK/$1.metrics" 2>/dev/null \
+        || log "could not read /metrics of :$2 after $1"
+}
+
 # new_engine / prev_engine: (re)start this version's / the previous version's engine in its namespace.
 new_engine() {
     use_namespace "$NS" $(( PORT + 3 ))
@@ -500,6 +506,7 @@ prev_engine() {
 if [ -z "$COMPARE_BIN" ]; then
     if new_engine; then
         lt fs-coupon coupon-rush "$PORT" "$RUN" "${COUPON[@]}"
+        scrape fs-coupon "$PORT"
         half=$(peak_rps fs-coupon coupon-rush)
         [ -n "$half" ] && lt fs-coupon-half coupon-rush "$PORT" "$RUN" "${COUPON[@]}" --throttle-requests "$half"
         lt fs-stock stock-rush "$PORT" "$RUN" "${STOCK[@]}"
@@ -516,6 +523,7 @@ else
     # then this version's half-rate runs.
     if new_engine; then
         lt fs-coupon coupon-rush "$PORT" "$RUN" "${COUPON[@]}"
+        scrape fs-coupon "$PORT"
         stop_engine flashsale
     else
         step flashsale failed "engine or sink did not start"

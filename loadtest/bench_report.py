@@ -17,6 +17,7 @@ T_HALF_P99_MS = 10.0  # p99 <= 10 ms at half the peak rate
 T_VS_BASELINE = 20.0  # >= 20x the db-lock baseline throughput
 T_CPU_US = 30.0  # engine CPU <= 30 µs per coupon request
 T_DRAIN_S = 30.0  # sink keeping up: drained and in sync within 30 s of the burst's end
+T_WALLET_LAG_MS = 100.0  # /me/coupons follows an issue within 100 ms (p99)
 
 
 def load(path):
@@ -88,6 +89,29 @@ def run(label, scenario):
     hwm = (read(f"engine-{engine}.hwm") or "").strip()
     s["_hwm_kib"] = int(hwm) if hwm.isdigit() else s.get("cpu", {}).get("engine_peak_rss_kib")
     return s
+
+
+def histogram_quantile(text, metric, labels, q):
+    """(upper bound in s of the bucket holding the q-quantile, count) of a Prometheus histogram in a
+    /metrics scrape; the bound is what the buckets can tell (src/telemetry.rs LATENCY_BUCKETS)."""
+    if not text:
+        return None, 0
+    buckets = []
+    for line in text.splitlines():
+        if not line.startswith(metric + "_bucket{") or labels not in line:
+            continue
+        m = re.search(r'le="([^"]+)"\}\s+([\d.e+]+)', line)
+        if m:
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            buckets.append((le, float(m.group(2))))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return None, 0
+    for le, count in buckets:
+        if count >= q * total:
+            return le, int(total)
+    return None, int(total)
 
 
 def op_rps(s, op):
@@ -214,6 +238,10 @@ w(
 )
 w("")
 
+wallet_p99, wallet_n = histogram_quantile(
+    read("fs-coupon.metrics"), "flashsale_saga_lag_seconds", 'step="coupon_wallet_add"', 0.99
+)
+
 # ---------------------------------------------------------------------------------------- targets
 def verdict(ok, miss):
     if ok is None:
@@ -273,6 +301,16 @@ if not CLUSTER:
         + verdict(None if vs_s is None else vs_s >= T_VS_BASELINE, f"by {T_VS_BASELINE - (vs_s or 0):.1f}x")
         + " |"
     )
+if wallet_n:
+    bound = "over 10 s" if wallet_p99 in (None, float("inf")) else f"<= {wallet_p99 * 1000:g} ms"
+    w(
+        f"| `/me/coupons` lag after an issue (saga worker, `flashsale_saga_lag_seconds`) p99 <= 100 ms, coupon rush | "
+        f"p99 {bound} (histogram bucket bound) over {wallet_n:,} wallet entries | "
+        + verdict(wallet_p99 is not None and wallet_p99 * 1000 <= T_WALLET_LAG_MS, "p99 above 100 ms")
+        + " |"
+    )
+else:
+    w("| `/me/coupons` lag after an issue p99 <= 100 ms | – | not measured |")
 cpu = fs_coupon["cpu"].get("engine_us_per_request") if fs_coupon else None
 w(
     f"| engine CPU <= 30 µs per coupon request | {f(cpu, 1, ' µs')} | "

@@ -98,7 +98,12 @@ async fn run(
                 // operation would be undone while its step stands): it must be on the replicas.
                 let durability = state.scripts.durability();
                 if !crate::scripts::replicated(&client, &outbox, durability, true).await? {
-                    anyhow::bail!("the outbox entries are not on a replica yet");
+                    // No replica yet (a failover just promoted one): they stay pending with us and
+                    // are read again shortly; the connection is fine, so no reconnect.
+                    metrics::counter!("flashsale_saga_unreplicated_waits_total").increment(1);
+                    own_pending = true;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Ok(());
                 }
             }
             let mut done = Vec::new();
