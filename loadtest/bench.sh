@@ -206,7 +206,8 @@ start_engine() { # name port hot_path
     local name=$1 port=$2 hp=$3 i
     log "starting engine $name (HOT_PATH=$hp) on :$port"
     (
-        export LISTEN_ADDR=127.0.0.1:$port HOT_PATH=$hp ADMIN_API_KEY=$ADMIN_KEY JWT_SECRET=$JWT
+        # dev: a production engine refuses the well-known dev admin key the bench uses
+        export LISTEN_ADDR=127.0.0.1:$port HOT_PATH=$hp ADMIN_API_KEY=$ADMIN_KEY JWT_SECRET=$JWT FLASHSALE_ENV=dev
         [ -n "${BENCH_RUST_LOG:-}" ] && export RUST_LOG=$BENCH_RUST_LOG
         exec "$T/release/flashsale" serve
     ) >"$WORK/engine-$name.log" 2>&1 &

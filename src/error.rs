@@ -105,8 +105,45 @@ impl ApiError {
 }
 
 impl From<fred::error::Error> for ApiError {
+    /// Redis out of reach or moving (a restart, a cluster failover) is a 503 the client retries with
+    /// the same Idempotency-Key; anything else (a script error, a reply we cannot parse) is our bug.
     fn from(e: fred::error::Error) -> Self {
+        if redis_unavailable(&e) {
+            tracing::warn!(error = %e, "redis unavailable");
+            return Self::retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "Redis does not answer for a moment; retry with the same Idempotency-Key",
+                std::time::Duration::from_secs(1),
+            );
+        }
         Self::Internal(anyhow::anyhow!("redis: {e}"))
+    }
+}
+
+/// Whether a Redis error is the server being out of reach, loading or failing over (transient).
+pub fn redis_unavailable(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Cluster
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Routing => true,
+        _ => {
+            let details = e.details();
+            [
+                "TRYAGAIN",
+                "LOADING",
+                "READONLY",
+                "MASTERDOWN",
+                "CLUSTERDOWN",
+                "NOREPLICAS",
+            ]
+            .iter()
+            .any(|prefix| details.starts_with(prefix))
+        }
     }
 }
 

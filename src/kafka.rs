@@ -93,6 +93,37 @@ pub async fn is_ready(producer: &FutureProducer, topic: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// The group's committed offsets. A broker that just started (or moved the group) answers
+/// "not coordinator" / "coordinator loading" until its offsets topic is ready: those are retried
+/// with capped backoff for up to 20 s; any other error is returned at once.
+fn committed_offsets_when_coordinated(
+    consumer: &BaseConsumer,
+    list: TopicPartitionList,
+    timeout: Duration,
+) -> anyhow::Result<TopicPartitionList> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match consumer.committed_offsets(list.clone(), timeout) {
+            Ok(committed) => return Ok(committed),
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::NotCoordinator
+                            | RDKafkaErrorCode::CoordinatorLoadInProgress
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                    )
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Messages of the topic not yet committed by the consumer group (sum over partitions).
 pub async fn group_lag(brokers: &str, topic: &str, group: &str) -> anyhow::Result<i64> {
     let brokers = brokers.to_string();
@@ -112,7 +143,7 @@ pub async fn group_lag(brokers: &str, topic: &str, group: &str) -> anyhow::Resul
                 list.add_partition(&topic, p.id());
             }
         }
-        let committed = consumer.committed_offsets(list, timeout)?;
+        let committed = committed_offsets_when_coordinated(&consumer, list, timeout)?;
         let mut lag = 0;
         for element in committed.elements() {
             let (low, high) = consumer.fetch_watermarks(&topic, element.partition(), timeout)?;
