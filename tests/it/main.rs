@@ -7,7 +7,6 @@ mod common;
 mod lua_support;
 
 mod bad_input;
-mod clock_skew;
 mod dblock_baseline;
 mod foundation;
 mod hot_paths;
