@@ -230,3 +230,48 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    #[test]
+    fn redis_out_of_reach_is_a_503_and_a_script_error_is_ours() {
+        for transient in [
+            Error::new(ErrorKind::IO, "connection reset"),
+            Error::new(ErrorKind::Timeout, "request timed out"),
+            Error::new(ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+            Error::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset"),
+            Error::new(
+                ErrorKind::Unknown,
+                "READONLY You can't write against a replica",
+            ),
+        ] {
+            let response = ApiError::from(transient.clone()).into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{transient}"
+            );
+            assert!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                "{transient}"
+            );
+        }
+        for ours in [
+            Error::new(
+                ErrorKind::Unknown,
+                "ERR user_script:1: attempt to index a nil value",
+            ),
+            Error::new(ErrorKind::Parse, "cannot parse the reply"),
+        ] {
+            let response = ApiError::from(ours.clone()).into_response();
+            assert_eq!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{ours}"
+            );
+        }
+    }
+}
