@@ -9,7 +9,10 @@
 -- deadline_ms = Redis time + ARGV[5]: the order's member step refuses after it, the orphan sweep
 -- releases the hold some margin after it when no order was written.
 -- Returns an array:
---   { 'held', unit_price, deadline_ms }  held now, or already held for this order (same answer)
+--   { 'held', unit_price, deadline_ms, 1 }  held now by this call
+--   { 'held', unit_price, deadline_ms, 0 }  already held for this order (a resend, or an id fault
+--                                        whose other call took it): the caller must not release
+--                                        what it did not take
 --   { 'not_found' }                      no such product; nothing written
 --   { 'out_of_stock', stock }            less stock than the quantity; nothing written
 --   { 'conflict' }                       the order id already holds this product for another member
@@ -20,7 +23,7 @@ if held then
   if member ~= ARGV[3] then
     return { 'conflict' }
   end
-  return { 'held', tonumber(price), tonumber(deadline) }
+  return { 'held', tonumber(price), tonumber(deadline), 0 }
 end
 local p = redis.call('HMGET', KEYS[1], 'id', 'price', 'stock')
 if not p[1] then
@@ -34,4 +37,4 @@ redis.call('HINCRBY', KEYS[1], 'stock', int(-qty))
 local deadline = now_ms() + tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[2], table.concat({ int(qty), ARGV[3], p[2], int(deadline) }, '|'))
 redis.call('ZADD', KEYS[3], deadline, ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3])
-return { 'held', tonumber(p[2]), deadline }
+return { 'held', tonumber(p[2]), deadline, 1 }

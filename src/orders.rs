@@ -99,7 +99,12 @@ pub struct Reserve {
 /// One product's hold answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hold {
-    Held { unit_price: i64, deadline_ms: i64 },
+    Held {
+        unit_price: i64,
+        deadline_ms: i64,
+        /// Taken by this call (false: it was there already, a resend's or another call's).
+        fresh: bool,
+    },
     NotFound,
     OutOfStock,
     Conflict,
@@ -124,6 +129,7 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
             (Some(unit_price), Some(deadline_ms)) => Ok(Hold::Held {
                 unit_price,
                 deadline_ms,
+                fresh: int(3) != Some(0),
             }),
             _ => Err(ApiError::Internal(anyhow::anyhow!(
                 "stock_hold: malformed reply {parts:?}"
@@ -183,8 +189,14 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             Ok(Hold::Held {
                 unit_price,
                 deadline_ms,
+                fresh,
             }) => {
-                taken.push(*hold);
+                // Only what this call took is given back on a refusal: a hold that was there
+                // already belongs to a resend (then the member step answers, no refusal) or, on an
+                // id fault, to another call's live order.
+                if fresh {
+                    taken.push(*hold);
+                }
                 priced.push(PricedItem {
                     product_id: hold.product_id,
                     quantity: *quantity,

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fred::prelude::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -254,7 +255,63 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
     let paid: usize = outcomes.iter().map(|o| o.paid.len()).sum();
 
     // After the drain (two engines' relays, one sink left) MySQL agrees, and the platform got each
-    // paid order once.
+    // paid order once. A drifted member is described in full first (what its client saw, its orders
+    // in Redis and in MySQL, its ledger): a drift here is a lost or doubled write to explain.
+    let report = common::pipeline::drain(&app, common::pipeline::DRAIN).await;
+    if !report.in_sync {
+        let mut described = Vec::new();
+        for drift in report.drift.iter().filter(|d| d.entity == "member_balance") {
+            let seen = people
+                .iter()
+                .zip(&outcomes)
+                .find(|((id, _), _)| *id == drift.id)
+                .map(|(_, o)| format!("client saw orders {:?}, paid {:?}", o.orders, o.paid));
+            let mut redis_orders = Vec::new();
+            if let Some((_, o)) = people
+                .iter()
+                .zip(&outcomes)
+                .find(|((id, _), _)| *id == drift.id)
+            {
+                for order in &o.orders {
+                    let fields: HashMap<String, String> = app
+                        .redis
+                        .hgetall(app.keys.order(drift.id, *order))
+                        .await
+                        .unwrap_or_default();
+                    redis_orders.push(format!(
+                        "{order}: {:?} paid {:?}",
+                        fields.get("status"),
+                        fields.get("paid_amount")
+                    ));
+                }
+            }
+            let mysql_orders: Vec<(i64, String, i64)> = sqlx::query_as(
+                "SELECT id, status, paid_amount FROM orders WHERE member_id = ? ORDER BY id",
+            )
+            .bind(drift.id)
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap_or_default();
+            let ledger: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT event_id, type, amount, order_id FROM points_ledger WHERE member_id = ? ORDER BY id",
+            )
+            .bind(drift.id)
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap_or_default();
+            described.push(format!(
+                "member {}: Redis {} MySQL {}; {}; Redis orders {redis_orders:?}; MySQL orders {mysql_orders:?}; ledger {ledger:?}",
+                drift.id,
+                drift.redis,
+                drift.mysql,
+                seen.unwrap_or_default()
+            ));
+        }
+        panic!(
+            "Redis and MySQL differ after the drain: {report:?}\n{}",
+            described.join("\n")
+        );
+    }
     assert_exactly_once(&app, &Done { paid }, &platform).await;
     let db = |sql: String| {
         let app = &app;

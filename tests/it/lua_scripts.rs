@@ -1094,10 +1094,13 @@ async fn stock_hold_is_idempotent_by_order_and_refuses_short_or_unknown_products
     );
     assert!(c.events().await.len() == 1, "holds append no event");
 
-    // The same order again (a resend, whatever its quantity): the first answer, nothing written.
+    assert_eq!(held[3], json!(1), "taken by this call");
+    // The same order again (a resend, whatever its quantity): the first answer, marked as not taken
+    // by this call (so a refused call never releases it), nothing written.
     let before = c.dump().await;
-    assert_eq!(c.hold(1, 70, M, 3, 30_000).await, held);
-    assert_eq!(c.hold(1, 70, M, 1, 99).await, held);
+    let again = json!(["held", 250, deadline, 0]);
+    assert_eq!(c.hold(1, 70, M, 3, 30_000).await, again);
+    assert_eq!(c.hold(1, 70, M, 1, 99).await, again);
     // The order id holding the product for another member (an id fault): refused.
     assert_eq!(c.hold(1, 70, M2, 1, 30_000).await, json!(["conflict"]));
     // Short stock, unknown product: nothing written.
