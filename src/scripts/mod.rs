@@ -212,12 +212,18 @@ impl Scripts {
 
     /// WAIT for the configured replicas on the connection that ran the script, on the node that owns
     /// `key`'s slot. Err when they do not confirm in time: the client must not be told "done".
-    async fn confirm_replicated(&self, client: &Client, key: &str) -> Result<(), ApiError> {
+    /// `fence`: the script wrote nothing itself (a replay), see `replicated`.
+    async fn confirm_replicated(
+        &self,
+        client: &Client,
+        key: &str,
+        fence: bool,
+    ) -> Result<(), ApiError> {
         if self.durability.replicas == 0 {
             return Ok(());
         }
         let started = Instant::now();
-        let acknowledged = replicated(client, key, self.durability, false).await;
+        let acknowledged = replicated(client, key, self.durability, fence).await;
         metrics::histogram!("flashsale_redis_wait_seconds").record(started.elapsed().as_secs_f64());
         match acknowledged {
             Ok(true) => Ok(()),
@@ -308,7 +314,7 @@ impl Scripts {
         let first_key = keys.first().cloned().unwrap_or_default();
         let value = self.run_on(client, C::SCRIPT, keys, call.args()).await?;
         if wrote(&value) {
-            self.confirm_replicated(client, &first_key).await?;
+            self.confirm_replicated(client, &first_key, false).await?;
         }
         Ok(value)
     }
@@ -336,9 +342,13 @@ impl Scripts {
         let first_key = keys.first().cloned().unwrap_or_default();
         let value = self.run_on(client, script, keys, args).await?;
         let reply = ScriptReply::decode(value)?;
-        if matches!(reply, ScriptReply::Ok { .. }) {
-            // Every key of a call shares one slot, so the first names the node that ran it.
-            self.confirm_replicated(client, &first_key).await?;
+        // Every key of a call shares one slot, so the first names the node that ran it. A replay
+        // answers a write made earlier, maybe not on a replica yet (its first answer was a 503):
+        // it is confirmed too, after a fence since the replay itself wrote nothing.
+        match reply {
+            ScriptReply::Ok { .. } => self.confirm_replicated(client, &first_key, false).await?,
+            ScriptReply::Replay { .. } => self.confirm_replicated(client, &first_key, true).await?,
+            ScriptReply::Refused { .. } | ScriptReply::KeyReused => {}
         }
         metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => reply.outcome_label())
             .increment(1);
