@@ -54,6 +54,10 @@ async fn a_write_no_replica_confirms_is_503_and_its_retry_replays_once_one_does(
         .unwrap_or_default()
         .starts_with("application/problem+json"));
 
+    // Its retry while still no replica has it: the stored answer is not replayed as a success yet.
+    let replayed_early = charge().await;
+    assert_eq!(replayed_early.status, 503, "{}", replayed_early.text);
+
     // A replica again (it resyncs from the primary): the client's retry replays the one charge.
     replica.spawn();
     replica.wait_synced().await;
