@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use fred::types::Value;
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::app::connect_redis_client;
@@ -106,16 +107,33 @@ async fn run(
                     return Ok(());
                 }
             }
+            // Independent entries run concurrently (a hot coupon's issues all land in one
+            // partition: one at a time, the last wallet entry of a rush trailed by seconds); the
+            // entries of one order stay in order. A failed entry stops its own sequence only; it
+            // and the rest of that sequence stay pending with this consumer and are retried.
+            // Owned per sequence: the futures are spawned-task-safe (no borrow across them).
+            let rounds = futures::stream::iter(sequences(&entries).into_iter().map(|sequence| {
+                let state = state.clone();
+                async move {
+                    let mut done = Vec::new();
+                    for (id, fields) in sequence {
+                        if let Err(e) = run_step(state.store(), &fields).await {
+                            return (done, Some(e));
+                        }
+                        done.push(id);
+                    }
+                    (done, None)
+                }
+            }))
+            .buffer_unordered(STEP_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
             let mut done = Vec::new();
             let mut failed = None;
-            for (id, fields) in &entries {
-                match run_step(state.store(), fields).await {
-                    Ok(()) => done.push(id.clone()),
-                    Err(e) => {
-                        // The rest stays pending with this consumer and is retried in order.
-                        failed = Some(e);
-                        break;
-                    }
+            for (ids, error) in rounds {
+                done.extend(ids);
+                if let Some(e) = error {
+                    failed.get_or_insert(e);
                 }
             }
             if !done.is_empty() {
@@ -296,6 +314,33 @@ pub async fn complete_wallet(
 
 type Entry = (String, std::collections::HashMap<String, String>);
 
+/// Steps of one read run at once at most.
+const STEP_CONCURRENCY: usize = 32;
+
+/// The entries as sequences that must run in order: one per order (its events' steps follow each
+/// other), each coupon issue alone (its wallet entry depends on nothing else). First-seen order.
+fn sequences(entries: &[Entry]) -> Vec<Vec<Entry>> {
+    let mut order: Vec<Vec<Entry>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for entry in entries {
+        let fields = &entry.1;
+        let key = match fields.get("type").map(String::as_str) {
+            Some("coupon.issued") | None => None,
+            Some(_) => fields.get("aggregate").map(String::as_str),
+        };
+        match key.and_then(|k| index.get(k).copied()) {
+            Some(at) => order[at].push(entry.clone()),
+            None => {
+                if let Some(k) = key {
+                    index.insert(k, order.len());
+                }
+                order.push(vec![entry.clone()]);
+            }
+        }
+    }
+    order
+}
+
 async fn read(
     client: &Client,
     outbox: &str,
@@ -346,4 +391,36 @@ async fn claim(client: &Client, outbox: &str, consumer: &str) -> anyhow::Result<
         .nth(1)
         .map(crate::relay::parse_entries)
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, kind: &str, aggregate: &str) -> Entry {
+        let fields = [("type", kind), ("aggregate", aggregate)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (id.to_string(), fields)
+    }
+
+    #[test]
+    fn an_orders_events_stay_in_sequence_and_coupon_issues_run_alone() {
+        let entries = vec![
+            entry("1-0", "coupon.issued", "coupon:7"),
+            entry("2-0", "order.reserved", "order:1"),
+            entry("3-0", "coupon.issued", "coupon:7"),
+            entry("4-0", "order.reserved", "order:2"),
+            entry("5-0", "order.paid", "order:1"),
+        ];
+        let ids: Vec<Vec<&str>> = sequences(&entries)
+            .iter()
+            .map(|s| s.iter().map(|(id, _)| id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [vec!["1-0"], vec!["2-0", "5-0"], vec!["3-0"], vec!["4-0"]]
+        );
+    }
 }
