@@ -414,7 +414,8 @@ mod tests {
             entry("4-0", "order.reserved", "order:2"),
             entry("5-0", "order.paid", "order:1"),
         ];
-        let ids: Vec<Vec<&str>> = sequences(&entries)
+        let sequences = sequences(&entries);
+        let ids: Vec<Vec<&str>> = sequences
             .iter()
             .map(|s| s.iter().map(|(id, _)| id.as_str()).collect())
             .collect();
