@@ -169,7 +169,8 @@ async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
             } else {
                 movement(conn, ev, b.product_id.0, b.stock.0, "CREATED", None).await?;
                 let stock = sqlx::query_scalar::<_, i64>(
-                    "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM stock_movements WHERE product_id = ?",
+                    // A locking read (see ROW_CREATION_LOCKS).
+                    "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM stock_movements WHERE product_id = ? FOR UPDATE",
                 )
                 .bind(b.product_id.0)
                 .fetch_one(&mut *conn)
@@ -199,7 +200,8 @@ async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
                 tracing::warn!(event_id = %ev.event_id, coupon_id = b.coupon_id.0, "coupon exists already; nothing to do");
             } else {
                 let issued = sqlx::query_scalar::<_, i64>(
-                    "SELECT COUNT(*) FROM issued_coupons WHERE coupon_id = ?",
+                    // A locking read (see ROW_CREATION_LOCKS).
+                    "SELECT COUNT(*) FROM issued_coupons WHERE coupon_id = ? FOR UPDATE",
                 )
                 .bind(b.coupon_id.0)
                 .fetch_one(&mut *conn)
@@ -527,10 +529,18 @@ async fn member_balance(conn: &mut MySqlConnection, member_id: i64) -> Res<Optio
 }
 
 /// Balance implied by the ledger rows recorded so far (for a member row created after them).
+/// ROW_CREATION_LOCKS: a row created late starts from the deltas already recorded for it, read with
+/// a locking read (FOR UPDATE, under InnoDB's default REPEATABLE READ). Two sinks apply a member's
+/// sign-up and its payments at once (different Kafka partitions): with a plain read, the creating
+/// transaction summed the ledger from its snapshot while a payment's transaction added a ledger row
+/// and updated no member row (not there yet), so the new row missed that payment for good (seen in the
+/// failover test: balances and stock in MySQL above Redis). Locked, the creator waits for a pending
+/// ledger row and reads it, or blocks its insert (gap lock) until the row exists, so the writer's
+/// update finds it.
 async fn ledger_balance(conn: &mut MySqlConnection, member_id: i64) -> Res<i64> {
     sqlx::query_scalar::<_, i64>(
         "SELECT CAST(COALESCE(SUM(CASE type WHEN 'USE' THEN -amount ELSE amount END), 0) AS SIGNED) \
-         FROM points_ledger WHERE member_id = ?",
+         FROM points_ledger WHERE member_id = ? FOR UPDATE",
     )
     .bind(member_id)
     .fetch_one(&mut *conn)
