@@ -96,20 +96,22 @@ impl PrivateKafka {
             ),
         )
         .expect("kafka config");
-        let status = java(&dir)
-            .args([
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                &random_cluster_id(),
-                "-c",
-            ])
-            .arg(&config)
+        // `--cluster-id=ID` in one argument: an id may start with '-', and as a separate argument
+        // the tool's parser takes it for an option and refuses (1 format in 64 failed that way).
+        let tool_log = dir.join("storage-tool.log");
+        let output = java(&dir)
+            .args(["kafka.tools.StorageTool", "format"])
+            .arg(format!("--cluster-id={}", random_cluster_id()))
+            .arg(format!("--config={}", config.display()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .expect("java runs the Kafka storage tool");
-        assert!(status.success(), "formatting the private Kafka log dir");
+        let _ = std::fs::write(&tool_log, &output.stderr);
+        assert!(
+            output.status.success(),
+            "formatting the private Kafka log dir: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         Self {
             port,
             dir,
