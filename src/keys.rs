@@ -99,6 +99,13 @@ impl Keys {
         self.in_partition(Partition::of_id(id), format_args!("product:{id}:holds"))
     }
 
+    /// Units of this product each member has in live orders (reserved or paid, holds included):
+    /// member id -> units (lua/stock_hold.lua adds, stock_release/stock_return take back). The
+    /// per-member limit is checked against it in the step that takes the stock.
+    pub fn product_bought(&self, id: i64) -> String {
+        self.in_partition(Partition::of_id(id), format_args!("product:{id}:bought"))
+    }
+
     /// Orders whose units came back to this product after a paid cancel (lua/stock_return.lua): each
     /// order's units come back once.
     pub fn product_returned(&self, id: i64) -> String {
