@@ -5,6 +5,7 @@
 -- KEYS[2] idempotency key       fs:{P}:idem:MEMBER:SHA
 -- ARGV[1] request fingerprint   ARGV[2] idempotency TTL (s)
 -- ARGV[3] status   ARGV[4] problem code   ARGV[5] detail
+-- ARGV[6] problem extension members (JSON object text) or ''
 -- Returns (prelude protocol):
 --   err 404 NOT_FOUND            member unknown to Redis (stale token): nothing written
 --   err ARGV[3] ARGV[4]          the refusal, now recorded
@@ -15,4 +16,4 @@ if not redis.call('HGET', KEYS[1], 'id') then
 end
 local early = idem_begin(KEYS[2], ARGV[1], ARGV[2])
 if early then return early end
-return fail(tonumber(ARGV[3]), ARGV[4], ARGV[5])
+return fail(tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])

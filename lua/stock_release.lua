@@ -5,6 +5,7 @@
 -- KEYS[1] product hash          fs:{P}:product:ID
 -- KEYS[2] product holds hash    fs:{P}:product:ID:holds
 -- KEYS[3] pending holds zset    fs:{P}:holds:pending (the product's partition)
+-- KEYS[4] bought hash           fs:{P}:product:ID:bought (the member's live units go down by qty)
 -- ARGV[1] product id   ARGV[2] order id   ARGV[3] member id
 -- ARGV[4] orphan margin (ms), or '' for an unconditional release. With a margin (the orphan sweep)
 --         the hold goes only while it is still pending (no order confirmed it) and Redis time is
@@ -34,6 +35,7 @@ end
 if redis.call('HEXISTS', KEYS[1], 'id') == 1 then
   redis.call('HINCRBY', KEYS[1], 'stock', qty)
 end
+bought_less(KEYS[4], member, qty)
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], entry)
 return 'released'

@@ -6,6 +6,7 @@
 -- KEYS[2] product holds hash    fs:{P}:product:ID:holds
 -- KEYS[3] pending holds zset    fs:{P}:holds:pending (the product's partition)
 -- KEYS[4] returned set          fs:{P}:product:ID:returned (order ids)
+-- KEYS[5] bought hash           fs:{P}:product:ID:bought (the member's live units go down)
 -- ARGV[1] product id   ARGV[2] order id   ARGV[3] member id   ARGV[4] quantity (the order's item)
 -- Returns 'returned' or 'already' (this order's units came back before: nothing written).
 if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then
@@ -22,4 +23,5 @@ redis.call('ZREM', KEYS[3], ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3])
 if redis.call('HEXISTS', KEYS[1], 'id') == 1 then
   redis.call('HINCRBY', KEYS[1], 'stock', int(tonumber(ARGV[4])))
 end
+bought_less(KEYS[5], ARGV[3], ARGV[4])
 return 'returned'

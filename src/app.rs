@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use fred::prelude::*;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
@@ -241,6 +241,9 @@ impl Application {
             producer,
             dependencies: crate::dependencies::DependencyStatus::new(kafka_up),
             popular: Default::default(),
+            sale_windows: std::sync::Arc::new(crate::sale_windows::SaleWindows::new(
+                settings.sale_window_cache,
+            )),
             settings,
         });
         let router = router(state.clone());
@@ -271,6 +274,14 @@ impl Application {
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::saga::run_all(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
+        if self.state.settings.sale_window_cache {
+            tasks.spawn(crate::sale_windows::run_invalidations(
+                self.state.settings.connections.redis_url.clone(),
+                self.state.keys.invalidations(),
+                self.state.sale_windows.clone(),
+                stop_rx.clone(),
+            ));
+        }
         tasks.spawn(crate::abuse::prune_periodically(
             self.state.clone(),
             stop_rx.clone(),
@@ -329,6 +340,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}/pay", post(orders::pay))
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/api/v1/admin/products", post(products::create))
+        .route("/api/v1/admin/products/{id}", patch(products::set_rules))
         .route(
             "/api/v1/admin/products/{id}/stock",
             post(products::add_stock),

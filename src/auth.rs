@@ -152,6 +152,27 @@ impl FromRequestParts<AppState> for AuthMember {
     }
 }
 
+/// For reads that a member's token only adds to (a product's remaining allowance): no Authorization
+/// header is no member; a header that is not a valid token is still refused (401), not ignored.
+impl axum::extract::OptionalFromRequestParts<AppState> for AuthMember {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<AppState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}
+
 /// Proof that the request carried the configured admin key.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;

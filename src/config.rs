@@ -105,6 +105,10 @@ pub struct ServeSettings {
     /// How long the popular-products union is cached (0 = not cached).
     #[arg(long, env = "POPULAR_CACHE_MS", default_value_t = 1000)]
     pub popular_cache_ms: u64,
+    /// Refuse orders for a product whose sale has not opened (or has closed) from the engine's copy of
+    /// the window Redis last answered with, without a Redis call (src/sale_windows.rs).
+    #[arg(long, env = "SALE_WINDOW_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sale_window_cache: bool,
     /// Run the outbox relay inside the engine.
     #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_relay: bool,

@@ -10,22 +10,45 @@ use chrono::{Duration, NaiveDateTime};
 
 use crate::domain::{
     CouponView, IssuedCouponView, NewCoupon, NewProduct, OrderItemView, OrderView, ProductView,
+    RuleChange, RulesPatch,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ProblemExtensions};
 use crate::ids::Entity;
-use crate::state::{rfc3339, AppState, Now};
+use crate::state::{rfc3339, rfc3339_ms, AppState, Now};
+
+fn naive_ms(ms: i64) -> Option<NaiveDateTime> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|at| at.naive_utc())
+}
+
+fn ms_of(at: NaiveDateTime) -> i64 {
+    at.and_utc().timestamp_millis()
+}
+
+/// A sale-rule refusal worded as the Redis path words it (src/orders.rs, src/sale_windows.rs).
+fn rule_refusal(code: &str, detail: String, extensions: ProblemExtensions) -> Response {
+    crate::scripts::ScriptReply::Refused {
+        status: 409,
+        code: code.into(),
+        detail,
+        extensions: extensions.to_json(),
+    }
+    .into_response()
+}
 
 fn conflict(code: &str, detail: &str) -> ApiError {
     ApiError::problem(StatusCode::CONFLICT, code, detail)
 }
 
 pub async fn create_product(state: &AppState, id: i64, p: NewProduct) -> ApiResult<Response> {
-    sqlx::query("INSERT INTO products (id, name, price, stock, created_at) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO products (id, name, price, stock, created_at, sale_starts_at, sale_ends_at, per_member_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(id)
         .bind(&p.name)
         .bind(p.price)
         .bind(p.stock)
         .bind(Now::read().at.naive_utc())
+        .bind(p.rules.starts_ms.and_then(naive_ms))
+        .bind(p.rules.ends_ms.and_then(naive_ms))
+        .bind(p.rules.per_member_limit)
         .execute(&state.db)
         .await?;
     let view = ProductView {
@@ -33,9 +56,72 @@ pub async fn create_product(state: &AppState, id: i64, p: NewProduct) -> ApiResu
         name: p.name,
         price: p.price,
         stock: p.stock,
+        sale_starts_at: p.rules.starts_ms.map(rfc3339_ms),
+        sale_ends_at: p.rules.ends_ms.map(rfc3339_ms),
+        per_member_limit: p.rules.per_member_limit,
+        remaining_allowance: None,
     };
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
+
+/// PATCH of the sale rules, as one locked read-modify-write of the product row.
+pub async fn set_product_rules(
+    state: &AppState,
+    id: i64,
+    patch: RulesPatch,
+) -> ApiResult<Response> {
+    let mut tx = state.db.begin().await?;
+    let row: Option<(Option<NaiveDateTime>, Option<NaiveDateTime>, Option<i64>)> = sqlx::query_as(
+        "SELECT sale_starts_at, sale_ends_at, CAST(per_member_limit AS SIGNED) FROM products WHERE id = ? FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((starts, ends, limit)) = row else {
+        return Err(ApiError::NotFound("product not found".into()));
+    };
+    let pick = |change: RuleChange, current: Option<i64>| match change {
+        RuleChange::Keep => current,
+        RuleChange::Clear => None,
+        RuleChange::Set(v) => Some(v),
+    };
+    let starts = pick(patch.starts_ms, starts.map(ms_of));
+    let ends = pick(patch.ends_ms, ends.map(ms_of));
+    let limit = pick(patch.per_member_limit, limit);
+    if let (Some(s), Some(e)) = (starts, ends) {
+        if e <= s {
+            return Err(ApiError::validation(
+                "sale_ends_at",
+                "must be after sale_starts_at",
+            ));
+        }
+    }
+    sqlx::query(
+        "UPDATE products SET sale_starts_at = ?, sale_ends_at = ?, per_member_limit = ? WHERE id = ?",
+    )
+    .bind(starts.and_then(naive_ms))
+    .bind(ends.and_then(naive_ms))
+    .bind(limit)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(get_product(state, id).await?).into_response())
+}
+
+/// Units of a product the member holds in live (reserved or paid) orders.
+pub async fn live_units(state: &AppState, member: i64, product: i64) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar(LIVE_UNITS_SQL)
+        .bind(member)
+        .bind(product)
+        .fetch_one(&state.db)
+        .await?)
+}
+
+const LIVE_UNITS_SQL: &str =
+    "SELECT CAST(COALESCE(SUM(i.quantity), 0) AS SIGNED) FROM order_items i \
+     JOIN orders o ON o.id = i.order_id \
+     WHERE o.member_id = ? AND i.product_id = ? AND o.status IN ('RESERVED', 'PAID')";
 
 pub async fn create_coupon(state: &AppState, id: i64, c: NewCoupon) -> ApiResult<Response> {
     sqlx::query(
@@ -132,15 +218,53 @@ pub async fn create_order(
     sorted.sort();
     let mut tx = state.db.begin().await?;
     let mut lines = Vec::new();
+    type ProductRow = (
+        i64,
+        i64,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+        Option<i64>,
+        NaiveDateTime,
+    );
     for (product, quantity) in &sorted {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT price, stock FROM products WHERE id = ? FOR UPDATE")
-                .bind(product)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((price, stock)) = row else {
+        // The database's clock decides the window here (this baseline's one authority).
+        let row: Option<ProductRow> = sqlx::query_as(
+            "SELECT price, stock, sale_starts_at, sale_ends_at, CAST(per_member_limit AS SIGNED), UTC_TIMESTAMP(3) FROM products WHERE id = ? FOR UPDATE",
+        )
+        .bind(product)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((price, stock, starts, ends, limit, db_now)) = row else {
             return Err(ApiError::NotFound(format!("product not found: {product}")));
         };
+        if let Some(starts) = starts.filter(|s| db_now < *s) {
+            let (detail, ext) = crate::sale_windows::not_started_problem(*product, ms_of(starts));
+            return Ok(rule_refusal("SALE_NOT_STARTED", detail, ext));
+        }
+        if let Some(ends) = ends.filter(|e| db_now >= *e) {
+            let (detail, ext) = crate::sale_windows::ended_problem(*product, ms_of(ends));
+            return Ok(rule_refusal("SALE_ENDED", detail, ext));
+        }
+        if let Some(limit) = limit {
+            // Under the product row's lock: two orders of one member for it wait on each other.
+            let live: i64 = sqlx::query_scalar(LIVE_UNITS_SQL)
+                .bind(member)
+                .bind(product)
+                .fetch_one(&mut *tx)
+                .await?;
+            if live + quantity > limit {
+                let remaining = (limit - live).max(0);
+                return Ok(rule_refusal(
+                    "PURCHASE_LIMIT_EXCEEDED",
+                    format!("product {product} is limited to {limit} units per member; you may still buy {remaining}"),
+                    ProblemExtensions {
+                        product_id: Some(*product),
+                        remaining_allowance: Some(remaining),
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
         if stock < *quantity {
             return Err(conflict(
                 "OUT_OF_STOCK",
@@ -330,17 +454,31 @@ pub async fn pay_order(
 }
 
 pub async fn get_product(state: &AppState, id: i64) -> ApiResult<ProductView> {
-    let row: Option<(String, i64, i64)> =
-        sqlx::query_as("SELECT name, price, stock FROM products WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&state.db)
-            .await?;
-    let (name, price, stock) = row.ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+    type Row = (
+        String,
+        i64,
+        i64,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+        Option<i64>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT name, price, stock, sale_starts_at, sale_ends_at, CAST(per_member_limit AS SIGNED) FROM products WHERE id = ?",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    let (name, price, stock, starts, ends, limit) =
+        row.ok_or_else(|| ApiError::NotFound("product not found".into()))?;
     Ok(ProductView {
         id,
         name,
         price,
         stock,
+        sale_starts_at: starts.map(|at| rfc3339_ms(ms_of(at))),
+        sale_ends_at: ends.map(|at| rfc3339_ms(ms_of(at))),
+        per_member_limit: limit,
+        remaining_allowance: None,
     })
 }
 

@@ -244,20 +244,156 @@ pub struct CreateProductRequest {
     pub price: WholeNumber,
     #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub stock: WholeNumber,
+    /// When the sale opens (RFC 3339); orders before it are refused with SALE_NOT_STARTED. Default:
+    /// open now.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// When the sale closes (RFC 3339, after sale_starts_at); orders from then on are refused with
+    /// SALE_ENDED (a reservation taken before may still be paid). Default: never.
+    #[schema(
+        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    /// Units one member may hold in live (reserved or paid) orders. Default: no limit.
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000)]
+    pub per_member_limit: Option<WholeNumber>,
+}
+
+/// A product's sale rules as the scripts keep them: Redis-time ms and units; None = no such rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaleRules {
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub per_member_limit: Option<i64>,
+}
+
+/// One rule in a PATCH: left as it is, cleared (JSON null) or set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuleChange {
+    #[default]
+    Keep,
+    Clear,
+    Set(i64),
 }
 
 pub struct NewProduct {
     pub name: String,
     pub price: i64,
     pub stock: i64,
+    pub rules: SaleRules,
+}
+
+/// The latest instant a sale rule may name (9999-12-31T23:59:59.999Z: the scripts write 4-digit years).
+const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+
+fn instant_ms(field: &'static str, at: DateTime<Utc>) -> Result<i64, ApiError> {
+    let ms = at.timestamp_millis();
+    if !(0..=MAX_INSTANT_MS).contains(&ms) {
+        return Err(ApiError::validation(
+            field,
+            "must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z",
+        ));
+    }
+    Ok(ms)
+}
+
+fn member_limit(limit: WholeNumber) -> Result<i64, ApiError> {
+    limit.in_range("per_member_limit", 1, MAX_STOCK)
 }
 
 impl CreateProductRequest {
     pub fn parse(self) -> Result<NewProduct, ApiError> {
+        let starts_ms = self
+            .sale_starts_at
+            .map(|at| instant_ms("sale_starts_at", at))
+            .transpose()?;
+        let ends_ms = self
+            .sale_ends_at
+            .map(|at| instant_ms("sale_ends_at", at))
+            .transpose()?;
+        if let (Some(starts), Some(ends)) = (starts_ms, ends_ms) {
+            if ends <= starts {
+                return Err(ApiError::validation(
+                    "sale_ends_at",
+                    "must be after sale_starts_at",
+                ));
+            }
+        }
         Ok(NewProduct {
             name: text("name", &self.name, 200)?,
             price: self.price.in_range("price", 1, MAX_PRICE)?,
             stock: self.stock.in_range("stock", 0, MAX_STOCK)?,
+            rules: SaleRules {
+                starts_ms,
+                ends_ms,
+                per_member_limit: self.per_member_limit.map(member_limit).transpose()?,
+            },
+        })
+    }
+}
+
+/// `PATCH /admin/products/{id}`: each rule absent (kept), null (cleared) or a value (set).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchProductRequest {
+    /// null: open now.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    /// null: never closes.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+    /// null: no limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1_000_000_000)]
+    pub per_member_limit: Option<Option<WholeNumber>>,
+}
+
+/// A field that is present is `Some` (holding `None` for JSON null); an absent one stays `None` via
+/// `#[serde(default)]`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+pub struct RulesPatch {
+    pub starts_ms: RuleChange,
+    pub ends_ms: RuleChange,
+    pub per_member_limit: RuleChange,
+}
+
+impl PatchProductRequest {
+    pub fn parse(self) -> Result<RulesPatch, ApiError> {
+        fn change<T>(
+            value: Option<Option<T>>,
+            parse: impl FnOnce(T) -> Result<i64, ApiError>,
+        ) -> Result<RuleChange, ApiError> {
+            Ok(match value {
+                None => RuleChange::Keep,
+                Some(None) => RuleChange::Clear,
+                Some(Some(v)) => RuleChange::Set(parse(v)?),
+            })
+        }
+        let starts_ms = change(self.sale_starts_at, |at| instant_ms("sale_starts_at", at))?;
+        let ends_ms = change(self.sale_ends_at, |at| instant_ms("sale_ends_at", at))?;
+        if let (RuleChange::Set(starts), RuleChange::Set(ends)) = (starts_ms, ends_ms) {
+            if ends <= starts {
+                return Err(ApiError::validation(
+                    "sale_ends_at",
+                    "must be after sale_starts_at",
+                ));
+            }
+        }
+        Ok(RulesPatch {
+            starts_ms,
+            ends_ms,
+            per_member_limit: change(self.per_member_limit, member_limit)?,
         })
     }
 }
@@ -276,6 +412,16 @@ pub struct ProductView {
     pub price: i64,
     /// Units available now.
     pub stock: i64,
+    /// When the sale opens; null: open.
+    pub sale_starts_at: Option<String>,
+    /// When the sale closes; null: never.
+    pub sale_ends_at: Option<String>,
+    /// Units one member may hold in live orders; null: no limit.
+    pub per_member_limit: Option<i64>,
+    /// Units the calling member may still buy (only with a member's bearer token, for a product
+    /// with a limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_allowance: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

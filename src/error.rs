@@ -2,7 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -169,11 +169,59 @@ pub struct Problem {
     /// The offending field, for VALIDATION_FAILED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    #[serde(flatten)]
+    pub extensions: ProblemExtensions,
+}
+
+/// Members a refusal adds to its problem (RFC 9457 extension members); each is present only for the
+/// codes that name it. A script stores them with the idempotency record, so a replay answers them too.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProblemExtensions {
+    /// The product a sale rule refused (SALE_NOT_STARTED, SALE_ENDED, PURCHASE_LIMIT_EXCEEDED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<i64>,
+    /// SALE_NOT_STARTED: when the sale opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale_starts_at: Option<String>,
+    /// SALE_ENDED: when the sale closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale_ends_at: Option<String>,
+    /// PURCHASE_LIMIT_EXCEEDED: units of the product this member may still buy (0 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_allowance: Option<i64>,
+}
+
+impl ProblemExtensions {
+    /// Parses what a script stored; '' (none) or anything unreadable is no extension.
+    pub fn from_json(text: &str) -> Self {
+        if text.is_empty() {
+            return Self::default();
+        }
+        serde_json::from_str(text).unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        if *self == Self::default() {
+            return String::new();
+        }
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Deterministic rendering: an idempotent replay renders the stored (status, code, detail) to the very
 /// same bytes as the first response.
 pub fn problem_body(status: StatusCode, code: &str, detail: &str, field: Option<&str>) -> String {
+    problem_body_with(status, code, detail, field, &ProblemExtensions::default())
+}
+
+/// `problem_body` with extension members.
+pub fn problem_body_with(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    field: Option<&str>,
+    extensions: &ProblemExtensions,
+) -> String {
     let problem = Problem {
         r#type: format!(
             "https://flashsale.dev/problems/{}",
@@ -184,6 +232,7 @@ pub fn problem_body(status: StatusCode, code: &str, detail: &str, field: Option<
         detail: detail.to_string(),
         code: code.to_string(),
         field: field.map(str::to_string),
+        extensions: extensions.clone(),
     };
     serde_json::to_string(&problem).unwrap_or_else(|_| String::from("{}"))
 }

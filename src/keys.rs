@@ -123,6 +123,13 @@ impl Keys {
         self.in_partition(Partition::of_id(id), format_args!("product:{id}:ops"))
     }
 
+    /// Pub/sub channel on which an engine that changed a product's sale rules tells every engine to
+    /// forget its cached window (src/sale_windows.rs). Not a key: classic pub/sub reaches every node
+    /// of a cluster.
+    pub fn invalidations(&self) -> String {
+        format!("{}:invalidations", self.prefix)
+    }
+
     /// The product listing index. Written only by the admin path (one ZADD before a create, as its own
     /// single-key step), never on the hot path, so one key for all products is fine.
     pub fn products(&self) -> String {

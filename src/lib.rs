@@ -26,6 +26,7 @@ pub mod reconcile;
 pub mod relay;
 pub mod routes;
 pub mod saga;
+pub mod sale_windows;
 pub mod scripts;
 pub mod signup;
 pub mod state;

@@ -10,7 +10,7 @@ use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::domain::*;
-use crate::error::Problem;
+use crate::error::{Problem, ProblemExtensions};
 use crate::routes::{coupons, members, ops, orders, points, products};
 
 struct BearerAuth;
@@ -37,14 +37,14 @@ impl Modify for BearerAuth {
     paths(
         members::signup, members::login, members::seed_members,
         points::balance, points::charge, points::history,
-        products::create, products::add_stock, products::list, products::get, products::popular,
+        products::create, products::set_rules, products::add_stock, products::list, products::get, products::popular,
         coupons::create, coupons::get, coupons::issue, coupons::mine,
         orders::create, orders::pay, orders::cancel, orders::get,
         ops::healthz, ops::readyz, ops::metrics, ops::reconcile,
     ),
     components(schemas(
         Problem, SignupRequest, MemberView, LoginRequest, TokenView, SeedMembersRequest, SeededMember, SeededMembers,
-        ChargeRequest, BalanceView, PointsHistoryEntry, CreateProductRequest, AddStockRequest, ProductView,
+        ChargeRequest, BalanceView, PointsHistoryEntry, CreateProductRequest, PatchProductRequest, AddStockRequest, ProductView, ProblemExtensions,
         ProductPage, PopularProduct, CreateCouponRequest, CouponView, IssuedCouponView, MyCouponView,
         OrderItemRequest, CreateOrderRequest, PayOrderRequest, OrderItemView, OrderView, Drift, ReconcileReport, ReconcilePage,
         WholeNumber, DiscountType,

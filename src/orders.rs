@@ -27,14 +27,16 @@ use fred::prelude::*;
 use futures::future::join_all;
 
 use crate::domain::OrderItemView;
-use crate::error::ApiError;
+use crate::error::{ApiError, ProblemExtensions};
 use crate::keys::Keys;
 use crate::partition::Partition;
+use crate::sale_windows::SaleWindows;
 use crate::scripts::calls::{
     HoldConfirm, HoldRef, HoldsDue, Idem, OrderCancel, OrderExpire, OrderRefuse, OrderReserve,
     PricedItem, StockCommit, StockHold, StockRelease, StockReturn,
 };
 use crate::scripts::{ScriptCall, ScriptReply, Scripts};
+use crate::state::Now;
 
 /// How long a hold waits for its order (Redis ms): the member step refuses after the deadline.
 pub const HOLD_TTL_MS: i64 = 30_000;
@@ -106,6 +108,21 @@ enum Hold {
         fresh: bool,
     },
     NotFound,
+    /// The sale opens at `starts_ms` by the product node's clock, which read `now_ms`.
+    NotStarted {
+        starts_ms: i64,
+        ends_ms: Option<i64>,
+        now_ms: i64,
+    },
+    Ended {
+        ends_ms: i64,
+        now_ms: i64,
+    },
+    /// The member's live units + this quantity pass the per-member limit.
+    OverLimit {
+        remaining: i64,
+        limit: i64,
+    },
     OutOfStock,
     Conflict,
 }
@@ -115,7 +132,7 @@ fn hold_wrote(reply: &fred::types::Value) -> bool {
     match reply {
         fred::types::Value::Array(parts) => !matches!(
             parts.first().and_then(|v| v.as_str()).as_deref(),
-            Some("not_found" | "out_of_stock" | "conflict")
+            Some("not_found" | "not_started" | "ended" | "limit" | "out_of_stock" | "conflict")
         ),
         _ => true,
     }
@@ -136,6 +153,28 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
             ))),
         },
         Some("not_found") => Ok(Hold::NotFound),
+        Some("not_started") => match (int(1), int(2), int(3)) {
+            (Some(starts_ms), Some(ends_ms), Some(now_ms)) => Ok(Hold::NotStarted {
+                starts_ms,
+                ends_ms: (ends_ms >= 0).then_some(ends_ms),
+                now_ms,
+            }),
+            _ => Err(ApiError::Internal(anyhow::anyhow!(
+                "stock_hold: malformed reply {parts:?}"
+            ))),
+        },
+        Some("ended") => match (int(1), int(2)) {
+            (Some(ends_ms), Some(now_ms)) => Ok(Hold::Ended { ends_ms, now_ms }),
+            _ => Err(ApiError::Internal(anyhow::anyhow!(
+                "stock_hold: malformed reply {parts:?}"
+            ))),
+        },
+        Some("limit") => match (int(1), int(2)) {
+            (Some(remaining), Some(limit)) => Ok(Hold::OverLimit { remaining, limit }),
+            _ => Err(ApiError::Internal(anyhow::anyhow!(
+                "stock_hold: malformed reply {parts:?}"
+            ))),
+        },
         Some("out_of_stock") => Ok(Hold::OutOfStock),
         Some("conflict") => Ok(Hold::Conflict),
         _ => Err(ApiError::Internal(anyhow::anyhow!(
@@ -146,7 +185,13 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
 
 /// Reserves an order: holds, then the member step (see the module doc). The reply is what the route
 /// sends back; a 503 (the holds lapsed before the member step ran) comes back as a retryable error.
-pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, ApiError> {
+///
+/// `windows`: where a sale-window refusal is remembered, so the engine can answer the next one alone.
+pub async fn reserve(
+    store: Store<'_>,
+    req: &Reserve,
+    windows: Option<&SaleWindows>,
+) -> Result<ScriptReply, ApiError> {
     // No read ahead of the holds: the member step checks everything a read would (the member is
     // known, a stored result to replay, this very call resent) and whichever step follows the holds
     // answers a replay with the first result, even when the stock is gone since (order_refuse) or
@@ -160,6 +205,7 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             member_id: req.member_id,
         })
         .collect();
+    let sent_ms = Now::read().ms();
     let answers = join_all(
         holds
             .iter()
@@ -179,11 +225,13 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             }),
     )
     .await;
+    let answered_ms = Now::read().ms();
 
     let mut taken = Vec::new();
     let mut priced = Vec::new();
     let mut deadline = i64::MAX;
     let (mut not_found, mut short, mut conflict, mut error) = (None, Vec::new(), false, None);
+    let mut rule: Option<RuleRefusal> = None;
     for ((hold, (_, quantity)), answer) in holds.iter().zip(&req.items).zip(answers) {
         match answer {
             Ok(Hold::Held {
@@ -207,6 +255,43 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
             Ok(Hold::NotFound) => {
                 not_found.get_or_insert(hold.product_id);
             }
+            Ok(Hold::NotStarted {
+                starts_ms,
+                ends_ms,
+                now_ms,
+            }) => {
+                if let Some(windows) = windows {
+                    windows.note(
+                        hold.product_id,
+                        Some(starts_ms),
+                        ends_ms,
+                        now_ms,
+                        sent_ms,
+                        answered_ms,
+                    );
+                }
+                rule.get_or_insert(RuleRefusal::NotStarted(hold.product_id, starts_ms));
+            }
+            Ok(Hold::Ended { ends_ms, now_ms }) => {
+                if let Some(windows) = windows {
+                    windows.note(
+                        hold.product_id,
+                        None,
+                        Some(ends_ms),
+                        now_ms,
+                        sent_ms,
+                        answered_ms,
+                    );
+                }
+                rule.get_or_insert(RuleRefusal::Ended(hold.product_id, ends_ms));
+            }
+            Ok(Hold::OverLimit { remaining, limit }) => {
+                rule.get_or_insert(RuleRefusal::OverLimit {
+                    product_id: hold.product_id,
+                    remaining,
+                    limit,
+                });
+            }
             Ok(Hold::OutOfStock) => short.push(hold.product_id.to_string()),
             Ok(Hold::Conflict) => conflict = true,
             // A hold whose answer was lost may still have been taken: release it too (no-op if not).
@@ -220,29 +305,48 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
         release_all(store, &taken).await;
         return Err(e);
     }
-    // The refusal the one-script reserve gave: the first unknown product in item order, else every
-    // short product in item order.
+    // Which refusal answers, in order: the first unknown product (in item order), then the first
+    // sale rule that refuses (window, then limit, as each product's step checks them), then every
+    // short product.
     let refusal = if let Some(product) = not_found {
-        Some((404, "NOT_FOUND", format!("product not found: {product}")))
+        Some((
+            404,
+            "NOT_FOUND",
+            format!("product not found: {product}"),
+            ProblemExtensions::default(),
+        ))
+    } else if let Some(rule) = rule {
+        Some(rule.problem())
     } else if !short.is_empty() {
         Some((
             409,
             "OUT_OF_STOCK",
             format!("not enough stock for product {}", short.join(", ")),
+            ProblemExtensions::default(),
         ))
     } else if conflict {
-        Some((409, "CONFLICT", "order id already in use".to_string()))
+        Some((
+            409,
+            "CONFLICT",
+            "order id already in use".to_string(),
+            ProblemExtensions::default(),
+        ))
     } else {
         None
     };
-    if let Some((status, code, detail)) = refusal {
+    if let Some((status, code, detail, extensions)) = refusal {
         release_all(store, &taken).await;
+        if RuleRefusal::is_rule_code(code) {
+            metrics::counter!("flashsale_sale_rule_refusals_total", "code" => code, "answered_by" => "redis")
+                .increment(1);
+        }
         let call = OrderRefuse {
             member_id: req.member_id,
             idem: req.idem.clone(),
             status,
             code: code.into(),
             detail,
+            extensions: extensions.to_json(),
         };
         return store.scripts.invoke(store.redis, store.keys, &call).await;
     }
@@ -256,6 +360,58 @@ pub async fn reserve(store: Store<'_>, req: &Reserve) -> Result<ScriptReply, Api
         release_all(store, &taken).await;
     }
     result.and_then(MemberStep::answer)
+}
+
+/// A product's sale rule refused the order (the first such product in item order).
+#[derive(Clone, Copy, Debug)]
+enum RuleRefusal {
+    NotStarted(i64, i64),
+    Ended(i64, i64),
+    OverLimit {
+        product_id: i64,
+        remaining: i64,
+        limit: i64,
+    },
+}
+
+impl RuleRefusal {
+    fn is_rule_code(code: &str) -> bool {
+        matches!(
+            code,
+            "SALE_NOT_STARTED" | "SALE_ENDED" | "PURCHASE_LIMIT_EXCEEDED"
+        )
+    }
+
+    /// Status, code, detail and extensions, worded as the engine's own window refusals are
+    /// (src/sale_windows.rs), so a refusal reads the same whoever answered it.
+    fn problem(self) -> (u16, &'static str, String, ProblemExtensions) {
+        match self {
+            RuleRefusal::NotStarted(product_id, starts_ms) => {
+                let (detail, ext) = crate::sale_windows::not_started_problem(product_id, starts_ms);
+                (409, "SALE_NOT_STARTED", detail, ext)
+            }
+            RuleRefusal::Ended(product_id, ends_ms) => {
+                let (detail, ext) = crate::sale_windows::ended_problem(product_id, ends_ms);
+                (409, "SALE_ENDED", detail, ext)
+            }
+            RuleRefusal::OverLimit {
+                product_id,
+                remaining,
+                limit,
+            } => (
+                409,
+                "PURCHASE_LIMIT_EXCEEDED",
+                format!(
+                    "product {product_id} is limited to {limit} units per member; you may still buy {remaining}"
+                ),
+                ProblemExtensions {
+                    product_id: Some(product_id),
+                    remaining_allowance: Some(remaining),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
 }
 
 /// What the member step did. An `Err` from it is no answer: the order may or may not exist.

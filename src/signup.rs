@@ -80,6 +80,7 @@ fn email_taken() -> ScriptReply {
         status: 409,
         code: "EMAIL_TAKEN".into(),
         detail: "an account with this email already exists".into(),
+        extensions: String::new(),
     }
 }
 

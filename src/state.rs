@@ -31,6 +31,8 @@ pub struct Inner {
     pub dependencies: crate::dependencies::DependencyStatus,
     /// Merged popular rankings, kept `popular_cache_ms` (src/popular.rs).
     pub popular: crate::popular::PopularCache,
+    /// Sale windows Redis refused with, to refuse the same without a call (src/sale_windows.rs).
+    pub sale_windows: Arc<crate::sale_windows::SaleWindows>,
 }
 
 impl AppState {
@@ -91,6 +93,13 @@ impl Now {
 
 pub fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `rfc3339` of Unix ms (a sale rule's instant as the scripts keep it).
+pub fn rfc3339_ms(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(rfc3339)
+        .unwrap_or_default()
 }
 
 pub fn event_id() -> String {

@@ -8,7 +8,9 @@
 -- Reply protocol of every HTTP-facing script: { outcome, status, kind, body, detail }
 --   outcome "ok"     : executed; status = HTTP status; kind "ok"; body = response JSON
 --   outcome "err"    : refused by a business rule, nothing written but the idempotency record;
---                      kind "problem"; body = problem code (e.g. COUPON_SOLD_OUT); detail = human text
+--                      kind "problem"; body = problem code (e.g. COUPON_SOLD_OUT); detail = human text;
+--                      a 6th element, when present and not '', is a JSON object of problem extension
+--                      members (e.g. {"remaining_allowance":1}) the engine adds to the problem body
 --   outcome "replay" : the idempotency key was seen with the same fingerprint; status/kind/body/detail
 --                      are the stored first result, to be sent back byte for byte
 --   outcome "reused" : the idempotency key was seen with a different fingerprint (HTTP 422)
@@ -96,19 +98,20 @@ local function idem_begin(key, fp, ttl)
     return nil
   end
   IDEM, IDEM_FP, IDEM_TTL = key, fp, tonumber(ttl)
-  local rec = redis.call('HMGET', key, 'fp', 'status', 'kind', 'body', 'detail')
+  local rec = redis.call('HMGET', key, 'fp', 'status', 'kind', 'body', 'detail', 'ext')
   if not rec[1] then
     return nil
   end
   if rec[1] ~= fp then
     return { 'reused', 422, 'problem', 'IDEMPOTENCY_KEY_REUSED', '' }
   end
-  return { 'replay', tonumber(rec[2]), rec[3], rec[4], rec[5] or '' }
+  return { 'replay', tonumber(rec[2]), rec[3], rec[4], rec[5] or '', rec[6] or '' }
 end
 
-local function idem_store(status, kind, body, detail)
+local function idem_store(status, kind, body, detail, ext)
   if IDEM then
-    redis.call('HSET', IDEM, 'fp', IDEM_FP, 'status', status, 'kind', kind, 'body', body, 'detail', detail)
+    redis.call('HSET', IDEM, 'fp', IDEM_FP, 'status', status, 'kind', kind, 'body', body, 'detail', detail,
+      'ext', ext or '')
     redis.call('EXPIRE', IDEM, IDEM_TTL)
   end
 end
@@ -119,9 +122,11 @@ local function ok(status, body_table)
   return { 'ok', status, 'ok', body, '' }
 end
 
-local function fail(status, code, detail)
-  idem_store(status, 'problem', code, detail)
-  return { 'err', status, 'problem', code, detail }
+-- ext: '' / nil, or the problem's extension members as a JSON object text (stored with the record, so
+-- a replay answers them too).
+local function fail(status, code, detail, ext)
+  idem_store(status, 'problem', code, detail, ext)
+  return { 'err', status, 'problem', code, detail, ext or '' }
 end
 
 local function outbox(stream, event_id, event_type, aggregate, at, payload)
@@ -161,8 +166,28 @@ local function order_snapshot(h)
   }
 end
 
+-- A product's sale rules live in its hash as sale_starts_ms, sale_ends_ms (Redis-time ms) and
+-- per_member_limit; an absent field is an unset rule.
+local function ms_or_null(v)
+  if v == nil or v == '' or v == false then
+    return cjson.null
+  end
+  return rfc3339(tonumber(v))
+end
+
 local function product_view(h)
-  return { id = tonumber(h.id), name = h.name, price = tonumber(h.price), stock = tonumber(h.stock) }
+  return { id = tonumber(h.id), name = h.name, price = tonumber(h.price), stock = tonumber(h.stock),
+    sale_starts_at = ms_or_null(h.sale_starts_ms), sale_ends_at = ms_or_null(h.sale_ends_ms),
+    per_member_limit = num_or_null(h.per_member_limit) }
+end
+
+-- A member's live units of a product go down (a released hold, a returned paid order); a field at 0
+-- goes, and never below 0 (units taken before the count existed are not in it).
+local function bought_less(key, member, qty)
+  local left = redis.call('HINCRBY', key, member, int(-tonumber(qty)))
+  if left <= 0 then
+    redis.call('HDEL', key, member)
+  end
 end
 
 -- End of prelude; the operation follows.

@@ -104,6 +104,7 @@ async fn register(
             status: 409,
             code: "CONFLICT".into(),
             detail: "member id already in use".into(),
+            extensions: String::new(),
         };
         reply.note_entity_conflict(Script::MemberSignup, id);
         return Ok((id, reply));

@@ -36,7 +36,7 @@ fn count_transition(reply: &ScriptReply, status: &'static str) {
         (status = 400, description = "INVALID_REQUEST, IDEMPOTENCY_KEY_REQUIRED", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND (a product)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "OUT_OF_STOCK (nothing reserved), CONFLICT (order id taken: an id-sequence fault)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "OUT_OF_STOCK (nothing reserved), SALE_NOT_STARTED (with sale_starts_at), SALE_ENDED (with sale_ends_at), PURCHASE_LIMIT_EXCEEDED (with remaining_allowance), CONFLICT (order id taken: an id-sequence fault)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED, IDEMPOTENCY_KEY_REUSED", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -52,6 +52,16 @@ pub async fn create(
     if state.settings.hot_path == HotPath::DbLock {
         return crate::dblock::create_order(&state, member, &items).await;
     }
+    // The crowd before the opening second: answered from the window Redis last refused with. Not
+    // executed, so not stored under the Idempotency-Key.
+    if let Some(closed) = state
+        .sale_windows
+        .closed(items.iter().map(|(product, _)| *product), Now::read().ms())
+    {
+        metrics::counter!("flashsale_sale_rule_refusals_total", "code" => closed.code(), "answered_by" => "engine")
+            .increment(1);
+        return Ok(closed.reply().into_response());
+    }
     let order_id = state.ids.next(Entity::Order).await?;
     // The member step stamps the order with Redis time and expires it the TTL after that.
     let request = crate::orders::Reserve {
@@ -62,7 +72,7 @@ pub async fn create(
         reservation_ttl_ms: state.settings.reservation_ttl_secs.saturating_mul(1000) as i64,
         event_id: event_id(),
     };
-    let reply = crate::orders::reserve(state.store(), &request).await?;
+    let reply = crate::orders::reserve(state.store(), &request, Some(&state.sale_windows)).await?;
     reply.note_entity_conflict(Script::OrderReserve, order_id);
     count_transition(&reply, "RESERVED");
     Ok(reply.into_response())

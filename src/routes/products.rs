@@ -9,23 +9,23 @@ use axum::Json;
 use fred::prelude::*;
 
 use super::parse_json;
-use crate::auth::Admin;
+use crate::auth::{Admin, AuthMember};
 use crate::domain::{
-    query_number, AddStockRequest, CreateProductRequest, ListProductsQuery, PopularProduct,
-    PopularQuery, ProductPage, ProductView, MAX_STOCK,
+    query_number, AddStockRequest, CreateProductRequest, ListProductsQuery, PatchProductRequest,
+    PopularProduct, PopularQuery, ProductPage, ProductView, MAX_STOCK,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::ids::Entity;
 use crate::orders::Store;
-use crate::scripts::calls::{ProductCreate, ProductStockAdd};
+use crate::scripts::calls::{ProductCreate, ProductRulesSet, ProductStockAdd};
 use crate::scripts::ScriptReply;
-use crate::state::{event_id, AppState, Now};
+use crate::state::{event_id, rfc3339_ms, AppState, Now};
 
 #[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
     params(("X-Admin-Key" = String, Header, description = "admin key")),
     responses(
-        (status = 201, description = "Created", body = ProductView),
+        (status = 201, description = "Created; sale_starts_at, sale_ends_at and per_member_limit are optional sale rules", body = ProductView),
         (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "VALIDATION_FAILED", body = Problem, content_type = "application/problem+json"),
@@ -45,10 +45,53 @@ pub async fn create(
         name: product.name,
         price: product.price,
         stock: product.stock,
+        rules: product.rules,
         created_at: Now::read().rfc3339(),
         event_id: event_id(),
     };
     let reply = create_in_redis(state.store(), &call).await?;
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(operation_id = "set_product_rules", patch, path = "/api/v1/admin/products/{id}", tag = "admin", request_body = PatchProductRequest,
+    params(("id" = i64, Path, description = "product id"), ("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 200, description = "The product with its rules after the change (a change that changes nothing is not an event)", body = ProductView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED (also when the merged window closes before it opens)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn set_rules(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<i64>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let patch = parse_json::<PatchProductRequest>(&body)?.parse()?;
+    if state.settings.hot_path == crate::config::HotPath::DbLock {
+        return crate::dblock::set_product_rules(&state, id, patch).await;
+    }
+    let now = Now::read();
+    let call = ProductRulesSet {
+        product_id: id,
+        starts_ms: patch.starts_ms,
+        ends_ms: patch.ends_ms,
+        per_member_limit: patch.per_member_limit,
+        now_ms: now.ms(),
+        now: now.rfc3339(),
+        event_id: event_id(),
+    };
+    let reply = state
+        .scripts
+        .invoke(&state.redis, &state.keys, &call)
+        .await?;
+    if matches!(reply, ScriptReply::Ok { .. }) {
+        // Every engine (this one too) forgets the window it cached for this product.
+        state.sale_windows.forget(id);
+        crate::sale_windows::publish_rules_changed(&state.redis, &state.keys.invalidations(), id)
+            .await;
+    }
     Ok(reply.into_response())
 }
 
@@ -112,7 +155,18 @@ pub async fn load_products(state: &AppState, ids: &[i64]) -> ApiResult<HashMap<i
         async move {
             state
                 .redis
-                .hmget::<Vec<Option<String>>, _, _>(key, vec!["id", "name", "price", "stock"])
+                .hmget::<Vec<Option<String>>, _, _>(
+                    key,
+                    vec![
+                        "id",
+                        "name",
+                        "price",
+                        "stock",
+                        "sale_starts_ms",
+                        "sale_ends_ms",
+                        "per_member_limit",
+                    ],
+                )
                 .await
         }
     });
@@ -126,11 +180,16 @@ pub async fn load_products(state: &AppState, ids: &[i64]) -> ApiResult<HashMap<i
 
 fn product_from_fields(row: &[Option<String>]) -> Option<ProductView> {
     let get = |i: usize| row.get(i).cloned().flatten();
+    let number = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());
     Some(ProductView {
         id: get(0)?.parse().ok()?,
         name: get(1)?,
         price: get(2)?.parse().ok()?,
         stock: get(3)?.parse().ok()?,
+        sale_starts_at: number(4).map(rfc3339_ms),
+        sale_ends_at: number(5).map(rfc3339_ms),
+        per_member_limit: number(6),
+        remaining_allowance: None,
     })
 }
 
@@ -174,23 +233,38 @@ pub async fn list(
 
 #[utoipa::path(operation_id = "get_product", get, path = "/api/v1/products/{id}", tag = "products",
     params(("id" = i64, Path, description = "product id")),
+    security((), ("bearer" = [])),
     responses(
-        (status = 200, description = "The product; stock = units available now", body = ProductView),
+        (status = 200, description = "The product; stock = units available now. With a member's bearer token and a per-member limit, remaining_allowance = units that member may still buy", body = ProductView),
         (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED (an Authorization header that is not a valid token)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    member: Option<AuthMember>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<ProductView>> {
     if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::get_product(&state, id).await.map(Json);
+        let mut product = crate::dblock::get_product(&state, id).await?;
+        if let (Some(AuthMember(member)), Some(limit)) = (member, product.per_member_limit) {
+            let live = crate::dblock::live_units(&state, member, id).await?;
+            product.remaining_allowance = Some((limit - live).max(0));
+        }
+        return Ok(Json(product));
     }
-    load_products(&state, &[id])
+    let mut product = load_products(&state, &[id])
         .await?
         .remove(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("product not found".into()))
+        .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
+    if let (Some(AuthMember(member)), Some(limit)) = (member, product.per_member_limit) {
+        let live: Option<i64> = state
+            .redis
+            .hget(state.keys.product_bought(id), member)
+            .await?;
+        product.remaining_allowance = Some((limit - live.unwrap_or(0)).max(0));
+    }
+    Ok(Json(product))
 }
 
 #[utoipa::path(get, path = "/api/v1/products/popular", tag = "products", params(PopularQuery),

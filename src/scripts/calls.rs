@@ -2,6 +2,7 @@
 //! ARGV in the order the script's header documents. This is the only place that knows those orders;
 //! handlers, the expiry sweep and the tests fill in a struct.
 
+use crate::domain::{RuleChange, SaleRules};
 use crate::idempotency::RECORD_TTL_SECS;
 use crate::keys::Keys;
 use crate::partition::Partition;
@@ -217,8 +218,54 @@ pub struct ProductCreate {
     pub name: String,
     pub price: i64,
     pub stock: i64,
+    pub rules: SaleRules,
     pub created_at: String,
     pub event_id: String,
+}
+
+fn optional(value: Option<i64>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// ARGV form of a rule change in lua/product_rules_set.lua: 'keep', '' (clear) or the value.
+fn change_arg(change: RuleChange) -> String {
+    match change {
+        RuleChange::Keep => "keep".into(),
+        RuleChange::Clear => String::new(),
+        RuleChange::Set(v) => v.to_string(),
+    }
+}
+
+/// lua/product_rules_set.lua
+pub struct ProductRulesSet {
+    pub product_id: i64,
+    pub starts_ms: RuleChange,
+    pub ends_ms: RuleChange,
+    pub per_member_limit: RuleChange,
+    pub now_ms: i64,
+    pub now: String,
+    pub event_id: String,
+}
+
+impl ScriptCall for ProductRulesSet {
+    const SCRIPT: Script = Script::ProductRulesSet;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.product(self.product_id),
+            keys.product_ops(self.product_id),
+            keys.outbox(Partition::of_id(self.product_id)),
+        ]
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            change_arg(self.starts_ms),
+            change_arg(self.ends_ms),
+            change_arg(self.per_member_limit),
+            self.now_ms.to_string(),
+            self.now.clone(),
+            self.event_id.clone(),
+        ]
+    }
 }
 
 impl ScriptCall for ProductCreate {
@@ -237,6 +284,9 @@ impl ScriptCall for ProductCreate {
             self.stock.to_string(),
             self.created_at.clone(),
             self.event_id.clone(),
+            optional(self.rules.starts_ms),
+            optional(self.rules.ends_ms),
+            optional(self.rules.per_member_limit),
         ]
     }
 }
@@ -436,6 +486,8 @@ pub struct OrderRefuse {
     pub status: u16,
     pub code: String,
     pub detail: String,
+    /// Problem extension members as JSON (`ProblemExtensions::to_json`), or empty.
+    pub extensions: String,
 }
 
 impl ScriptCall for OrderRefuse {
@@ -453,6 +505,7 @@ impl ScriptCall for OrderRefuse {
             self.status.to_string(),
             self.code.clone(),
             self.detail.clone(),
+            self.extensions.clone(),
         ]
     }
 }
@@ -506,6 +559,7 @@ impl ScriptCall for StockHold {
             keys.product(product),
             keys.product_holds(product),
             keys.holds_pending(Partition::of_id(product)),
+            keys.product_bought(product),
         ]
     }
     fn args(&self) -> Vec<String> {
@@ -531,6 +585,7 @@ impl ScriptCall for StockRelease {
             keys.product(product),
             keys.product_holds(product),
             keys.holds_pending(Partition::of_id(product)),
+            keys.product_bought(product),
         ]
     }
     fn args(&self) -> Vec<String> {
@@ -578,6 +633,7 @@ impl ScriptCall for StockReturn {
             keys.product_holds(product),
             keys.holds_pending(Partition::of_id(product)),
             keys.product_returned(product),
+            keys.product_bought(product),
         ]
     }
     fn args(&self) -> Vec<String> {

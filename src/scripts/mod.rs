@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
 use fred::types::Value;
 
-use crate::error::{problem_body, problem_response, ApiError};
+use crate::error::{problem_body_with, problem_response, ApiError, ProblemExtensions};
 use crate::keys::Keys;
 
 pub mod calls;
@@ -24,6 +24,7 @@ pub enum Script {
     PointsCharge,
     ProductCreate,
     ProductStockAdd,
+    ProductRulesSet,
     CouponCreate,
     CouponIssue,
     CouponWalletAdd,
@@ -45,11 +46,12 @@ pub enum Script {
 }
 
 impl Script {
-    pub const ALL: [Script; 22] = [
+    pub const ALL: [Script; 23] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
         Script::ProductStockAdd,
+        Script::ProductRulesSet,
         Script::CouponCreate,
         Script::CouponIssue,
         Script::CouponWalletAdd,
@@ -77,6 +79,7 @@ impl Script {
             Script::PointsCharge => "points_charge",
             Script::ProductCreate => "product_create",
             Script::ProductStockAdd => "product_stock_add",
+            Script::ProductRulesSet => "product_rules_set",
             Script::CouponCreate => "coupon_create",
             Script::CouponIssue => "coupon_issue",
             Script::CouponWalletAdd => "coupon_wallet_add",
@@ -104,6 +107,7 @@ impl Script {
             Script::PointsCharge => include_str!("../../lua/points_charge.lua"),
             Script::ProductCreate => include_str!("../../lua/product_create.lua"),
             Script::ProductStockAdd => include_str!("../../lua/product_stock_add.lua"),
+            Script::ProductRulesSet => include_str!("../../lua/product_rules_set.lua"),
             Script::CouponCreate => include_str!("../../lua/coupon_create.lua"),
             Script::CouponIssue => include_str!("../../lua/coupon_issue.lua"),
             Script::CouponWalletAdd => include_str!("../../lua/coupon_wallet_add.lua"),
@@ -420,6 +424,8 @@ pub enum ScriptReply {
         status: u16,
         code: String,
         detail: String,
+        /// Problem extension members (a JSON object), or empty.
+        extensions: String,
     },
     /// The first result for this idempotency key, sent back unchanged.
     Replay {
@@ -427,6 +433,7 @@ pub enum ScriptReply {
         problem: bool,
         body: String,
         detail: String,
+        extensions: String,
     },
     /// Idempotency key reused with another request.
     KeyReused,
@@ -449,12 +456,14 @@ impl ScriptReply {
                 status,
                 code: text(3),
                 detail: text(4),
+                extensions: text(5),
             },
             "replay" => Self::Replay {
                 status,
                 problem: text(2) == "problem",
                 body: text(3),
                 detail: text(4),
+                extensions: text(5),
             },
             "reused" => Self::KeyReused,
             _ => return Err(bad_reply(&Value::Array(parts))),
@@ -507,19 +516,29 @@ impl IntoResponse for ScriptReply {
                 status,
                 code,
                 detail,
+                extensions,
             } => {
                 let status = status_of(status);
-                problem_response(status, problem_body(status, &code, &detail, None))
+                let extensions = ProblemExtensions::from_json(&extensions);
+                problem_response(
+                    status,
+                    problem_body_with(status, &code, &detail, None, &extensions),
+                )
             }
             Self::Replay {
                 status,
                 problem,
                 body,
                 detail,
+                extensions,
             } => {
                 let status = status_of(status);
                 let mut response = if problem {
-                    problem_response(status, problem_body(status, &body, &detail, None))
+                    let extensions = ProblemExtensions::from_json(&extensions);
+                    problem_response(
+                        status,
+                        problem_body_with(status, &body, &detail, None, &extensions),
+                    )
                 } else {
                     json_response(status, body)
                 };

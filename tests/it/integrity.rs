@@ -448,6 +448,7 @@ async fn order_reserve_refuses_a_taken_order_id() {
                     reservation_ttl_ms: 600_000,
                     event_id: event,
                 },
+                None,
             )
             .await
             .expect("script runs")

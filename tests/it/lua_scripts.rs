@@ -1232,6 +1232,7 @@ async fn order_refuse_records_the_refusal_and_nothing_else() {
         status,
         code: code.into(),
         detail: "not enough stock for product 3".into(),
+        extensions: String::new(),
     };
     let reply = c.invoke(&refuse(&idem, M, 409, "OUT_OF_STOCK")).await;
     assert_refused(&reply, 409, "OUT_OF_STOCK");

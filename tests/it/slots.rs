@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use flashsale::domain::RuleChange;
 use flashsale::keys::Keys;
 use flashsale::partition::{key_slot, Partition};
 use flashsale::scripts::calls::*;
@@ -107,6 +108,7 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
                 name: "p".into(),
                 price: 1,
                 stock: 1,
+                rules: Default::default(),
                 created_at: "t".into(),
                 event_id: "e".into(),
             },
@@ -117,6 +119,18 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
                 product_id: product,
                 add: 1,
                 stock_limit: 10,
+                now_ms: 0,
+                now: "t".into(),
+                event_id: "e".into(),
+            },
+            keys,
+        ),
+        keys_of(
+            ProductRulesSet {
+                product_id: product,
+                starts_ms: RuleChange::Set(1),
+                ends_ms: RuleChange::Clear,
+                per_member_limit: RuleChange::Keep,
                 now_ms: 0,
                 now: "t".into(),
                 event_id: "e".into(),
@@ -182,6 +196,7 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
                 status: 409,
                 code: "OUT_OF_STOCK".into(),
                 detail: "d".into(),
+                extensions: String::new(),
             },
             keys,
         ),
@@ -300,6 +315,7 @@ fn a_signups_steps_follow_their_owners() {
             name: "p".into(),
             price: 1,
             stock: 1,
+            rules: Default::default(),
             created_at: "t".into(),
             event_id: "e".into(),
         }

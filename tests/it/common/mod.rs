@@ -92,6 +92,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
         reservation_ttl_secs: 600,
         expiry_interval_ms: 100,
         popular_cache_ms: 0,
+        sale_window_cache: true,
         run_relay: false,
         hot_path: HotPath::Redis,
         request_timeout_ms: 30_000,

@@ -152,6 +152,7 @@ pub fn assert_refused(reply: &ScriptReply, status: u16, code: &str) -> String {
             status: s,
             code: c,
             detail,
+            ..
         } if *s == status && c == code => detail.clone(),
         other => panic!("expected refusal {status} {code}, got {other:?}"),
     }
@@ -571,6 +572,7 @@ impl Ctx {
             name: name.into(),
             price,
             stock,
+            rules: Default::default(),
             created_at: rfc(at),
             event_id: event.into(),
         };
@@ -733,6 +735,7 @@ impl Ctx {
                 reservation_ttl_ms,
                 event_id: event.into(),
             },
+            None,
         )
         .await
     }
