@@ -21,4 +21,5 @@ mod pipeline;
 mod redis_restart;
 mod relay_resilience;
 mod replica_wait;
+mod sale_rules;
 mod slots;
