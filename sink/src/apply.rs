@@ -9,8 +9,13 @@
 //!   `members.balance = SUM(points_ledger)` (USE negative) and `coupons.remaining = total - issued`
 //!   hold whatever the arrival order.
 //! - points_ledger `amount` is the positive size of the change; `type` gives its direction.
+//! - a product's sale rules are state, not deltas: every product.rules_changed is recorded
+//!   (product_rule_changes) and the row takes the latest by `changed_at`, whatever the arrival order; a
+//!   product row created after a change starts from it.
 
-use crate::event::{status_rank, Body, Event, OrderSnapshot};
+use crate::event::{
+    status_rank, Body, Event, OrderSnapshot, ProductCreated, ProductRulesChanged, SaleRules,
+};
 use chrono::NaiveDateTime;
 use serde_json::json;
 use sqlx::MySqlConnection;
@@ -158,35 +163,8 @@ async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
             .await?;
             add_balance(conn, b.member_id.0, b.amount.0).await?;
         }
-        Body::ProductCreated(b) => {
-            let exists =
-                sqlx::query_scalar::<_, i64>("SELECT id FROM products WHERE id = ? FOR UPDATE")
-                    .bind(b.product_id.0)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if exists.is_some() {
-                tracing::warn!(event_id = %ev.event_id, product_id = b.product_id.0, "product exists already; nothing to do");
-            } else {
-                movement(conn, ev, b.product_id.0, b.stock.0, "CREATED", None).await?;
-                let stock = sqlx::query_scalar::<_, i64>(
-                    // A locking read (see ROW_CREATION_LOCKS).
-                    "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM stock_movements WHERE product_id = ? FOR UPDATE",
-                )
-                .bind(b.product_id.0)
-                .fetch_one(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO products (id, name, price, stock, created_at) VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(b.product_id.0)
-                .bind(&b.name)
-                .bind(b.price.0)
-                .bind(stock)
-                .bind(b.created_at.0)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+        Body::ProductCreated(b) => product_created(conn, ev, b).await?,
+        Body::ProductRulesChanged(b) => product_rules_changed(conn, ev, b).await?,
         Body::ProductStockAdded(b) => {
             stock_delta(conn, ev, b.product_id.0, b.add.0, "RESTOCK", None).await?;
         }
@@ -378,6 +356,105 @@ async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
         }
     }
     Ok(())
+}
+
+/// Creates the product row (once: a second product.created of the id changes nothing). Its stock starts
+/// from the movements recorded so far and its sale rules from the latest product.rules_changed recorded
+/// before it, if any (both locking reads: ROW_CREATION_LOCKS), else from the event.
+async fn product_created(conn: &mut MySqlConnection, ev: &Event, b: &ProductCreated) -> Res<()> {
+    let product_id = b.product_id.0;
+    let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM products WHERE id = ? FOR UPDATE")
+        .bind(product_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_some() {
+        tracing::warn!(event_id = %ev.event_id, product_id, "product exists already; nothing to do");
+        return Ok(());
+    }
+    movement(conn, ev, product_id, b.stock.0, "CREATED", None).await?;
+    let stock = sqlx::query_scalar::<_, i64>(
+        // A locking read (see ROW_CREATION_LOCKS).
+        "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM stock_movements WHERE product_id = ? FOR UPDATE",
+    )
+    .bind(product_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    // Every change comes after the creation, so a recorded one is newer than the event's rules.
+    let rules = match latest_rules(conn, product_id).await? {
+        Some(changed) => changed,
+        None => b.rules(),
+    };
+    sqlx::query(
+        "INSERT INTO products (id, name, price, stock, created_at, sale_starts_at, sale_ends_at, \
+         per_member_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(product_id)
+    .bind(&b.name)
+    .bind(b.price.0)
+    .bind(stock)
+    .bind(b.created_at.0)
+    .bind(rules.sale_starts_at)
+    .bind(rules.sale_ends_at)
+    .bind(rules.per_member_limit)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the change (product_rule_changes, one row per event) and sets the product's rules to the
+/// latest recorded change: an older change applied late (a replay, a dead-lettered event sent again)
+/// leaves a newer one in place. A product row not there yet is no error (an accepted event is never
+/// poison): its product.created starts from the change recorded here.
+async fn product_rules_changed(
+    conn: &mut MySqlConnection,
+    ev: &Event,
+    b: &ProductRulesChanged,
+) -> Res<()> {
+    let product_id = b.product_id.0;
+    let rules = b.rules();
+    sqlx::query(
+        "INSERT IGNORE INTO product_rule_changes (event_id, product_id, sale_starts_at, sale_ends_at, \
+         per_member_limit, changed_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&ev.event_id)
+    .bind(product_id)
+    .bind(rules.sale_starts_at)
+    .bind(rules.sale_ends_at)
+    .bind(rules.per_member_limit)
+    .bind(b.changed_at.0)
+    .execute(&mut *conn)
+    .await?;
+    let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM products WHERE id = ? FOR UPDATE")
+        .bind(product_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        tracing::warn!(event_id = %ev.event_id, product_id, "rules of a product not in MySQL yet; its creation will start from them");
+        return Ok(());
+    }
+    let latest = latest_rules(conn, product_id).await?.unwrap_or(rules);
+    sqlx::query(
+        "UPDATE products SET sale_starts_at = ?, sale_ends_at = ?, per_member_limit = ? WHERE id = ?",
+    )
+    .bind(latest.sale_starts_at)
+    .bind(latest.sale_ends_at)
+    .bind(latest.per_member_limit)
+    .bind(product_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The rules of the product's latest recorded change (latest `changed_at`; ties: recorded last), read
+/// with a locking read (ROW_CREATION_LOCKS).
+async fn latest_rules(conn: &mut MySqlConnection, product_id: i64) -> Res<Option<SaleRules>> {
+    sqlx::query_as::<_, SaleRules>(
+        "SELECT sale_starts_at, sale_ends_at, per_member_limit FROM product_rule_changes \
+         WHERE product_id = ? ORDER BY changed_at DESC, id DESC LIMIT 1 FOR UPDATE",
+    )
+    .bind(product_id)
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 /// RFC 3339 UTC with milliseconds, as the events write times.

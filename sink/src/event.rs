@@ -117,6 +117,80 @@ pub struct ProductCreated {
     pub price: Int,
     pub stock: Int,
     pub created_at: Ts,
+    /// Sale rules (issue 11): null or missing (events of engines before them) = no such rule.
+    #[serde(default, deserialize_with = "opt")]
+    pub sale_starts_at: Option<Ts>,
+    #[serde(default, deserialize_with = "opt")]
+    pub sale_ends_at: Option<Ts>,
+    #[serde(default, deserialize_with = "opt")]
+    pub per_member_limit: Option<Int>,
+}
+
+impl ProductCreated {
+    pub fn rules(&self) -> SaleRules {
+        SaleRules::of(
+            self.sale_starts_at,
+            self.sale_ends_at,
+            self.per_member_limit,
+        )
+    }
+}
+
+/// `product.rules_changed`: the whole rule set after the change (not a delta). Every rule field must be
+/// there, null when the rule is unset: a missing one is a malformed event, not a cleared rule.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProductRulesChanged {
+    pub product_id: Int,
+    #[serde(deserialize_with = "opt")]
+    pub sale_starts_at: Option<Ts>,
+    #[serde(deserialize_with = "opt")]
+    pub sale_ends_at: Option<Ts>,
+    #[serde(deserialize_with = "opt")]
+    pub per_member_limit: Option<Int>,
+    pub changed_at: Ts,
+}
+
+impl ProductRulesChanged {
+    pub fn rules(&self) -> SaleRules {
+        SaleRules::of(
+            self.sale_starts_at,
+            self.sale_ends_at,
+            self.per_member_limit,
+        )
+    }
+}
+
+/// A product's sale rules as MySQL keeps them (`products.sale_starts_at`, `sale_ends_at`,
+/// `per_member_limit`); `None` = no such rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct SaleRules {
+    pub sale_starts_at: Option<NaiveDateTime>,
+    pub sale_ends_at: Option<NaiveDateTime>,
+    /// Checked at decoding: 1..=i32::MAX (an INT column).
+    pub per_member_limit: Option<i32>,
+}
+
+impl SaleRules {
+    fn of(starts: Option<Ts>, ends: Option<Ts>, limit: Option<Int>) -> Self {
+        SaleRules {
+            sale_starts_at: starts.map(|t| t.0),
+            sale_ends_at: ends.map(|t| t.0),
+            per_member_limit: limit.and_then(|l| i32::try_from(l.0).ok()),
+        }
+    }
+}
+
+/// A per-member limit, when given, is a number of units: 1 or more (and fits MySQL's INT).
+fn check_limit(event_type: &str, limit: Option<Int>) -> Result<(), DecodeError> {
+    match limit {
+        None => Ok(()),
+        Some(Int(l)) => check(l >= 1 && i32::try_from(l).is_ok(), || {
+            format!(
+                "{event_type} per_member_limit must be 1..={}, got {l}",
+                i32::MAX
+            )
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +299,7 @@ pub enum Body {
     MemberRegistered(MemberRegistered),
     PointsCharged(PointsCharged),
     ProductCreated(ProductCreated),
+    ProductRulesChanged(ProductRulesChanged),
     ProductStockAdded(ProductStockAdded),
     CouponCreated(CouponCreated),
     CouponIssued(CouponIssued),
@@ -342,7 +417,13 @@ impl Event {
                 check(b.stock.0 >= 0, || {
                     "product.created stock must be >= 0".into()
                 })?;
+                check_limit(t, b.per_member_limit)?;
                 Body::ProductCreated(b)
+            }
+            "product.rules_changed" => {
+                let b: ProductRulesChanged = payload(t, p)?;
+                check_limit(t, b.per_member_limit)?;
+                Body::ProductRulesChanged(b)
             }
             "product.stock_added" => {
                 let b: ProductStockAdded = payload(t, p)?;
@@ -453,6 +534,107 @@ mod tests {
             Event::decode(&env("order.paid", json!({"order": order("RESERVED")}))),
             Err(DecodeError::Invalid(_))
         ));
+    }
+
+    fn product(extra: Value) -> Value {
+        let mut p = json!({"product_id": "5", "name": "P", "price": 1000, "stock": 10,
+                           "created_at": "2026-11-24T05:00:00.000Z"});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    }
+
+    fn at(s: &str) -> Option<NaiveDateTime> {
+        Some(Ts::parse(s).unwrap().0)
+    }
+
+    #[test]
+    fn product_created_with_and_without_rules() {
+        // The shape of engines before issue 11: no rule fields at all.
+        let ev = Event::decode(&env("product.created", product(json!({})))).unwrap();
+        let Body::ProductCreated(b) = ev.body else {
+            panic!("wrong body")
+        };
+        assert_eq!(b.rules(), SaleRules::default());
+        let ev = Event::decode(&env(
+            "product.created",
+            product(json!({"sale_starts_at": "2026-11-27T05:00:00.000Z",
+                           "sale_ends_at": "2026-11-27T14:00:00.250+09:00",
+                           "per_member_limit": "2"})),
+        ))
+        .unwrap();
+        let Body::ProductCreated(b) = ev.body else {
+            panic!("wrong body")
+        };
+        assert_eq!(
+            b.rules(),
+            SaleRules {
+                sale_starts_at: at("2026-11-27T05:00:00.000Z"),
+                sale_ends_at: at("2026-11-27T05:00:00.250Z"),
+                per_member_limit: Some(2),
+            }
+        );
+        let ev = Event::decode(&env(
+            "product.created",
+            product(
+                json!({"sale_starts_at": null, "sale_ends_at": null, "per_member_limit": null}),
+            ),
+        ))
+        .unwrap();
+        let Body::ProductCreated(b) = ev.body else {
+            panic!("wrong body")
+        };
+        assert_eq!(b.rules(), SaleRules::default());
+    }
+
+    #[test]
+    fn product_rules_changed_carries_the_whole_rule_set() {
+        let ev = Event::decode(&env(
+            "product.rules_changed",
+            json!({"product_id": 5, "sale_starts_at": null, "sale_ends_at": "2026-11-28T00:00:00.000Z",
+                   "per_member_limit": 3, "changed_at": "2026-11-27T04:00:00.001Z"}),
+        ))
+        .unwrap();
+        let Body::ProductRulesChanged(b) = ev.body else {
+            panic!("wrong body")
+        };
+        assert_eq!(b.product_id, Int(5));
+        assert_eq!(b.changed_at.0, at("2026-11-27T04:00:00.001Z").unwrap());
+        assert_eq!(
+            b.rules(),
+            SaleRules {
+                sale_starts_at: None,
+                sale_ends_at: at("2026-11-28T00:00:00.000Z"),
+                per_member_limit: Some(3),
+            }
+        );
+        // A rule field left out is malformed (not "cleared"); so are limits below 1 or above INT.
+        assert!(matches!(
+            Event::decode(&env(
+                "product.rules_changed",
+                json!({"product_id": 5, "sale_starts_at": null, "sale_ends_at": null,
+                       "changed_at": "2026-11-27T04:00:00.001Z"}),
+            )),
+            Err(DecodeError::Payload { .. })
+        ));
+        for bad in [json!(0), json!(-1), json!(1_i64 << 31)] {
+            assert!(matches!(
+                Event::decode(&env(
+                    "product.rules_changed",
+                    json!({"product_id": 5, "sale_starts_at": null, "sale_ends_at": null,
+                           "per_member_limit": bad, "changed_at": "2026-11-27T04:00:00.001Z"}),
+                )),
+                Err(DecodeError::Invalid(_))
+            ));
+            assert!(matches!(
+                Event::decode(&env(
+                    "product.created",
+                    product(json!({"per_member_limit": bad}))
+                )),
+                Err(DecodeError::Invalid(_))
+            ));
+        }
     }
 
     #[test]
