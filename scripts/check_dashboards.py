@@ -279,6 +279,16 @@ class Load:
         st3, coupon = self.req("POST", "/api/v1/admin/coupons", {
             "name": f"check {self.run}", "discount_type": "FIXED", "discount_value": 100,
             "total_quantity": 4, "valid_from": fmt(now - 60), "valid_until": fmt(now + 86400)}, admin=True)
+        # Sale rules: one product whose sale opens in a day, one limited to 1 unit per member.
+        _, later = self.req("POST", "/api/v1/admin/products", {
+            "name": f"check {self.run} later", "price": 100, "stock": 100,
+            "sale_starts_at": fmt(now + 86400)}, admin=True)
+        _, limited = self.req("POST", "/api/v1/admin/products", {
+            "name": f"check {self.run} limited", "price": 100, "stock": 100, "per_member_limit": 2},
+            admin=True)
+        self.rules = (self.field(later, "id"), self.field(limited, "id"))
+        if self.rules[1] is not None:
+            self.req("PATCH", f"/api/v1/admin/products/{self.rules[1]}", {"per_member_limit": 1}, admin=True)
         if st == 201 or st2 == 201:
             pid = self.field(big, "id")
             if pid is not None:
@@ -334,6 +344,13 @@ class Load:
                     if n % 4 == 0:
                         self.req("POST", f"/api/v1/orders/{oid}/pay", body, token, idem=f"p-{self.run}-{i}-{n}")
             # 4xx on purpose
+            later, limited = getattr(self, "rules", (None, None))
+            if later is not None and n % 3 == 1:                   # SALE_NOT_STARTED (mostly the engine's)
+                self.req("POST", "/api/v1/orders", {"items": [{"product_id": later, "quantity": 1}]}, token,
+                         idem=f"l-{self.run}-{i}-{n}")
+            if limited is not None and n % 3 == 2:                 # 1 unit, then PURCHASE_LIMIT_EXCEEDED
+                self.req("POST", "/api/v1/orders", {"items": [{"product_id": limited, "quantity": 1}]}, token,
+                         idem=f"m-{self.run}-{i}-{n}")
             if small is not None and n % 3 == 0:
                 self.req("POST", "/api/v1/orders", {"items": [{"product_id": small, "quantity": 2}]}, token,
                          idem=f"s-{self.run}-{i}-{n}")            # OUT_OF_STOCK after the first two
