@@ -1,6 +1,7 @@
 //! Rebuilds Redis from MySQL after a Redis loss. MySQL is the durable record: members with balances,
-//! products with stock, coupons with holders, orders (live reservations included), the popular ranking
-//! and the stock holds of reserved orders. Idempotency records live only in Redis and are not rebuilt.
+//! products with stock and sale rules, coupons with holders, orders (live reservations included), the
+//! popular ranking, the stock holds of reserved orders and each member's live units of a product (the
+//! per-member limit's count). Idempotency records live only in Redis and are not rebuilt.
 //! Ids need nothing: their state (the node leases, src/ids.rs) lives in MySQL, which a Redis loss does
 //! not touch.
 
@@ -19,6 +20,73 @@ use crate::state::rfc3339;
 
 fn at(t: NaiveDateTime) -> String {
     rfc3339(t.and_utc())
+}
+
+/// Order statuses whose units count against a per-member limit: live orders (a cancelled or expired
+/// order gave its units back). MySQL `orders.status` holds the event's upper-case status.
+pub(crate) const LIVE_STATUSES: &str = "'RESERVED', 'PAID'";
+
+/// Units of a product each member holds in live orders, by (product, member), from MySQL: what the
+/// product's `bought` hash (Keys::product_bought) holds once no order is in flight. `where_products`
+/// narrows it (`AND i.product_id IN (...)`), or is empty for all products.
+pub(crate) fn live_units_sql(where_products: &str) -> String {
+    format!(
+        "SELECT i.product_id, o.member_id, CAST(SUM(i.quantity) AS SIGNED) \
+         FROM order_items i JOIN orders o ON o.id = i.order_id \
+         WHERE o.status IN ({LIVE_STATUSES}) {where_products} \
+         GROUP BY i.product_id, o.member_id"
+    )
+}
+
+/// A product's sale rules (issue 11) as its Redis hash holds them: `sale_starts_ms`, `sale_ends_ms`
+/// (Unix epoch milliseconds) and `per_member_limit`; a field absent = the rule unset. MySQL keeps them in
+/// `products.sale_starts_at`, `sale_ends_at` (DATETIME(3)) and `per_member_limit` (INT), NULL = unset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaleRules {
+    pub starts_ms: Option<i64>,
+    pub ends_ms: Option<i64>,
+    pub per_member_limit: Option<i64>,
+}
+
+impl SaleRules {
+    /// The product hash fields, in this order.
+    pub const FIELDS: [&'static str; 3] = ["sale_starts_ms", "sale_ends_ms", "per_member_limit"];
+
+    pub fn from_mysql(
+        starts: Option<NaiveDateTime>,
+        ends: Option<NaiveDateTime>,
+        per_member_limit: Option<i32>,
+    ) -> Self {
+        SaleRules {
+            starts_ms: starts.map(|t| t.and_utc().timestamp_millis()),
+            ends_ms: ends.map(|t| t.and_utc().timestamp_millis()),
+            per_member_limit: per_member_limit.map(i64::from),
+        }
+    }
+
+    fn values(&self) -> [Option<i64>; 3] {
+        [self.starts_ms, self.ends_ms, self.per_member_limit]
+    }
+
+    /// The hash fields of the rules that are set (an unset rule has no field).
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::FIELDS
+            .into_iter()
+            .zip(self.values())
+            .filter_map(|(field, v)| Some((field, v?.to_string())))
+            .collect()
+    }
+
+    /// `{"sale_starts_ms": ms|null, "sale_ends_ms": ms|null, "per_member_limit": n|null}`, as reconcile
+    /// reports them.
+    pub fn to_json(&self) -> serde_json::Value {
+        Self::FIELDS
+            .into_iter()
+            .zip(self.values())
+            .map(|(field, v)| (field.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 pub struct RebuildReport {
@@ -80,23 +148,32 @@ pub async fn rebuild(
             .await?;
     }
 
-    let products: Vec<(i64, String, i64, i64, NaiveDateTime)> =
-        sqlx::query_as("SELECT id, name, price, stock, created_at FROM products")
-            .fetch_all(db)
-            .await?;
-    for (id, name, price, stock, created) in &products {
-        let _: () = client
-            .hset(
-                keys.product(*id),
-                vec![
-                    ("id", id.to_string()),
-                    ("name", name.clone()),
-                    ("price", price.to_string()),
-                    ("stock", stock.to_string()),
-                    ("created_at", at(*created)),
-                ],
-            )
-            .await?;
+    type ProductRow = (
+        i64,
+        String,
+        i64,
+        i64,
+        NaiveDateTime,
+        Option<NaiveDateTime>,
+        Option<NaiveDateTime>,
+        Option<i32>,
+    );
+    let products: Vec<ProductRow> = sqlx::query_as(
+        "SELECT id, name, price, stock, created_at, sale_starts_at, sale_ends_at, per_member_limit \
+         FROM products",
+    )
+    .fetch_all(db)
+    .await?;
+    for (id, name, price, stock, created, starts, ends, limit) in &products {
+        let mut fields = vec![
+            ("id", id.to_string()),
+            ("name", name.clone()),
+            ("price", price.to_string()),
+            ("stock", stock.to_string()),
+            ("created_at", at(*created)),
+        ];
+        fields.extend(SaleRules::from_mysql(*starts, *ends, *limit).fields());
+        let _: () = client.hset(keys.product(*id), fields).await?;
         // The listing index from MySQL's products alone: entries of creates that crashed before their
         // product (src/routes/products.rs) do not come back.
         let _: () = client
@@ -317,6 +394,20 @@ pub async fn rebuild(
         }
     }
 
+    // Each member's live units of a product (the per-member limit's count): reserved orders (their
+    // holds came back above) and paid ones. `clear` removed every old hash; none is written for 0.
+    let live: Vec<(i64, i64, i64)> = sqlx::query_as(&live_units_sql("")).fetch_all(db).await?;
+    for (product, member, units) in live {
+        if units > 0 {
+            let _: () = client
+                .hset(
+                    keys.product_bought(product),
+                    (member.to_string(), units.to_string()),
+                )
+                .await?;
+        }
+    }
+
     crate::app::ensure_outbox_group(redis, keys).await?;
     Ok(RebuildReport {
         members: members.len(),
@@ -330,4 +421,58 @@ pub async fn rebuild(
 async fn clear(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
     crate::keyspace::unlink_all(redis.next(), &keys.all_pattern()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> NaiveDateTime {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().naive_utc()
+    }
+
+    #[test]
+    fn sale_rules_become_hash_fields_only_when_set() {
+        let none = SaleRules::from_mysql(None, None, None);
+        assert_eq!(none, SaleRules::default());
+        assert!(none.fields().is_empty());
+        assert_eq!(
+            none.to_json(),
+            serde_json::json!({"sale_starts_ms": null, "sale_ends_ms": null, "per_member_limit": null})
+        );
+        let all = SaleRules::from_mysql(
+            Some(t("2026-11-27T05:00:00.000Z")),
+            Some(t("2026-11-27T06:00:00.250Z")),
+            Some(2),
+        );
+        assert_eq!(
+            all.fields(),
+            vec![
+                ("sale_starts_ms", "1795755600000".to_string()),
+                ("sale_ends_ms", "1795759200250".to_string()),
+                ("per_member_limit", "2".to_string()),
+            ]
+        );
+        let limit_only = SaleRules::from_mysql(None, None, Some(1));
+        assert_eq!(
+            limit_only.fields(),
+            vec![("per_member_limit", "1".to_string())]
+        );
+        assert_eq!(
+            limit_only.to_json(),
+            serde_json::json!({"sale_starts_ms": null, "sale_ends_ms": null, "per_member_limit": 1})
+        );
+    }
+
+    #[test]
+    fn live_units_count_reserved_and_paid_orders_only() {
+        let all = live_units_sql("");
+        assert!(all.contains("o.status IN ('RESERVED', 'PAID')"), "{all}");
+        assert!(all.ends_with("GROUP BY i.product_id, o.member_id"), "{all}");
+        let some = live_units_sql("AND i.product_id IN (?,?)");
+        assert!(
+            some.contains("IN ('RESERVED', 'PAID') AND i.product_id IN (?,?) GROUP BY"),
+            "{some}"
+        );
+    }
 }

@@ -1,5 +1,10 @@
 //! Reconciliation: Redis (the live sale) against MySQL (the durable record). Reports events still in
-//! flight and every difference in stock, coupons, balances and order statuses.
+//! flight and every difference in stock, coupons, balances and order statuses, and in products' sale
+//! rules (`product_rules`: the hash's `sale_starts_ms`, `sale_ends_ms`, `per_member_limit` against the
+//! products columns) and members' live units of a product (`product_bought`: the product's `bought`
+//! hash against the units of the member's RESERVED and PAID orders in MySQL). Like stock, the live
+//! units of an order still being written (its hold taken, its order not yet in MySQL) show as drift
+//! until it lands: reconcile speaks of a drained system.
 //!
 //! Ids are sparse (time-ordered, src/ids.rs), so the scan walks what exists, not an id range: first the
 //! MySQL rows of products, coupons, members and orders in id order, each compared with its Redis hash;
@@ -11,7 +16,7 @@
 //! sign-up in progress (or one the claim sweep settles within its deadline + margin), not drift, and
 //! MySQL has no row for it until its member exists. `Keys::entity_of` knows neither key.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use fred::prelude::*;
 use futures::{StreamExt, TryStreamExt};
@@ -22,6 +27,7 @@ use crate::config::ConnectionSettings;
 use crate::domain::{Drift, ReconcilePage, ReconcileReport};
 use crate::ids::Entity;
 use crate::keys::Keys;
+use crate::rebuild::{live_units_sql, SaleRules};
 
 const CONCURRENCY: usize = 256;
 /// Entities in scan order; a rows cursor names one of them.
@@ -231,6 +237,169 @@ async fn compare_issued(
     Ok(())
 }
 
+/// A hash field as reconcile reports it: absent (or empty) null, an integer a number, else the text.
+fn field_json(v: Option<&str>) -> serde_json::Value {
+    match v {
+        None | Some("") => serde_json::Value::Null,
+        Some(s) => s
+            .parse::<i64>()
+            .map(|n| json!(n))
+            .unwrap_or_else(|_| json!(s)),
+    }
+}
+
+/// The `product_rules` drift of one product: its hash's rule fields (`SaleRules::FIELDS` order) against
+/// the MySQL columns (`SaleRules::default()` when MySQL has no row).
+fn rules_drift(id: i64, redis: &[Option<String>], mysql: SaleRules) -> Option<Drift> {
+    let redis: serde_json::Map<String, serde_json::Value> = SaleRules::FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let value = redis.get(i).and_then(|v| v.as_deref());
+            (field.to_string(), field_json(value))
+        })
+        .collect();
+    let redis = serde_json::Value::Object(redis);
+    let mysql = mysql.to_json();
+    (redis != mysql).then(|| Drift {
+        entity: "product_rules".into(),
+        id,
+        redis,
+        mysql,
+    })
+}
+
+/// The `product_bought` drift of one product: the members whose live units differ between its Redis
+/// `bought` hash and MySQL, each side as `{member id: units}` (0 where a side has none; a field holding
+/// 0 counts as absent, a value that is not an integer is shown as its text).
+fn bought_drift(
+    id: i64,
+    redis: &HashMap<String, String>,
+    mysql: Option<&BTreeMap<i64, i64>>,
+) -> Option<Drift> {
+    let zero = json!(0);
+    let in_redis: BTreeMap<&str, serde_json::Value> = redis
+        .iter()
+        .map(|(member, units)| (member.as_str(), field_json(Some(units))))
+        .filter(|(_, units)| *units != zero && !units.is_null())
+        .collect();
+    let mysql_members: Vec<(String, i64)> = mysql
+        .into_iter()
+        .flatten()
+        .filter(|(_, units)| **units != 0)
+        .map(|(member, units)| (member.to_string(), *units))
+        .collect();
+    let in_mysql: BTreeMap<&str, serde_json::Value> = mysql_members
+        .iter()
+        .map(|(member, units)| (member.as_str(), json!(units)))
+        .collect();
+    let members: BTreeSet<&str> = in_redis.keys().chain(in_mysql.keys()).copied().collect();
+    let (mut r, mut m) = (serde_json::Map::new(), serde_json::Map::new());
+    for member in members {
+        let (a, b) = (in_redis.get(member), in_mysql.get(member));
+        if a != b {
+            r.insert(
+                member.to_string(),
+                a.cloned().unwrap_or_else(|| zero.clone()),
+            );
+            m.insert(
+                member.to_string(),
+                b.cloned().unwrap_or_else(|| zero.clone()),
+            );
+        }
+    }
+    (!r.is_empty()).then(|| Drift {
+        entity: "product_bought".into(),
+        id,
+        redis: r.into(),
+        mysql: m.into(),
+    })
+}
+
+/// Sale rules of the products Redis holds (`ids`) against MySQL's columns.
+async fn compare_rules(
+    redis: &Pool,
+    db: &MySqlPool,
+    keys: &Keys,
+    ids: &[i64],
+    drift: &mut Vec<Drift>,
+) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT id, sale_starts_at, sale_ends_at, per_member_limit FROM products WHERE id IN ({})",
+        placeholders(ids.len())
+    );
+    type RulesRow = (
+        i64,
+        Option<chrono::NaiveDateTime>,
+        Option<chrono::NaiveDateTime>,
+        Option<i32>,
+    );
+    let mut query = sqlx::query_as::<_, RulesRow>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let in_mysql: HashMap<i64, SaleRules> = query
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(|(id, starts, ends, limit)| (id, SaleRules::from_mysql(starts, ends, limit)))
+        .collect();
+    let in_redis: Vec<(i64, Vec<Option<String>>)> = futures::stream::iter(ids.iter().copied())
+        .map(|id| async move {
+            let key = keys.product(id);
+            let values: Vec<Option<String>> = redis.hmget(key, SaleRules::FIELDS.to_vec()).await?;
+            Ok::<_, fred::error::Error>((id, values))
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (id, values) in in_redis {
+        let mysql = in_mysql.get(&id).copied().unwrap_or_default();
+        drift.extend(rules_drift(id, &values, mysql));
+    }
+    Ok(())
+}
+
+/// Members' live units of each product in `ids`: the Redis `bought` hash against MySQL's orders.
+async fn compare_bought(
+    redis: &Pool,
+    db: &MySqlPool,
+    keys: &Keys,
+    ids: &[i64],
+    drift: &mut Vec<Drift>,
+) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let sql = live_units_sql(&format!(
+        "AND i.product_id IN ({})",
+        placeholders(ids.len())
+    ));
+    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+    for id in ids {
+        query = query.bind(*id);
+    }
+    let mut in_mysql: HashMap<i64, BTreeMap<i64, i64>> = HashMap::new();
+    for (product, member, units) in query.fetch_all(db).await? {
+        in_mysql.entry(product).or_default().insert(member, units);
+    }
+    let in_redis: Vec<(i64, HashMap<String, String>)> = futures::stream::iter(ids.iter().copied())
+        .map(|id| async move {
+            let bought: HashMap<String, String> = redis.hgetall(keys.product_bought(id)).await?;
+            Ok::<_, fred::error::Error>((id, bought))
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (id, bought) in in_redis {
+        drift.extend(bought_drift(id, &bought, in_mysql.get(&id)));
+    }
+    Ok(())
+}
+
 /// Compares at most `limit` MySQL rows of `entity` with ids above `after` against Redis. Returns how
 /// many rows there were and the last id.
 async fn compare_rows(
@@ -271,6 +440,13 @@ async fn compare_rows(
     compare(c.drift, &in_redis, &in_mysql, drift);
     if entity == Entity::Coupon {
         compare_issued(redis, db, keys, &ids, &in_redis, drift).await?;
+    }
+    if entity == Entity::Product {
+        // Rules of the products Redis holds (one Redis lacks is product_stock drift already); live
+        // units of every product of the page.
+        let held: Vec<i64> = in_redis.keys().copied().collect();
+        compare_rules(redis, db, keys, &held, drift).await?;
+        compare_bought(redis, db, keys, &ids, drift).await?;
     }
     Ok((ids.len() as i64, ids.last().copied().unwrap_or(after)))
 }
@@ -331,6 +507,12 @@ async fn compare_keys(
         compare(c.drift, &in_redis, &BTreeMap::new(), drift);
         if entity == Entity::Coupon {
             compare_issued(redis, db, keys, &missing_ids, &in_redis, drift).await?;
+        }
+        if entity == Entity::Product {
+            // No MySQL row: any rule or live unit Redis holds for it is drift too.
+            let held: Vec<i64> = in_redis.keys().copied().collect();
+            compare_rules(redis, db, keys, &held, drift).await?;
+            compare_bought(redis, db, keys, &missing_ids, drift).await?;
         }
     }
     Ok((looked, cursor))
@@ -484,6 +666,78 @@ pub async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn some(values: &[&str]) -> Vec<Option<String>> {
+        values
+            .iter()
+            .map(|v| (!v.is_empty()).then(|| v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn rules_drift_compares_the_hash_fields_with_the_columns() {
+        let t = |s: &str| Some(chrono::DateTime::parse_from_rfc3339(s).unwrap().naive_utc());
+        let mysql = SaleRules::from_mysql(
+            t("2026-11-27T05:00:00.000Z"),
+            t("2026-11-27T06:00:00.250Z"),
+            Some(2),
+        );
+        assert!(rules_drift(1, &some(&["1795755600000", "1795759200250", "2"]), mysql).is_none());
+        // Unset everywhere: absent fields against NULL columns (an empty field counts as absent).
+        assert!(rules_drift(1, &some(&["", "", ""]), SaleRules::default()).is_none());
+        assert!(rules_drift(1, &[], SaleRules::default()).is_none());
+        // A limit Redis lost, an end that moved, a field that is no number.
+        let d = rules_drift(7, &some(&["1795755600000", "1795759200000", ""]), mysql).unwrap();
+        assert_eq!((d.entity.as_str(), d.id), ("product_rules", 7));
+        assert_eq!(
+            d.redis,
+            json!({"sale_starts_ms": 1795755600000_i64, "sale_ends_ms": 1795759200000_i64,
+                   "per_member_limit": null})
+        );
+        assert_eq!(
+            d.mysql,
+            json!({"sale_starts_ms": 1795755600000_i64, "sale_ends_ms": 1795759200250_i64,
+                   "per_member_limit": 2})
+        );
+        let d = rules_drift(7, &some(&["", "", "two"]), SaleRules::default()).unwrap();
+        assert_eq!(d.redis["per_member_limit"], json!("two"));
+        assert_eq!(d.mysql["per_member_limit"], json!(null));
+    }
+
+    #[test]
+    fn bought_drift_lists_the_members_that_differ() {
+        let redis = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(m, u)| (m.to_string(), u.to_string()))
+                .collect()
+        };
+        let mysql: BTreeMap<i64, i64> = [(11, 2), (12, 1)].into_iter().collect();
+        assert!(bought_drift(1, &redis(&[("11", "2"), ("12", "1")]), Some(&mysql)).is_none());
+        // A field holding 0 is the same as no field; nothing anywhere is no drift.
+        assert!(bought_drift(
+            1,
+            &redis(&[("11", "2"), ("12", "1"), ("13", "0")]),
+            Some(&mysql)
+        )
+        .is_none());
+        assert!(bought_drift(1, &HashMap::new(), None).is_none());
+        assert!(bought_drift(1, &HashMap::new(), Some(&BTreeMap::new())).is_none());
+        // 11 holds one unit too many in Redis, 12 is missing there, 14 exists only there.
+        let d = bought_drift(
+            5,
+            &redis(&[("11", "3"), ("14", "1"), ("15", "x")]),
+            Some(&mysql),
+        )
+        .unwrap();
+        assert_eq!((d.entity.as_str(), d.id), ("product_bought", 5));
+        assert_eq!(d.redis, json!({"11": 3, "12": 0, "14": 1, "15": "x"}));
+        assert_eq!(d.mysql, json!({"11": 2, "12": 1, "14": 0, "15": 0}));
+        // Redis lost the whole hash.
+        let d = bought_drift(5, &HashMap::new(), Some(&mysql)).unwrap();
+        assert_eq!(d.redis, json!({"11": 0, "12": 0}));
+        assert_eq!(d.mysql, json!({"11": 2, "12": 1}));
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_junk() {

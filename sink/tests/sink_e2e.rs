@@ -941,6 +941,104 @@ async fn k_rebalance_drops_the_revoked_partitions_lag() {
 
 /// A points_ledger row under `event_id` that the engine never wrote: the event then hits the
 /// unique key uq_points_ledger_event when the sink applies it.
+/// (l) Issue 11: product sale rules land in `products` from product.created (with rules, and in the
+/// old shape without them) and product.rules_changed (set, then cleared to null); a change recorded
+/// before its product's row makes the row start from it, an older change applied after a newer one
+/// leaves the newer in place, and consuming everything again changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l_product_sale_rules_land_and_a_replay_changes_nothing() {
+    const STARTS: &str = "2026-11-27T05:00:00.000Z";
+    const ENDS: &str = "2026-11-27T06:30:00.250Z";
+    let env = TestEnv::new(3).await;
+    let p = producer();
+    let events = vec![
+        // 80: created with every rule.
+        product_created_with_rules(80, 10, Some(STARTS), Some(ENDS), Some(2)),
+        // 81: the shape of engines before the rules (no rule fields at all).
+        product_created(81, 1000, 10),
+        // 82: created without rules (explicit nulls), rules set, then all cleared.
+        product_created_with_rules(82, 10, None, None, None),
+        product_rules_changed(82, Some(STARTS), None, Some(5), "2026-11-24T06:00:00.000Z"),
+        product_rules_changed(82, None, None, None, "2026-11-24T07:00:00.000Z"),
+        // 83: a change before its product's creation (never from the engine, but e.g. a dead-lettered
+        // create sent again): the row starts from the change, not from the create's rules.
+        product_rules_changed(83, None, Some(ENDS), Some(1), "2026-11-24T06:00:00.000Z"),
+        product_created_with_rules(83, 10, Some(STARTS), None, Some(9)),
+        // 84: the newer change first, an older one after it: the newer stays.
+        product_created_with_rules(84, 10, None, None, None),
+        product_rules_changed(84, None, None, Some(3), "2026-11-24T08:00:00.000Z"),
+        product_rules_changed(
+            84,
+            Some(STARTS),
+            Some(ENDS),
+            Some(7),
+            "2026-11-24T07:00:00.000Z",
+        ),
+    ];
+    for e in &events {
+        produce_event(&p, &env.topic, e).await;
+    }
+    let sink = start_sink(env.config());
+    env.wait_count(
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        WAIT,
+    )
+    .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+
+    type Rules = (
+        Option<chrono::NaiveDateTime>,
+        Option<chrono::NaiveDateTime>,
+        Option<i32>,
+    );
+    let rules = |env: &TestEnv| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, Option<chrono::NaiveDateTime>, Option<chrono::NaiveDateTime>, Option<i32>, i64)>(
+                "SELECT id, sale_starts_at, sale_ends_at, per_member_limit, stock FROM products ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, s, e, l, stock)| {
+                assert_eq!(stock, 10, "product {id}");
+                (id, (s, e, l))
+            })
+            .collect::<Vec<(i64, Rules)>>()
+        }
+    };
+    let t = |s: &str| Some(chrono::DateTime::parse_from_rfc3339(s).unwrap().naive_utc());
+    let first = rules(&env).await;
+    assert_eq!(
+        first,
+        vec![
+            (80, (t(STARTS), t(ENDS), Some(2))),
+            (81, (None, None, None)),
+            (82, (None, None, None)),
+            (83, (None, t(ENDS), Some(1))),
+            (84, (None, None, Some(3))),
+        ]
+    );
+    let changes = "SELECT COUNT(*) FROM product_rule_changes";
+    assert_eq!(env.count(changes).await, 5);
+
+    // Consume everything again: nothing changes.
+    reset_group_offsets(&env.group, &env.topic);
+    let sink = start_sink(env.config());
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+    assert_eq!(rules(&env).await, first);
+    assert_eq!(env.count(changes).await, 5);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM processed_events").await,
+        events.len() as i64
+    );
+    env.cleanup().await;
+}
+
 async fn insert_conflicting_ledger_row(env: &TestEnv, event_id: &str) {
     sqlx::query(
         "INSERT INTO points_ledger (event_id, member_id, type, amount, balance_after, order_id, at) \

@@ -518,6 +518,40 @@ pub fn product_created(product_id: i64, price: i64, stock: i64) -> Value {
     )
 }
 
+/// product.created with sale rules (issue 11): times as the events write them, None = null.
+pub fn product_created_with_rules(
+    product_id: i64,
+    stock: i64,
+    sale_starts_at: Option<&str>,
+    sale_ends_at: Option<&str>,
+    per_member_limit: Option<i64>,
+) -> Value {
+    let mut ev = product_created(product_id, 1000, stock);
+    ev["payload"]["sale_starts_at"] = json!(sale_starts_at);
+    ev["payload"]["sale_ends_at"] = json!(sale_ends_at);
+    ev["payload"]["per_member_limit"] = json!(per_member_limit);
+    ev
+}
+
+/// product.rules_changed: the whole rule set after the change.
+pub fn product_rules_changed(
+    product_id: i64,
+    sale_starts_at: Option<&str>,
+    sale_ends_at: Option<&str>,
+    per_member_limit: Option<i64>,
+    changed_at: &str,
+) -> Value {
+    envelope(
+        "product.rules_changed",
+        &format!("product:{product_id}"),
+        changed_at,
+        json!({
+            "product_id": product_id, "sale_starts_at": sale_starts_at, "sale_ends_at": sale_ends_at,
+            "per_member_limit": per_member_limit, "changed_at": changed_at,
+        }),
+    )
+}
+
 pub fn stock_added(product_id: i64, add: i64, stock_after: i64) -> Value {
     envelope(
         "product.stock_added",
