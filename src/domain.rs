@@ -683,7 +683,8 @@ pub struct OrderView {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Drift {
-    /// product_stock, coupon_remaining, coupon_issued, member_balance, order_status
+    /// product_stock, product_rules, product_bought (per-member live units), coupon_remaining,
+    /// coupon_issued, member_balance, order_status
     pub entity: String,
     pub id: i64,
     pub redis: serde_json::Value,
