@@ -154,7 +154,7 @@ pub(crate) struct VerifyArgs {
     #[arg(long)]
     orders: PathBuf,
     /// wrk's answer counts: `phase<TAB>before|after<TAB>answer<TAB>n`, `late_not_started<TAB>n`,
-    /// `ambiguous<TAB>n` lines.
+    /// `bad_refusal<TAB>n` and `ambiguous<TAB>n` lines.
     #[arg(long)]
     counts: Option<PathBuf>,
 }
