@@ -49,7 +49,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench fmt fmt-check lint env build-loadtest
+        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench limited-rush fmt fmt-check lint env build-loadtest
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -62,6 +62,7 @@ help:
 	@echo "make test TOPOLOGY=cluster  the same tests against the Redis Cluster (TEST_REDIS_URL = the cluster)"
 	@echo "make fuzz        schemathesis (all checks, all phases) against the running stack (make up)"
 	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md)"
+	@echo "make limited-rush   sale rules under load (goose + wrk) against the running engine (make up; LR_HOST=URL)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
 	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus (TOPOLOGY= as for up)"
 
@@ -134,6 +135,12 @@ test-dashboards:
 
 bench:
 	bash loadtest/bench.sh
+
+# The limited rush (issue 11's sale rules under load: goose scenario limited-rush and its wrk twin) against
+# the running engine, `make up` by default (HAProxy's address with TOPOLOGY=cluster); knobs in the script.
+LR_HOST ?= http://$(or $(LISTEN_ADDR),127.0.0.1:8080)
+limited-rush: build-loadtest
+	bash loadtest/limited_rush.sh '$(LR_HOST)'
 
 fmt:
 	cargo fmt --all

@@ -64,7 +64,8 @@ DATA=$LOCAL/data
 CONF=$LOCAL/conf
 
 # haproxy: the load balancer in front of the engines in the cluster topology (scripts/stack.sh)
-APT_PACKAGES=(redis-server redis-tools mariadb-server prometheus haproxy)
+# wrk: the HTTP load generator of loadtest/limited_rush.sh (the wrk twin of the goose scenarios)
+APT_PACKAGES=(redis-server redis-tools mariadb-server prometheus haproxy wrk)
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -183,7 +184,7 @@ install_packages() {
     local missing=() cmd pkg
     for pair in redis-server:redis-server redis-cli:redis-tools mariadbd:mariadb-server \
                 mariadb:mariadb-server mariadb-admin:mariadb-server mariadb-install-db:mariadb-server \
-                prometheus:prometheus promtool:prometheus haproxy:haproxy; do
+                prometheus:prometheus promtool:prometheus haproxy:haproxy wrk:wrk; do
         cmd=${pair%%:*}; pkg=${pair#*:}
         if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
             missing+=("$pkg")

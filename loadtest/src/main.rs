@@ -10,6 +10,7 @@ mod api;
 mod call;
 mod scenarios;
 mod stats;
+mod twin;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::api::{Api, Drain};
 use crate::call::Ctx;
-use crate::scenarios::{Check, CouponArgs, PointsArgs, ShopperArgs, StockArgs};
+use crate::scenarios::{Check, CouponArgs, Data, LimitedArgs, PointsArgs, ShopperArgs, StockArgs};
 use crate::stats::{ms, node_info, proc_cpu_secs, proc_hwm_kib, NodeInfo, Stats, StatsSummary};
 
 #[derive(Parser, Debug)]
@@ -39,7 +40,7 @@ struct Cli {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-struct Common {
+pub(crate) struct Common {
     /// Engine base URL.
     #[arg(
         long,
@@ -56,15 +57,16 @@ struct Common {
         default_value = "dev-admin-key"
     )]
     admin_key: String,
-    /// Concurrent goose users (no think time: each loops as fast as the engine answers).
-    #[arg(long, global = true, default_value_t = 8)]
-    users: usize,
+    /// Concurrent goose users (no think time: each loops as fast as the engine answers). Default 8;
+    /// 16 for limited-rush.
+    #[arg(long, global = true)]
+    users: Option<usize>,
     /// Users started per second (default: all at once).
     #[arg(long, global = true)]
     hatch_rate: Option<String>,
-    /// Length of the timed part: 30s, 2m, 90 (seconds).
-    #[arg(long, global = true, default_value = "30s")]
-    run_time: String,
+    /// Length of the timed part: 30s, 2m, 90 (seconds). Default 30s; 20s for limited-rush.
+    #[arg(long, global = true)]
+    run_time: Option<String>,
     /// Cap on requests per second over all users, paced evenly (0 = as fast as possible).
     #[arg(long, global = true, default_value_t = 0)]
     throttle_requests: usize,
@@ -120,6 +122,41 @@ enum Cmd {
     Shopper(ShopperArgs),
     /// Charges and payments on a few hot members; balances must come out exact.
     Points(PointsArgs),
+    /// One product with a per-member limit and an opening time a few seconds into the run: members
+    /// order it before and after the opening, far beyond their limit; nobody may end above it.
+    LimitedRush(LimitedArgs),
+    /// For the wrk twin (loadtest/limited_rush.sh): seed the members and create the limited product
+    /// as limited-rush does, write them to --state (JSON) and --members-out (`id token` lines), exit.
+    LimitedPrepare(PrepareArgs),
+    /// For the wrk twin: wait for the pipeline, then run limited-rush's checks on the orders wrk
+    /// was answered 201 for (--orders) and its answer counts (--counts).
+    LimitedVerify(VerifyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct PrepareArgs {
+    #[command(flatten)]
+    rush: LimitedArgs,
+    /// Where the run's state goes (read back by limited-verify).
+    #[arg(long)]
+    state: PathBuf,
+    /// The members for wrk's script: one `member_id access_token` line each.
+    #[arg(long)]
+    members_out: PathBuf,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct VerifyArgs {
+    /// The state limited-prepare wrote.
+    #[arg(long)]
+    state: PathBuf,
+    /// Orders wrk was answered 201 for: `order_id member_id received_unix_ms` lines.
+    #[arg(long)]
+    orders: PathBuf,
+    /// wrk's answer counts: `phase<TAB>before|after<TAB>answer<TAB>n`, `late_not_started<TAB>n`,
+    /// `bad_refusal<TAB>n` and `ambiguous<TAB>n` lines.
+    #[arg(long)]
+    counts: Option<PathBuf>,
 }
 
 impl Cmd {
@@ -129,6 +166,23 @@ impl Cmd {
             Cmd::StockRush(_) => "stock-rush",
             Cmd::Shopper(_) => "shopper",
             Cmd::Points(_) => "points",
+            Cmd::LimitedRush(_) => "limited-rush",
+            Cmd::LimitedPrepare(_) => "limited-prepare",
+            Cmd::LimitedVerify(_) => "limited-verify",
+        }
+    }
+
+    fn default_users(&self) -> usize {
+        match self {
+            Cmd::LimitedRush(_) => 16,
+            _ => 8,
+        }
+    }
+
+    fn default_run_time(&self) -> &'static str {
+        match self {
+            Cmd::LimitedRush(_) => "20s",
+            _ => "30s",
         }
     }
 }
@@ -245,6 +299,9 @@ struct Summary {
     checks: Vec<Check>,
     thresholds: Vec<Threshold>,
     goose_reports: Vec<String>,
+    /// limited-rush: the opening and the answers before / after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limited: Option<serde_json::Value>,
     passed: bool,
 }
 
@@ -264,8 +321,9 @@ async fn main() {
 async fn run(cli: Cli) -> Result<bool> {
     let c = &cli.common;
     let kind = cli.cmd.kind();
-    let run_secs = parse_secs(&c.run_time)?;
-    if c.users == 0 {
+    let run_secs = parse_secs(c.run_time.as_deref().unwrap_or(cli.cmd.default_run_time()))?;
+    let users = c.users.unwrap_or(cli.cmd.default_users());
+    if users == 0 {
         bail!("--users must be > 0");
     }
     let run_id = c.run_id.clone().unwrap_or_else(|| {
@@ -277,6 +335,11 @@ async fn run(cli: Cli) -> Result<bool> {
     });
     let api = Api::new(&c.host, &c.admin_key)?;
     api.wait_ready(Duration::from_secs(60)).await?;
+    match &cli.cmd {
+        Cmd::LimitedPrepare(a) => return twin::prepare(c, &api, &run_id, a).await,
+        Cmd::LimitedVerify(a) => return twin::verify(c, &api, a).await,
+        _ => {}
+    }
 
     let baseline = if c.no_drain {
         Default::default()
@@ -296,11 +359,13 @@ async fn run(cli: Cli) -> Result<bool> {
     eprintln!("== {kind} run {run_id} against {}: seeding", c.host);
     let seed_started = Instant::now();
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let (members, data) = match &cli.cmd {
+    let (members, mut data) = match &cli.cmd {
         Cmd::CouponRush(a) => scenarios::setup_coupon(&api, &run_id, a).await?,
         Cmd::StockRush(a) => scenarios::setup_stock(&api, &run_id, a).await?,
-        Cmd::Shopper(a) => scenarios::setup_shopper(&api, &run_id, a, c.users).await?,
+        Cmd::Shopper(a) => scenarios::setup_shopper(&api, &run_id, a, users).await?,
         Cmd::Points(a) => scenarios::setup_points(&api, &run_id, a).await?,
+        Cmd::LimitedRush(a) => scenarios::setup_limited(&api, &run_id, a).await?,
+        Cmd::LimitedPrepare(_) | Cmd::LimitedVerify(_) => unreachable!(),
     };
     let seed_secs = seed_started.elapsed().as_secs_f64();
     let seeded_members = members.len();
@@ -325,11 +390,12 @@ async fn run(cli: Cli) -> Result<bool> {
             );
         }
     }
+    scenarios::arm(&api, &run_id, &mut data).await?;
     call::install(Ctx {
         members,
         cursor: AtomicUsize::new(0),
         slots: AtomicUsize::new(0),
-        users: c.users,
+        users,
         stats: Stats::default(),
         ambiguous: AtomicU64::new(0),
         data,
@@ -349,7 +415,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut attack = GooseAttack::initialize_with_config(config)?
         .register_scenario(scenarios::goose_scenario(kind))
         .set_default(GooseDefault::Host, c.host.as_str())?
-        .set_default(GooseDefault::Users, c.users)?
+        .set_default(GooseDefault::Users, users)?
         .set_default(
             GooseDefault::HatchRate,
             c.hatch_rate.as_deref().unwrap_or("1000"),
@@ -376,7 +442,7 @@ async fn run(cli: Cli) -> Result<bool> {
 
     eprintln!(
         "== {kind}: {} users for {run_secs}s{}",
-        c.users,
+        users,
         if c.throttle_requests > 0 {
             format!(", throttled to {} req/s", c.throttle_requests)
         } else {
@@ -440,49 +506,16 @@ async fn run(cli: Cli) -> Result<bool> {
     };
     let mut checks = scenarios::verify(&api).await;
     if let Some(d) = &drain {
-        checks.push(Check::new(
-            "pipeline drained and Redis in sync with MySQL",
-            d.ok,
-            if d.ok {
-                format!(
-                    "pending_events 0 after {:.2}s, in sync after {:.2}s{}",
-                    d.pending_zero_secs.unwrap_or(0.0),
-                    d.in_sync_secs.unwrap_or(0.0),
-                    if d.in_sync {
-                        String::new()
-                    } else {
-                        format!(
-                            " (reconcile's in_sync is false only for {} drift entries that predate this run)",
-                            d.preexisting_drift
-                        )
-                    }
-                )
-            } else {
-                let shown: Vec<String> = d.new_drift.iter().take(10).map(|x| x.to_string()).collect();
-                format!(
-                    "not drained/in sync after {}s: pending_events {:?}, {} new drift entries [{}]{}{}{}",
-                    c.drain_timeout,
-                    d.last_pending,
-                    d.new_drift.len(),
-                    shown.join(", "),
-                    if d.preexisting_drift > 0 {
-                        format!(", plus {} that predate this run", d.preexisting_drift)
-                    } else {
-                        String::new()
-                    },
-                    if d.drift_list_truncated {
-                        "; reconcile's drift list is full (it stops at 1,000 entries), so new drift cannot be ruled out: run on a clean stack or namespace (KEY_PREFIX, database, topics), as loadtest/bench.sh does"
-                    } else {
-                        ""
-                    },
-                    d.error
-                        .as_ref()
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                )
-            },
-        ));
+        checks.push(drain_check(d, c.drain_timeout));
     }
+    let limited = match &call::ctx().data {
+        Data::Limited(d) => {
+            let v = scenarios::limited_report(d);
+            print_phases(&v);
+            Some(v)
+        }
+        _ => None,
+    };
 
     let p99_ms = stats.latency.p99_us as f64 / 1000.0;
     let thresholds = vec![
@@ -531,7 +564,7 @@ async fn run(cli: Cli) -> Result<bool> {
         scenario: kind.to_string(),
         run_id: run_id.clone(),
         host: c.host.clone(),
-        users: c.users,
+        users,
         run_time_secs: run_secs,
         throttle_requests: c.throttle_requests,
         started_at,
@@ -544,6 +577,7 @@ async fn run(cli: Cli) -> Result<bool> {
         checks,
         thresholds,
         goose_reports: reports.clone(),
+        limited,
         passed,
     };
     std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
@@ -571,7 +605,72 @@ async fn run(cli: Cli) -> Result<bool> {
     Ok(passed)
 }
 
-fn round3(x: f64) -> f64 {
+/// The check every scenario ends with: the pipeline drained and reconcile in sync.
+pub(crate) fn drain_check(d: &Drain, drain_timeout: u64) -> Check {
+    Check::new(
+        "pipeline drained and Redis in sync with MySQL",
+        d.ok,
+        if d.ok {
+            format!(
+                "pending_events 0 after {:.2}s, in sync after {:.2}s{}",
+                d.pending_zero_secs.unwrap_or(0.0),
+                d.in_sync_secs.unwrap_or(0.0),
+                if d.in_sync {
+                    String::new()
+                } else {
+                    format!(
+                        " (reconcile's in_sync is false only for {} drift entries that predate this run)",
+                        d.preexisting_drift
+                    )
+                }
+            )
+        } else {
+            let shown: Vec<String> = d.new_drift.iter().take(10).map(|x| x.to_string()).collect();
+            format!(
+                "not drained/in sync after {}s: pending_events {:?}, {} new drift entries [{}]{}{}{}",
+                drain_timeout,
+                d.last_pending,
+                d.new_drift.len(),
+                shown.join(", "),
+                if d.preexisting_drift > 0 {
+                    format!(", plus {} that predate this run", d.preexisting_drift)
+                } else {
+                    String::new()
+                },
+                if d.drift_list_truncated {
+                    "; reconcile's drift list is full (it stops at 1,000 entries), so new drift cannot be ruled out: run on a clean stack or namespace (KEY_PREFIX, database, topics), as loadtest/bench.sh does"
+                } else {
+                    ""
+                },
+                d.error
+                    .as_ref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )
+        },
+    )
+}
+
+/// limited-rush's answers before and after the opening.
+pub(crate) fn print_phases(v: &serde_json::Value) {
+    println!(
+        "  opening (sale_starts_at) {}; answers by when the request was sent:",
+        v["opening"].as_str().unwrap_or("?")
+    );
+    println!("  {:<58} {:>9} {:>9}", "request answer", "before", "after");
+    if let Some(rows) = v["answers"].as_array() {
+        for r in rows {
+            println!(
+                "  {:<58} {:>9} {:>9}",
+                r["answer"].as_str().unwrap_or(""),
+                r["before"],
+                r["after"]
+            );
+        }
+    }
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

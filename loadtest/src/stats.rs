@@ -109,9 +109,11 @@ pub enum Op {
     ProductGet,
     Popular,
     PointsCharge,
+    /// An order create sent again with the same Idempotency-Key and body (a client retry).
+    OrderRetry,
 }
 
-pub const ALL_OPS: [Op; 8] = [
+pub const ALL_OPS: [Op; 9] = [
     Op::CouponIssue,
     Op::OrderCreate,
     Op::OrderPay,
@@ -120,6 +122,7 @@ pub const ALL_OPS: [Op; 8] = [
     Op::ProductGet,
     Op::Popular,
     Op::PointsCharge,
+    Op::OrderRetry,
 ];
 
 impl Op {
@@ -140,6 +143,7 @@ impl Op {
             Op::ProductGet => "GET /products/{id}",
             Op::Popular => "GET /products/popular",
             Op::PointsCharge => "POST /me/points/charge",
+            Op::OrderRetry => "POST /orders (same key)",
         }
     }
 }
