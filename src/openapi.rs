@@ -104,9 +104,14 @@ impl Modify for CommonResponses {
             };
             let api = path.starts_with("/api/");
             let auth_route = path == "/api/v1/members" || path == "/api/v1/auth/login";
-            for (is_post, operation) in [(false, item.get.as_mut()), (true, item.post.as_mut())]
-                .into_iter()
-                .filter_map(|(post, op)| op.map(|op| (post, op)))
+            // `has_body`: POST and PATCH carry a body (400 for a malformed one, 413 for a large one).
+            for (is_post, operation) in [
+                (false, item.get.as_mut()),
+                (true, item.post.as_mut()),
+                (true, item.patch.as_mut()),
+            ]
+            .into_iter()
+            .filter_map(|(post, op)| op.map(|op| (post, op)))
             {
                 let parameters = operation.parameters.as_deref().unwrap_or_default();
                 let has_path_or_query = parameters

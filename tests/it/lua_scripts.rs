@@ -472,7 +472,8 @@ async fn product_create_creates_once_and_refuses_a_taken_id() {
     let t = clock();
     let e1 = ev();
     let reply = c.create_product(5, "Lamp", 1200, 30, &e1, t).await;
-    let view = json!({"id": 5, "name": "Lamp", "price": 1200, "stock": 30});
+    let view = json!({"id": 5, "name": "Lamp", "price": 1200, "stock": 30,
+        "sale_starts_at": null, "sale_ends_at": null, "per_member_limit": null});
     assert_eq!(ok_body(&reply, 201), view);
     let h = c.hash(&c.k.product(5)).await;
     assert_eq!(h["id"], "5");
@@ -519,7 +520,8 @@ async fn product_stock_add_adds_once_per_op_and_respects_the_limit() {
     c.product(3, 100, 10, t).await;
     let op = ev();
     let reply = c.stock_add(3, 5, &op, t + 1).await;
-    let view = json!({"id": 3, "name": "product 3", "price": 100, "stock": 15});
+    let view = json!({"id": 3, "name": "product 3", "price": 100, "stock": 15,
+        "sale_starts_at": null, "sale_ends_at": null, "per_member_limit": null});
     assert_eq!(ok_body(&reply, 200), view);
     assert_eq!(c.num(&c.k.product(3), "stock").await, 15);
     assert_eq!(
