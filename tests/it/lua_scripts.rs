@@ -493,7 +493,8 @@ async fn product_create_creates_once_and_refuses_a_taken_id() {
     assert_eq!(events[0].at, rfc(t));
     assert_eq!(
         events[0].payload,
-        json!({"product_id": 5, "name": "Lamp", "price": 1200, "stock": 30, "created_at": rfc(t)})
+        json!({"product_id": 5, "name": "Lamp", "price": 1200, "stock": 30, "created_at": rfc(t),
+               "sale_starts_at": null, "sale_ends_at": null, "per_member_limit": null})
     );
 
     // Resent: same answer, one effect.
