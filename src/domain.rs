@@ -244,16 +244,16 @@ pub struct CreateProductRequest {
     pub price: WholeNumber,
     #[schema(value_type = i64, minimum = 0, maximum = 1_000_000_000)]
     pub stock: WholeNumber,
-    /// When the sale opens (RFC 3339); orders before it are refused with SALE_NOT_STARTED. Default:
-    /// open now.
+    /// When the sale opens (RFC 3339, years 1971..9989 as the pattern says; every such instant is
+    /// accepted); orders before it are refused with SALE_NOT_STARTED. Default: open now.
     #[schema(
-        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+        pattern = r"^(19(7[1-9]|[89][0-9])|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
     )]
     pub sale_starts_at: Option<DateTime<Utc>>,
     /// When the sale closes (RFC 3339, after sale_starts_at); orders from then on are refused with
     /// SALE_ENDED (a reservation taken before may still be paid). Default: never.
     #[schema(
-        pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+        pattern = r"^(19(7[1-9]|[89][0-9])|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
     )]
     pub sale_ends_at: Option<DateTime<Utc>>,
     /// Units one member may hold in live (reserved or paid) orders. Default: no limit.
@@ -340,11 +340,11 @@ impl CreateProductRequest {
 pub struct PatchProductRequest {
     /// null: open now.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
+    #[schema(value_type = Option<String>, pattern = r"^(19(7[1-9]|[89][0-9])|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub sale_starts_at: Option<Option<DateTime<Utc>>>,
     /// null: never closes.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, pattern = r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
+    #[schema(value_type = Option<String>, pattern = r"^(19(7[1-9]|[89][0-9])|[2-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")]
     pub sale_ends_at: Option<Option<DateTime<Utc>>>,
     /// null: no limit.
     #[serde(default, deserialize_with = "present")]
