@@ -22,6 +22,17 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| json_error(&e))
 }
 
+/// `parse_json` for a body that must be a JSON object: a struct whose fields are all optional would
+/// also take a JSON array (serde's sequence form of a struct), e.g. `[null, null]` as an empty PATCH.
+pub fn parse_json_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => parse_json(body),
+        _ => Err(ApiError::InvalidRequest(
+            "invalid JSON body: expected a JSON object".into(),
+        )),
+    }
+}
+
 pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
     if is_number_out_of_range(e) {
         return ApiError::validation("body", format!("a number is out of range: {e}"));

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fred::prelude::*;
 
-use super::parse_json;
+use super::{parse_json, parse_json_object};
 use crate::auth::{Admin, AuthMember};
 use crate::domain::{
     query_number, AddStockRequest, CreateProductRequest, ListProductsQuery, PatchProductRequest,
@@ -68,7 +68,7 @@ pub async fn set_rules(
     ApiPath(id): ApiPath<i64>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let patch = parse_json::<PatchProductRequest>(&body)?.parse()?;
+    let patch = parse_json_object::<PatchProductRequest>(&body)?.parse()?;
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::set_product_rules(&state, id, patch).await;
     }

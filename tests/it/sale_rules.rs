@@ -378,6 +378,7 @@ async fn rules_changed_during_a_sale_apply_to_the_next_order() {
         404
     );
     assert_eq!(patch(&app, product, json!({"limit": 2})).await.status, 400);
+    assert_eq!(patch(&app, product, json!([null, null])).await.status, 400);
     let zero = patch(&app, product, json!({"per_member_limit": 0})).await;
     assert_eq!(
         (zero.status, zero.code().as_str()),
