@@ -6,24 +6,11 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use crate::common::pipeline::{count, drain, kill9, platform, start_engine, start_sink, DRAIN};
+use crate::common::pipeline::{
+    count, drain, kill9, platform, redis_now_ms, start_engine, start_sink, DRAIN,
+};
 use crate::common::{spawn_app, spawn_app_with, unique, Reply, TestApp};
 use flashsale::idempotency::IdempotencyKey;
-
-/// Redis's clock (ms): the clock the scripts decide by.
-async fn redis_now_ms(app: &TestApp) -> i64 {
-    use fred::prelude::*;
-    let time: Vec<i64> = app
-        .redis
-        .next()
-        .custom(
-            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false),
-            Vec::<String>::new(),
-        )
-        .await
-        .expect("TIME");
-    time[0] * 1000 + time[1] / 1000
-}
 
 fn at(ms: i64) -> String {
     flashsale::state::rfc3339_ms(ms)

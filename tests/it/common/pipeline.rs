@@ -179,8 +179,8 @@ pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
     }
 }
 
-/// Whether any partition holds a reservation due within the next five seconds (by Redis time).
-async fn expiring_soon(app: &TestApp) -> bool {
+/// Redis's clock (ms): the clock the scripts decide by.
+pub async fn redis_now_ms(app: &TestApp) -> i64 {
     let time: Vec<i64> = app
         .redis
         .next()
@@ -190,8 +190,13 @@ async fn expiring_soon(app: &TestApp) -> bool {
         )
         .await
         .expect("TIME");
-    let now_ms = time.first().copied().unwrap_or_default() * 1000
-        + time.get(1).copied().unwrap_or_default() / 1000;
+    time.first().copied().unwrap_or_default() * 1000
+        + time.get(1).copied().unwrap_or_default() / 1000
+}
+
+/// Whether any partition holds a reservation due within the next five seconds (by Redis time).
+async fn expiring_soon(app: &TestApp) -> bool {
+    let now_ms = redis_now_ms(app).await;
     for p in flashsale::partition::Partition::all() {
         let due: Vec<String> = app
             .redis
