@@ -287,19 +287,28 @@ async fn d_deliveries_reach_a_flaky_platform_exactly_once() {
         balance
     );
 
-    // The ops endpoint serves the sink's metrics.
-    let text = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The ops endpoint serves the sink's metrics. The lag gauge appears once the sampler (every
+    // `gauges_interval`) has seen the assigned partition, which may be after the last event applied.
+    let lag_line = "flashsale_sink_consumer_lag{partition=\"0\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = reqwest::get(format!("http://{ops}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(lag_line) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for name in [
         "flashsale_sink_events_applied_total",
         "flashsale_data_platform_deliveries_total",
         "flashsale_sink_batch_size",
         "flashsale_sink_apply_duration_seconds",
-        "flashsale_sink_consumer_lag{partition=\"0\"}",
+        lag_line,
         "flashsale_data_platform_pending",
         "process_resident_memory_bytes",
     ] {
