@@ -14,8 +14,11 @@
 //!   product row created after a change starts from it.
 
 use crate::event::{
-    status_rank, Body, Event, OrderSnapshot, ProductCreated, ProductRulesChanged, SaleRules,
+    status_rank, Body, CouponCreated, CouponIssued, Event, MemberRegistered, OrderCancelled,
+    OrderEvent, OrderPaid, OrderSnapshot, PointsCharged, ProductCreated, ProductRulesChanged,
+    SaleRules,
 };
+use crate::writes::{DeliveryRow, ItemRow, LedgerRow, MovementRow, OrderRow, PaymentRow, Writes};
 use chrono::NaiveDateTime;
 use serde_json::json;
 use sqlx::MySqlConnection;
@@ -56,14 +59,17 @@ pub async fn apply_event(
     if inserted == 0 {
         return Ok(Outcome::Duplicate);
     }
-    apply_effects(conn, ev).await?;
+    let mut writes = Writes::default();
+    apply_effects(conn, &mut writes, ev).await?;
+    writes.flush(conn).await?;
     Ok(Outcome::Applied)
 }
 
 /// Applies a batch in the caller's transaction: one query finds the ids processed before, the new
-/// events' effects are written in order, then their processed_events rows in one multi-row INSERT.
-/// (A concurrent sink applying the same ids makes that INSERT fail with a duplicate key; the caller
-/// then rolls back and applies the events one by one with [`apply_event`].)
+/// events' effects are gathered in order and written with a few multi-row statements ([`Writes`]),
+/// then their processed_events rows in one multi-row INSERT. (A concurrent sink applying the same ids
+/// makes an INSERT fail with a duplicate key; the caller then rolls back and applies the events one
+/// by one with [`apply_event`].)
 pub async fn apply_batch(
     conn: &mut MySqlConnection,
     events: &[(&Event, i32, i64)],
@@ -80,16 +86,18 @@ pub async fn apply_batch(
     }
     let mut out = Vec::with_capacity(events.len());
     let mut fresh: Vec<&(&Event, i32, i64)> = Vec::new();
+    let mut writes = Writes::default();
     for item in events {
         let ev = item.0;
         if seen.insert(ev.event_id.clone()) {
-            apply_effects(conn, ev).await?;
+            apply_effects(conn, &mut writes, ev).await?;
             fresh.push(item);
             out.push(Outcome::Applied);
         } else {
             out.push(Outcome::Duplicate);
         }
     }
+    writes.flush(conn).await?;
     let now = crate::db::now();
     for chunk in fresh.chunks(200) {
         let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
@@ -112,248 +120,310 @@ pub async fn apply_batch(
     Ok(out)
 }
 
-/// The effects of one event (without its processed_events row).
-async fn apply_effects(conn: &mut MySqlConnection, ev: &Event) -> Res<()> {
+/// The effects of one event (without its processed_events row): gathered into `writes` when they
+/// commute with the rest of the batch; written at once (after flushing `writes`) when they read rows.
+async fn apply_effects(conn: &mut MySqlConnection, writes: &mut Writes, ev: &Event) -> Res<()> {
     match &ev.body {
         Body::MemberRegistered(b) => {
-            let exists =
-                sqlx::query_scalar::<_, i64>("SELECT id FROM members WHERE id = ? FOR UPDATE")
-                    .bind(b.member_id.0)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if exists.is_some() {
-                tracing::warn!(event_id = %ev.event_id, member_id = b.member_id.0, "member exists already; nothing to do");
-            } else {
-                let balance = ledger_balance(conn, b.member_id.0).await?;
-                sqlx::query(
-                    "INSERT INTO members (id, email, name, balance, created_at) \
-                     VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(b.member_id.0)
-                .bind(&b.email)
-                .bind(&b.name)
-                .bind(balance)
-                .bind(b.created_at.0)
-                .execute(&mut *conn)
-                .await?;
-            }
-            // The engine writes credentials itself; an event from an older engine still carries them.
-            if let Some(hash) = &b.password_hash {
-                sqlx::query(
-                    "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) \
-                     VALUES (?, ?, ?)",
-                )
-                .bind(b.member_id.0)
-                .bind(hash)
-                .bind(b.created_at.0)
-                .execute(&mut *conn)
-                .await?;
-            }
+            writes.flush(conn).await?;
+            member_registered(conn, ev, b).await
         }
         Body::PointsCharged(b) => {
-            ledger(
-                conn,
-                ev,
-                b.member_id.0,
-                "CHARGE",
-                b.amount.0,
-                b.balance_after.0,
-                None,
-            )
-            .await?;
-            add_balance(conn, b.member_id.0, b.amount.0).await?;
+            points_charged(writes, ev, b);
+            Ok(())
         }
-        Body::ProductCreated(b) => product_created(conn, ev, b).await?,
-        Body::ProductRulesChanged(b) => product_rules_changed(conn, ev, b).await?,
+        Body::ProductCreated(b) => {
+            writes.flush(conn).await?;
+            product_created(conn, ev, b).await
+        }
+        Body::ProductRulesChanged(b) => {
+            writes.flush(conn).await?;
+            product_rules_changed(conn, ev, b).await
+        }
         Body::ProductStockAdded(b) => {
-            stock_delta(conn, ev, b.product_id.0, b.add.0, "RESTOCK", None).await?;
+            stock_movement(writes, ev, b.product_id.0, b.add.0, "RESTOCK", None);
+            Ok(())
         }
         Body::CouponCreated(b) => {
-            let exists =
-                sqlx::query_scalar::<_, i64>("SELECT id FROM coupons WHERE id = ? FOR UPDATE")
-                    .bind(b.coupon_id.0)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if exists.is_some() {
-                tracing::warn!(event_id = %ev.event_id, coupon_id = b.coupon_id.0, "coupon exists already; nothing to do");
-            } else {
-                let issued = sqlx::query_scalar::<_, i64>(
-                    // A locking read (see ROW_CREATION_LOCKS).
-                    "SELECT COUNT(*) FROM issued_coupons WHERE coupon_id = ? FOR UPDATE",
-                )
-                .bind(b.coupon_id.0)
-                .fetch_one(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO coupons (id, name, discount_type, discount_value, total_quantity, \
-                     remaining, valid_from, valid_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(b.coupon_id.0)
-                .bind(&b.name)
-                .bind(&b.discount_type)
-                .bind(b.discount_value.0)
-                .bind(b.total_quantity.0)
-                .bind(b.total_quantity.0 - issued)
-                .bind(b.valid_from.0)
-                .bind(b.valid_until.0)
-                .bind(b.created_at.0)
-                .execute(&mut *conn)
-                .await?;
-            }
+            writes.flush(conn).await?;
+            coupon_created(conn, ev, b).await
         }
         Body::CouponIssued(b) => {
-            // A paid order that used this coupon may have been applied first.
-            let inserted = sqlx::query(
-                "INSERT IGNORE INTO issued_coupons (coupon_id, member_id, issued_at, used_order_id) \
-                 VALUES (?, ?, ?, (SELECT MAX(o.id) FROM orders o \
-                                   WHERE o.member_id = ? AND o.coupon_id = ? AND o.status = 'PAID'))",
-            )
-            .bind(b.coupon_id.0)
-            .bind(b.member_id.0)
-            .bind(b.issued_at.0)
-            .bind(b.member_id.0)
-            .bind(b.coupon_id.0)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                sqlx::query("UPDATE coupons SET remaining = remaining - 1 WHERE id = ?")
-                    .bind(b.coupon_id.0)
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            writes.flush(conn).await?;
+            coupon_issued(conn, b).await
         }
         Body::OrderReserved(b) => {
-            upsert_order(conn, &b.order, "RESERVED").await?;
-            for (product_id, qty, _) in b.order.merged_items() {
-                stock_delta(conn, ev, product_id, -qty, "RESERVE", Some(b.order.id.0)).await?;
-            }
+            order_reserved(writes, ev, b);
+            Ok(())
         }
-        Body::OrderPaid(b) => {
-            let o = &b.order;
-            upsert_order(conn, o, "PAID").await?;
-            let paid_at = o.paid_at.map_or(ev.at, |t| t.0);
-            sqlx::query(
-                "INSERT IGNORE INTO payments (order_id, member_id, amount, discount_amount, coupon_id, \
-                 status, paid_at, refunded_at) VALUES (?, ?, ?, ?, ?, 'PAID', ?, NULL)",
-            )
-            .bind(o.id.0)
-            .bind(o.member_id.0)
-            .bind(o.paid())
-            .bind(o.discount())
-            .bind(o.coupon_id.map(|c| c.0))
-            .bind(paid_at)
-            .execute(&mut *conn)
-            .await?;
-            let balance_after = match b.balance_after {
-                Some(v) => v.0,
-                None => member_balance(conn, o.member_id.0).await?.unwrap_or(0) - o.paid(),
-            };
-            ledger(
-                conn,
-                ev,
-                o.member_id.0,
-                "USE",
-                o.paid(),
-                balance_after,
-                Some(o.id.0),
-            )
-            .await?;
-            add_balance(conn, o.member_id.0, -o.paid()).await?;
-            // Only while the order is still PAID: a cancel applied earlier already returned the coupon.
-            if let Some(coupon) = o.coupon_id {
-                if order_status(conn, o.id.0).await?.as_deref() == Some("PAID") {
-                    sqlx::query(
-                        "UPDATE issued_coupons SET used_order_id = ? WHERE coupon_id = ? AND member_id = ?",
-                    )
-                    .bind(o.id.0)
-                    .bind(coupon.0)
-                    .bind(o.member_id.0)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-            let payload = json!({
-                "event_id": ev.event_id,
-                "order_id": o.id.0,
-                "member_id": o.member_id.0,
-                "items": o.items.iter().map(|i| json!({
-                    "product_id": i.product_id.0, "quantity": i.quantity.0, "unit_price": i.unit_price.0,
-                })).collect::<Vec<_>>(),
-                "total_amount": o.total_amount.0,
-                "discount_amount": o.discount(),
-                "paid_amount": o.paid(),
-                "paid_at": rfc3339(paid_at),
-            });
-            let now = crate::db::now();
-            sqlx::query(
-                "INSERT IGNORE INTO data_platform_deliveries (event_id, order_id, payload, status, attempts, \
-                 next_attempt_at, last_error, created_at, delivered_at) \
-                 VALUES (?, ?, ?, 'PENDING', 0, ?, NULL, ?, NULL)",
-            )
-            .bind(&ev.event_id)
-            .bind(o.id.0)
-            .bind(payload.to_string())
-            .bind(now)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Body::OrderCancelled(b) => {
-            let o = &b.order;
-            upsert_order(conn, o, "CANCELLED").await?;
-            for (product_id, qty, _) in o.merged_items() {
-                stock_delta(conn, ev, product_id, qty, "RELEASE", Some(o.id.0)).await?;
-            }
-            if b.previous_status == "PAID" {
-                let refunded = b.refunded_amount.map_or(o.paid(), |v| v.0);
-                let closed_at = o.closed_at.map_or(ev.at, |t| t.0);
-                let paid_at = o.paid_at.map_or(closed_at, |t| t.0);
-                // The paid event may come later: it then finds this row and leaves it REFUNDED.
-                sqlx::query(
-                    "INSERT INTO payments (order_id, member_id, amount, discount_amount, coupon_id, \
-                     status, paid_at, refunded_at) VALUES (?, ?, ?, ?, ?, 'REFUNDED', ?, ?) \
-                     ON DUPLICATE KEY UPDATE status = 'REFUNDED', refunded_at = VALUES(refunded_at)",
-                )
-                .bind(o.id.0)
-                .bind(o.member_id.0)
-                .bind(o.paid())
-                .bind(o.discount())
-                .bind(o.coupon_id.map(|c| c.0))
-                .bind(paid_at)
-                .bind(closed_at)
-                .execute(&mut *conn)
-                .await?;
-                let balance_after = match b.balance_after {
-                    Some(v) => v.0,
-                    None => member_balance(conn, o.member_id.0).await?.unwrap_or(0) + refunded,
-                };
-                ledger(
-                    conn,
-                    ev,
-                    o.member_id.0,
-                    "REFUND",
-                    refunded,
-                    balance_after,
-                    Some(o.id.0),
-                )
-                .await?;
-                add_balance(conn, o.member_id.0, refunded).await?;
-                sqlx::query(
-                    "UPDATE issued_coupons SET used_order_id = NULL WHERE member_id = ? AND used_order_id = ?",
-                )
-                .bind(o.member_id.0)
-                .bind(o.id.0)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+        Body::OrderPaid(b) => order_paid(conn, writes, ev, b).await,
+        Body::OrderCancelled(b) => order_cancelled(conn, writes, ev, b).await,
         Body::OrderExpired(b) => {
-            upsert_order(conn, &b.order, "EXPIRED").await?;
-            for (product_id, qty, _) in b.order.merged_items() {
-                stock_delta(conn, ev, product_id, qty, "RELEASE", Some(b.order.id.0)).await?;
-            }
+            order_expired(writes, ev, b);
+            Ok(())
         }
+    }
+}
+
+/// Creates the member row (once), with the balance of the ledger rows recorded before it.
+async fn member_registered(
+    conn: &mut MySqlConnection,
+    ev: &Event,
+    b: &MemberRegistered,
+) -> Res<()> {
+    let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM members WHERE id = ? FOR UPDATE")
+        .bind(b.member_id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_some() {
+        tracing::warn!(event_id = %ev.event_id, member_id = b.member_id.0, "member exists already; nothing to do");
+    } else {
+        let balance = ledger_balance(conn, b.member_id.0).await?;
+        sqlx::query(
+            "INSERT INTO members (id, email, name, balance, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(b.member_id.0)
+        .bind(&b.email)
+        .bind(&b.name)
+        .bind(balance)
+        .bind(b.created_at.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    // The engine writes credentials itself; an event from an older engine still carries them.
+    if let Some(hash) = &b.password_hash {
+        sqlx::query(
+            "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) \
+             VALUES (?, ?, ?)",
+        )
+        .bind(b.member_id.0)
+        .bind(hash)
+        .bind(b.created_at.0)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn points_charged(writes: &mut Writes, ev: &Event, b: &PointsCharged) {
+    writes.points(
+        ledger_row(
+            ev,
+            b.member_id.0,
+            "CHARGE",
+            b.amount.0,
+            b.balance_after.0,
+            None,
+        ),
+        b.amount.0,
+    );
+}
+
+/// Creates the coupon row (once); its remaining count starts from the issues recorded before it.
+async fn coupon_created(conn: &mut MySqlConnection, ev: &Event, b: &CouponCreated) -> Res<()> {
+    let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM coupons WHERE id = ? FOR UPDATE")
+        .bind(b.coupon_id.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_some() {
+        tracing::warn!(event_id = %ev.event_id, coupon_id = b.coupon_id.0, "coupon exists already; nothing to do");
+        return Ok(());
+    }
+    let issued = sqlx::query_scalar::<_, i64>(
+        // A locking read (see ROW_CREATION_LOCKS).
+        "SELECT COUNT(*) FROM issued_coupons WHERE coupon_id = ? FOR UPDATE",
+    )
+    .bind(b.coupon_id.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO coupons (id, name, discount_type, discount_value, total_quantity, \
+         remaining, valid_from, valid_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(b.coupon_id.0)
+    .bind(&b.name)
+    .bind(&b.discount_type)
+    .bind(b.discount_value.0)
+    .bind(b.total_quantity.0)
+    .bind(b.total_quantity.0 - issued)
+    .bind(b.valid_from.0)
+    .bind(b.valid_until.0)
+    .bind(b.created_at.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the issue (once per coupon and member) and counts it against the coupon's remaining.
+async fn coupon_issued(conn: &mut MySqlConnection, b: &CouponIssued) -> Res<()> {
+    // A paid order that used this coupon may have been applied first.
+    let inserted = sqlx::query(
+        "INSERT IGNORE INTO issued_coupons (coupon_id, member_id, issued_at, used_order_id) \
+         VALUES (?, ?, ?, (SELECT MAX(o.id) FROM orders o \
+                           WHERE o.member_id = ? AND o.coupon_id = ? AND o.status = 'PAID'))",
+    )
+    .bind(b.coupon_id.0)
+    .bind(b.member_id.0)
+    .bind(b.issued_at.0)
+    .bind(b.member_id.0)
+    .bind(b.coupon_id.0)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        sqlx::query("UPDATE coupons SET remaining = remaining - 1 WHERE id = ?")
+            .bind(b.coupon_id.0)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn order_reserved(writes: &mut Writes, ev: &Event, b: &OrderEvent) {
+    order_row(writes, &b.order, "RESERVED");
+    for (product_id, qty, _) in b.order.merged_items() {
+        stock_movement(writes, ev, product_id, -qty, "RESERVE", Some(b.order.id.0));
+    }
+}
+
+fn order_expired(writes: &mut Writes, ev: &Event, b: &OrderEvent) {
+    order_row(writes, &b.order, "EXPIRED");
+    for (product_id, qty, _) in b.order.merged_items() {
+        stock_movement(writes, ev, product_id, qty, "RELEASE", Some(b.order.id.0));
+    }
+}
+
+/// The order turns PAID: its payment, the points spent, the coupon marked used, and the delivery
+/// to the data platform.
+async fn order_paid(
+    conn: &mut MySqlConnection,
+    writes: &mut Writes,
+    ev: &Event,
+    b: &OrderPaid,
+) -> Res<()> {
+    let o = &b.order;
+    order_row(writes, o, "PAID");
+    let paid_at = o.paid_at.map_or(ev.at, |t| t.0);
+    writes.payment(PaymentRow {
+        order_id: o.id.0,
+        member_id: o.member_id.0,
+        amount: o.paid(),
+        discount_amount: o.discount(),
+        coupon_id: o.coupon_id.map(|c| c.0),
+        paid_at,
+        refunded_at: None,
+    });
+    let balance_after = match b.balance_after {
+        Some(v) => v.0,
+        // An event of an older engine: the balance as this batch left it so far.
+        None => {
+            writes.flush(conn).await?;
+            member_balance(conn, o.member_id.0).await?.unwrap_or(0) - o.paid()
+        }
+    };
+    writes.points(
+        ledger_row(
+            ev,
+            o.member_id.0,
+            "USE",
+            o.paid(),
+            balance_after,
+            Some(o.id.0),
+        ),
+        -o.paid(),
+    );
+    // Only while the order is still PAID: a cancel applied earlier already returned the coupon.
+    if let Some(coupon) = o.coupon_id {
+        writes.flush(conn).await?;
+        if order_status(conn, o.id.0).await?.as_deref() == Some("PAID") {
+            sqlx::query(
+                "UPDATE issued_coupons SET used_order_id = ? WHERE coupon_id = ? AND member_id = ?",
+            )
+            .bind(o.id.0)
+            .bind(coupon.0)
+            .bind(o.member_id.0)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    let payload = json!({
+        "event_id": ev.event_id,
+        "order_id": o.id.0,
+        "member_id": o.member_id.0,
+        "items": o.items.iter().map(|i| json!({
+            "product_id": i.product_id.0, "quantity": i.quantity.0, "unit_price": i.unit_price.0,
+        })).collect::<Vec<_>>(),
+        "total_amount": o.total_amount.0,
+        "discount_amount": o.discount(),
+        "paid_amount": o.paid(),
+        "paid_at": rfc3339(paid_at),
+    });
+    writes.delivery(DeliveryRow {
+        event_id: ev.event_id.clone(),
+        order_id: o.id.0,
+        payload: payload.to_string(),
+        created_at: crate::db::now(),
+    });
+    Ok(())
+}
+
+/// The order is cancelled: its units go back, and a paid order is refunded (points back, the
+/// coupon free again).
+async fn order_cancelled(
+    conn: &mut MySqlConnection,
+    writes: &mut Writes,
+    ev: &Event,
+    b: &OrderCancelled,
+) -> Res<()> {
+    let o = &b.order;
+    order_row(writes, o, "CANCELLED");
+    for (product_id, qty, _) in o.merged_items() {
+        stock_movement(writes, ev, product_id, qty, "RELEASE", Some(o.id.0));
+    }
+    if b.previous_status != "PAID" {
+        return Ok(());
+    }
+    let refunded = b.refunded_amount.map_or(o.paid(), |v| v.0);
+    let closed_at = o.closed_at.map_or(ev.at, |t| t.0);
+    // The paid event may come later: it then finds this row and leaves it REFUNDED.
+    writes.refund(PaymentRow {
+        order_id: o.id.0,
+        member_id: o.member_id.0,
+        amount: o.paid(),
+        discount_amount: o.discount(),
+        coupon_id: o.coupon_id.map(|c| c.0),
+        paid_at: o.paid_at.map_or(closed_at, |t| t.0),
+        refunded_at: Some(closed_at),
+    });
+    let balance_after = match b.balance_after {
+        Some(v) => v.0,
+        None => {
+            writes.flush(conn).await?;
+            member_balance(conn, o.member_id.0).await?.unwrap_or(0) + refunded
+        }
+    };
+    writes.points(
+        ledger_row(
+            ev,
+            o.member_id.0,
+            "REFUND",
+            refunded,
+            balance_after,
+            Some(o.id.0),
+        ),
+        refunded,
+    );
+    // Only an order with a coupon marked one used (order.paid and coupon.issued both go by the
+    // order's coupon_id).
+    if o.coupon_id.is_some() {
+        writes.flush(conn).await?;
+        sqlx::query(
+            "UPDATE issued_coupons SET used_order_id = NULL WHERE member_id = ? AND used_order_id = ?",
+        )
+        .bind(o.member_id.0)
+        .bind(o.id.0)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
@@ -371,7 +441,16 @@ async fn product_created(conn: &mut MySqlConnection, ev: &Event, b: &ProductCrea
         tracing::warn!(event_id = %ev.event_id, product_id, "product exists already; nothing to do");
         return Ok(());
     }
-    movement(conn, ev, product_id, b.stock.0, "CREATED", None).await?;
+    sqlx::query(
+        "INSERT INTO stock_movements (event_id, product_id, delta, reason, order_id, at) \
+         VALUES (?, ?, ?, 'CREATED', NULL, ?)",
+    )
+    .bind(&ev.event_id)
+    .bind(product_id)
+    .bind(b.stock.0)
+    .bind(ev.at)
+    .execute(&mut *conn)
+    .await?;
     let stock = sqlx::query_scalar::<_, i64>(
         // A locking read (see ROW_CREATION_LOCKS).
         "SELECT CAST(COALESCE(SUM(delta), 0) AS SIGNED) FROM stock_movements WHERE product_id = ? FOR UPDATE",
@@ -463,52 +542,32 @@ pub fn rfc3339(t: NaiveDateTime) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Inserts or moves the order forward (never back) by status rank, and records its items.
-async fn upsert_order(conn: &mut MySqlConnection, o: &OrderSnapshot, status: &str) -> Res<()> {
-    let rank = status_rank(status).unwrap_or(1);
-    // Assignments run left to right and see earlier ones, so status_rank is updated last.
-    sqlx::query(
-        "INSERT INTO orders (id, member_id, status, status_rank, total_amount, discount_amount, paid_amount, \
-         coupon_id, expires_at, created_at, paid_at, closed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE \
-         member_id = IF(VALUES(status_rank) > status_rank, VALUES(member_id), member_id), \
-         status = IF(VALUES(status_rank) > status_rank, VALUES(status), status), \
-         total_amount = IF(VALUES(status_rank) > status_rank, VALUES(total_amount), total_amount), \
-         discount_amount = IF(VALUES(status_rank) > status_rank, VALUES(discount_amount), discount_amount), \
-         paid_amount = IF(VALUES(status_rank) > status_rank, VALUES(paid_amount), paid_amount), \
-         coupon_id = IF(VALUES(status_rank) > status_rank, VALUES(coupon_id), coupon_id), \
-         expires_at = IF(VALUES(status_rank) > status_rank, VALUES(expires_at), expires_at), \
-         created_at = IF(VALUES(status_rank) > status_rank, VALUES(created_at), created_at), \
-         paid_at = IF(VALUES(status_rank) > status_rank, COALESCE(VALUES(paid_at), paid_at), paid_at), \
-         closed_at = IF(VALUES(status_rank) > status_rank, VALUES(closed_at), closed_at), \
-         status_rank = GREATEST(status_rank, VALUES(status_rank))",
-    )
-    .bind(o.id.0)
-    .bind(o.member_id.0)
-    .bind(status)
-    .bind(rank)
-    .bind(o.total_amount.0)
-    .bind(o.discount())
-    .bind(o.paid())
-    .bind(o.coupon_id.map(|c| c.0))
-    .bind(o.expires_at.0)
-    .bind(o.created_at.0)
-    .bind(o.paid_at.map(|t| t.0))
-    .bind(o.closed_at.map(|t| t.0))
-    .execute(&mut *conn)
-    .await?;
-    for (product_id, qty, unit_price) in o.merged_items() {
-        sqlx::query(
-            "INSERT IGNORE INTO order_items (order_id, product_id, quantity, unit_price) VALUES (?, ?, ?, ?)",
-        )
-        .bind(o.id.0)
-        .bind(product_id)
-        .bind(qty)
-        .bind(unit_price)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+/// The order's row at `status` (it moves forward only: see [`Writes::flush`]) and its items.
+fn order_row(writes: &mut Writes, o: &OrderSnapshot, status: &'static str) {
+    writes.order(
+        OrderRow {
+            id: o.id.0,
+            member_id: o.member_id.0,
+            status,
+            status_rank: status_rank(status).unwrap_or(1),
+            total_amount: o.total_amount.0,
+            discount_amount: o.discount(),
+            paid_amount: o.paid(),
+            coupon_id: o.coupon_id.map(|c| c.0),
+            expires_at: o.expires_at.0,
+            created_at: o.created_at.0,
+            paid_at: o.paid_at.map(|t| t.0),
+            closed_at: o.closed_at.map(|t| t.0),
+        },
+        o.merged_items()
+            .into_iter()
+            .map(|(product_id, quantity, unit_price)| ItemRow {
+                order_id: o.id.0,
+                product_id,
+                quantity,
+                unit_price,
+            }),
+    );
 }
 
 async fn order_status(conn: &mut MySqlConnection, order_id: i64) -> Res<Option<String>> {
@@ -518,84 +577,42 @@ async fn order_status(conn: &mut MySqlConnection, order_id: i64) -> Res<Option<S
         .await
 }
 
-/// Records a stock movement and applies it to the product (when the product row exists yet; a product
-/// created later starts from the sum of its movements).
-async fn stock_delta(
-    conn: &mut MySqlConnection,
+/// A stock movement of the event, applied to the product's stock.
+fn stock_movement(
+    writes: &mut Writes,
     ev: &Event,
     product_id: i64,
     delta: i64,
-    reason: &str,
+    reason: &'static str,
     order_id: Option<i64>,
-) -> Res<()> {
-    if movement(conn, ev, product_id, delta, reason, order_id).await? {
-        sqlx::query("UPDATE products SET stock = stock + ? WHERE id = ?")
-            .bind(delta)
-            .bind(product_id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+) {
+    writes.stock_movement(MovementRow {
+        event_id: ev.event_id.clone(),
+        product_id,
+        delta,
+        reason,
+        order_id,
+        at: ev.at,
+    });
 }
 
-/// Inserts a stock_movements row; false when this event already moved this product's stock.
-async fn movement(
-    conn: &mut MySqlConnection,
-    ev: &Event,
-    product_id: i64,
-    delta: i64,
-    reason: &str,
-    order_id: Option<i64>,
-) -> Res<bool> {
-    let n = sqlx::query(
-        "INSERT IGNORE INTO stock_movements (event_id, product_id, delta, reason, order_id, at) \
-         VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&ev.event_id)
-    .bind(product_id)
-    .bind(delta)
-    .bind(reason)
-    .bind(order_id)
-    .bind(ev.at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn ledger(
-    conn: &mut MySqlConnection,
+fn ledger_row(
     ev: &Event,
     member_id: i64,
-    kind: &str,
+    kind: &'static str,
     amount: i64,
     balance_after: i64,
     order_id: Option<i64>,
-) -> Res<()> {
-    sqlx::query(
-        "INSERT INTO points_ledger (event_id, member_id, type, amount, balance_after, order_id, at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&ev.event_id)
-    .bind(member_id)
-    .bind(kind)
-    .bind(amount)
-    .bind(balance_after)
-    .bind(order_id)
-    .bind(ev.at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn add_balance(conn: &mut MySqlConnection, member_id: i64, delta: i64) -> Res<()> {
-    sqlx::query("UPDATE members SET balance = balance + ? WHERE id = ?")
-        .bind(delta)
-        .bind(member_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+) -> LedgerRow {
+    LedgerRow {
+        event_id: ev.event_id.clone(),
+        member_id,
+        kind,
+        amount,
+        balance_after,
+        order_id,
+        at: ev.at,
+    }
 }
 
 async fn member_balance(conn: &mut MySqlConnection, member_id: i64) -> Res<Option<i64>> {

@@ -4,7 +4,8 @@
 //! One module per job:
 //! - [`config`]: the sink's settings ([`SinkConfig`]).
 //! - [`event`]: decoding and validating the Kafka event JSON.
-//! - [`apply`]: the SQL effects of one event inside a transaction.
+//! - [`apply`]: the SQL effects of each event type inside a transaction.
+//! - [`writes`]: a batch's row changes, gathered and written with few multi-row statements.
 //! - [`db`]: connecting, migrating, classifying database errors.
 //! - [`consumer`]: the batch loop (fetch, apply in one transaction, dead-letter, commit offsets).
 //! - [`dlq`]: producing poison messages to the dead-letter topic.
@@ -34,6 +35,7 @@ pub mod replay;
 pub mod sink;
 pub mod state;
 pub mod telemetry;
+pub mod writes;
 
 pub use config::SinkConfig;
 pub use mock_platform::{
