@@ -22,8 +22,10 @@ pub struct SinkConfig {
     pub listen_addr: Option<SocketAddr>,
     /// Most messages applied in one transaction.
     pub batch_max: usize,
-    /// A batch closes after this long without a new message.
+    /// A batch closes after this long without a new message...
     pub batch_idle: Duration,
+    /// ...or this long after its first message (bounds the lag a full batch adds).
+    pub batch_max_wait: Duration,
     /// Attempts of an event that fails alone with a non-transient error before it is dead-lettered
     /// (integrity-constraint errors excepted: they stall the partition instead).
     pub poison_attempts: u32,
@@ -67,8 +69,9 @@ impl Default for SinkConfig {
             group_id: "flashsale-sink".into(),
             data_platform_url: "http://127.0.0.1:8082/events".into(),
             listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
-            batch_max: 500,
+            batch_max: 2_000,
             batch_idle: Duration::from_millis(20),
+            batch_max_wait: Duration::from_millis(250),
             poison_attempts: 3,
             stall_backoff_base: Duration::from_secs(1),
             stall_backoff_cap: Duration::from_secs(30),

@@ -54,10 +54,15 @@ struct RunArgs {
     /// `/healthz` and `/metrics`.
     #[arg(long, env = "SINK_LISTEN_ADDR", default_value = "127.0.0.1:8081")]
     listen_addr: SocketAddr,
-    #[arg(long, env = "SINK_BATCH_MAX", default_value_t = 500)]
+    /// Most messages applied in one transaction.
+    #[arg(long, env = "SINK_BATCH_MAX", default_value_t = 2_000)]
     batch_max: usize,
+    /// A batch closes after this long without a new message...
     #[arg(long, env = "SINK_BATCH_IDLE_MS", default_value_t = 20)]
     batch_idle_ms: u64,
+    /// ...or this long after its first message, whichever comes first.
+    #[arg(long, env = "SINK_BATCH_MAX_WAIT_MS", default_value_t = 250)]
+    batch_max_wait_ms: u64,
     /// First retry delay of a failed delivery (doubles per attempt, with jitter).
     #[arg(long, env = "DELIVERY_BACKOFF_BASE_MS", default_value_t = 200)]
     delivery_backoff_base_ms: u64,
@@ -143,6 +148,7 @@ impl RunArgs {
             listen_addr: Some(self.listen_addr),
             batch_max: self.batch_max.max(1),
             batch_idle: Duration::from_millis(self.batch_idle_ms),
+            batch_max_wait: Duration::from_millis(self.batch_max_wait_ms),
             delivery_backoff_base: Duration::from_millis(self.delivery_backoff_base_ms.max(1)),
             delivery_backoff_cap: Duration::from_millis(self.delivery_backoff_cap_ms.max(1)),
             stall_backoff_base: Duration::from_millis(self.stall_backoff_base_ms.max(1)),
