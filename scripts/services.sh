@@ -644,6 +644,10 @@ group.initial.rebalance.delay.ms=0
 min.insync.replicas=1
 log.retention.hours=168
 log.segment.bytes=104857600
+# One broker on a small machine: the defaults (3 network, 8 I/O threads) are sized for a server and
+# only add context switches here.
+num.network.threads=2
+num.io.threads=2
 EOF
 }
 

@@ -267,7 +267,12 @@ impl Relay {
                     if let Ok(Some(done)) =
                         tokio::time::timeout(Duration::from_millis(20), sends.next()).await
                     {
-                        self.settle(vec![done]).await?;
+                        // Sends of one read settle together (one producer batch): one XACK for all.
+                        let mut settled = vec![done];
+                        while let Some(Some(more)) = sends.next().now_or_never() {
+                            settled.push(more);
+                        }
+                        self.settle(settled).await?;
                     }
                 } else if own_pending_cursor.is_none() && self.waiting_count() > 0 {
                     // Nothing in flight, only entries waiting for their backoff.
