@@ -28,8 +28,9 @@ if tonumber(o.expires_at_ms) > now then
 end
 
 o.status, o.closed_at = 'EXPIRED', rfc3339(now)
--- The snapshot decodes the items: an order that cannot be read fails here, before any write (a script
--- error does not undo the writes before it).
+-- An order whose items cannot be read fails here, before any write (a script error does not undo the
+-- writes before it), rather than sending them on to the sink.
+cjson.decode(o.items)
 local snapshot = order_snapshot(o)
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
 redis.call('ZREM', KEYS[2], ARGV[1])

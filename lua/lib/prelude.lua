@@ -23,6 +23,13 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- A JSON text encoded already (a stored order's items, a snapshot that goes into both the event and
+-- the reply): json() writes it as it is instead of decoding and encoding it again.
+local RAW = {}
+local function raw(text)
+  return setmetatable({ text = text }, RAW)
+end
+
 -- JSON as cjson writes it, except integers, written whole: cjson writes numbers with 14 significant
 -- digits at most (`%.14g`, its ceiling), which rounds ids (time-ordered, up to 2^53: 16 digits).
 -- Every JSON a script writes (reply bodies, events, stored items) goes through here.
@@ -34,6 +41,9 @@ local function json(v)
     end
     return cjson.encode(v)
   elseif kind == 'table' then
+    if getmetatable(v) == RAW then
+      return v.text
+    end
     local parts = {}
     if #v > 0 then
       for i = 1, #v do
@@ -148,13 +158,14 @@ local function str_or_null(v)
   return v
 end
 
--- The order as the API and the events show it, from the order hash.
+-- The order as the API and the events show it, from the order hash. Its items are stored as the JSON
+-- the reserve wrote (json()), and go out as they are.
 local function order_snapshot(h)
   return {
     id = tonumber(h.id),
     member_id = tonumber(h.member_id),
     status = h.status,
-    items = cjson.decode(h.items),
+    items = raw(h.items),
     total_amount = tonumber(h.total_amount),
     discount_amount = tonumber(h.discount_amount),
     paid_amount = tonumber(h.paid_amount),
