@@ -24,7 +24,9 @@ use serde::Serialize;
 
 use crate::api::{Api, Drain};
 use crate::call::Ctx;
-use crate::scenarios::{Check, CouponArgs, Data, LimitedArgs, PointsArgs, ShopperArgs, StockArgs};
+use crate::scenarios::{
+    BigSaleArgs, Check, CouponArgs, Data, LimitedArgs, PointsArgs, ShopperArgs, StockArgs,
+};
 use crate::stats::{ms, node_info, proc_cpu_secs, proc_hwm_kib, NodeInfo, Stats, StatsSummary};
 
 #[derive(Parser, Debug)]
@@ -107,6 +109,10 @@ pub(crate) struct Common {
     /// (`INFO cpu`) and script calls (`INFO commandstats`) over the timed part go into the summary.
     #[arg(long, global = true, env = "REDIS_NODES", value_delimiter = ',')]
     redis_nodes: Vec<String>,
+    /// More processes to account for (name=pid, comma-separated, e.g. kafka=12,sink=34,mariadb=56):
+    /// each one's CPU over the timed part and over the drain after it goes into the summary.
+    #[arg(long, global = true, env = "WATCH_PIDS", value_delimiter = ',')]
+    watch_pids: Vec<String>,
     /// Also print goose's running metrics every N seconds.
     #[arg(long, global = true)]
     goose_running_metrics: Option<usize>,
@@ -118,6 +124,9 @@ enum Cmd {
     CouponRush(CouponArgs),
     /// Members order one hot product with little stock (Idempotency-Key), then pay.
     StockRush(StockArgs),
+    /// The success path: a product with more units than the run sells; every order paid, every
+    /// N-th cancelled (refund, units back). Measures what a sale that sells costs.
+    BigSale(BigSaleArgs),
     /// Browse, popular list, order 1-3 items, pay (some with a coupon), some cancel, some abandon.
     Shopper(ShopperArgs),
     /// Charges and payments on a few hot members; balances must come out exact.
@@ -164,6 +173,7 @@ impl Cmd {
         match self {
             Cmd::CouponRush(_) => "coupon-rush",
             Cmd::StockRush(_) => "stock-rush",
+            Cmd::BigSale(_) => "big-sale",
             Cmd::Shopper(_) => "shopper",
             Cmd::Points(_) => "points",
             Cmd::LimitedRush(_) => "limited-rush",
@@ -222,6 +232,8 @@ struct CpuSnap {
     redis: Option<f64>,
     me: Option<f64>,
     nodes: Vec<Option<NodeInfo>>,
+    /// CPU seconds of each --watch-pids process, in its order.
+    watched: Vec<Option<f64>>,
 }
 
 fn snap(c: &Common) -> CpuSnap {
@@ -230,7 +242,55 @@ fn snap(c: &Common) -> CpuSnap {
         redis: c.redis_pid.as_deref().and_then(proc_cpu_secs),
         me: proc_cpu_secs("self"),
         nodes: c.redis_nodes.iter().map(|a| node_info(a)).collect(),
+        watched: watched_pids(c)
+            .iter()
+            .map(|(_, pid)| proc_cpu_secs(pid))
+            .collect(),
     }
+}
+
+/// (name, pid) of every --watch-pids entry; an entry without `=` is named by its pid.
+fn watched_pids(c: &Common) -> Vec<(String, String)> {
+    c.watch_pids
+        .iter()
+        .filter(|w| !w.trim().is_empty())
+        .map(|w| match w.split_once('=') {
+            Some((name, pid)) => (name.trim().to_string(), pid.trim().to_string()),
+            None => (w.trim().to_string(), w.trim().to_string()),
+        })
+        .collect()
+}
+
+/// CPU of a --watch-pids process: over the timed part, and over the drain that followed it (the
+/// pipeline's work for the run's events goes on after the last request).
+#[derive(Serialize, Debug)]
+struct ProcessCpu {
+    name: String,
+    pid: String,
+    run_secs: Option<f64>,
+    drain_secs: Option<f64>,
+}
+
+fn process_cpu(
+    c: &Common,
+    before: &CpuSnap,
+    after: &CpuSnap,
+    drained: &CpuSnap,
+) -> Vec<ProcessCpu> {
+    let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(((b - a) * 1000.0).round() / 1000.0),
+        _ => None,
+    };
+    watched_pids(c)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, pid))| ProcessCpu {
+            name,
+            pid,
+            run_secs: delta(before.watched[i], after.watched[i]),
+            drain_secs: delta(after.watched[i], drained.watched[i]),
+        })
+        .collect()
 }
 
 /// One Redis node over the timed part (--redis-nodes).
@@ -295,6 +355,11 @@ struct Summary {
     stats: StatsSummary,
     cpu: Cpu,
     redis_nodes: Vec<NodeDelta>,
+    /// --watch-pids: CPU over the timed part and over the drain.
+    processes: Vec<ProcessCpu>,
+    /// Timed part's bounds (unix ms), to line samples taken outside up with it.
+    timed_from_ms: i64,
+    timed_until_ms: i64,
     drain: Option<Drain>,
     checks: Vec<Check>,
     thresholds: Vec<Threshold>,
@@ -361,7 +426,10 @@ async fn run(cli: Cli) -> Result<bool> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let (members, mut data) = match &cli.cmd {
         Cmd::CouponRush(a) => scenarios::setup_coupon(&api, &run_id, a).await?,
-        Cmd::StockRush(a) => scenarios::setup_stock(&api, &run_id, a).await?,
+        Cmd::StockRush(a) => scenarios::setup_stock(&api, &run_id, a, 0).await?,
+        Cmd::BigSale(a) => {
+            scenarios::setup_stock(&api, &run_id, &a.stock_args(), a.cancel_every).await?
+        }
         Cmd::Shopper(a) => scenarios::setup_shopper(&api, &run_id, a, users).await?,
         Cmd::Points(a) => scenarios::setup_points(&api, &run_id, a).await?,
         Cmd::LimitedRush(a) => scenarios::setup_limited(&api, &run_id, a).await?,
@@ -451,7 +519,9 @@ async fn run(cli: Cli) -> Result<bool> {
     );
     let progress = (c.progress_secs > 0).then(|| tokio::spawn(progress(c.progress_secs)));
     let before = snap(c);
+    let timed_from_ms = chrono::Utc::now().timestamp_millis();
     let goose_result = attack.execute().await;
+    let timed_until_ms = chrono::Utc::now().timestamp_millis();
     let after = snap(c);
     if let Some(p) = progress {
         p.abort();
@@ -504,6 +574,14 @@ async fn run(cli: Cli) -> Result<bool> {
                 .await,
         )
     };
+    let drained = snap(c);
+    let processes = process_cpu(c, &before, &after, &drained);
+    for p in &processes {
+        eprintln!(
+            "  {} (pid {}): cpu {:?} s over the run, {:?} s over the drain",
+            p.name, p.pid, p.run_secs, p.drain_secs
+        );
+    }
     let mut checks = scenarios::verify(&api).await;
     if let Some(d) = &drain {
         checks.push(drain_check(d, c.drain_timeout));
@@ -573,6 +651,9 @@ async fn run(cli: Cli) -> Result<bool> {
         stats,
         cpu,
         redis_nodes,
+        processes,
+        timed_from_ms,
+        timed_until_ms,
         drain,
         checks,
         thresholds,

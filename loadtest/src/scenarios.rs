@@ -62,6 +62,35 @@ pub struct StockArgs {
     pub balance: i64,
 }
 
+/// The big sale: the success path. A product with more units than the run can sell, members who
+/// can afford every order they make; every order is paid and every `cancel_every`-th paid order is
+/// cancelled (refund, units back).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BigSaleArgs {
+    #[arg(long, default_value_t = 5_000)]
+    pub members: usize,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    #[arg(long, default_value_t = 1_000)]
+    pub price: i64,
+    #[arg(long, default_value_t = 100_000_000)]
+    pub balance: i64,
+    /// Cancel every N-th paid order (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub cancel_every: i64,
+}
+
+impl BigSaleArgs {
+    pub fn stock_args(&self) -> StockArgs {
+        StockArgs {
+            members: self.members,
+            stock: self.stock,
+            price: self.price,
+            balance: self.balance,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ShopperArgs {
     #[arg(long, default_value_t = 2_000)]
@@ -143,7 +172,11 @@ pub struct StockData {
     /// Units in orders that were created (201).
     pub reserved: AtomicI64,
     pub paid_orders: AtomicI64,
-    /// Points spent per member.
+    /// Every N-th paid order is cancelled (0: none; the big sale).
+    pub cancel_every: i64,
+    /// Units of the orders cancelled (given back).
+    pub cancelled: AtomicI64,
+    /// Points spent per member (refunds deducted).
     pub spent: Vec<AtomicI64>,
 }
 
@@ -360,7 +393,12 @@ pub async fn setup_coupon(api: &Api, run: &str, a: &CouponArgs) -> Result<(Vec<M
     Ok((members, data))
 }
 
-pub async fn setup_stock(api: &Api, run: &str, a: &StockArgs) -> Result<(Vec<Member>, Data)> {
+pub async fn setup_stock(
+    api: &Api,
+    run: &str,
+    a: &StockArgs,
+    cancel_every: i64,
+) -> Result<(Vec<Member>, Data)> {
     let members = api
         .seed_members(a.members, a.balance, &format!("load-{run}"))
         .await?;
@@ -382,6 +420,8 @@ pub async fn setup_stock(api: &Api, run: &str, a: &StockArgs) -> Result<(Vec<Mem
         price: a.price,
         reserved: AtomicI64::new(0),
         paid_orders: AtomicI64::new(0),
+        cancel_every,
+        cancelled: AtomicI64::new(0),
         spent: (0..n).map(|_| AtomicI64::new(0)).collect(),
     });
     Ok((members, data))
@@ -521,6 +561,8 @@ pub fn goose_scenario(kind: &str) -> Scenario {
             .register_transaction(transaction!(coupon_issue).set_name("issue")),
         "stock-rush" => scenario!("StockRush")
             .register_transaction(transaction!(stock_order_and_pay).set_name("order+pay")),
+        "big-sale" => scenario!("BigSale")
+            .register_transaction(transaction!(stock_order_and_pay).set_name("order+pay(+cancel)")),
         "shopper" => scenario!("Shopper")
             .register_transaction(transaction!(shopper_start).set_on_start())
             .register_transaction(transaction!(shopper_visit).set_name("visit")),
@@ -592,9 +634,13 @@ async fn stock_order_and_pay(user: &mut GooseUser) -> TransactionResult {
     )
     .await?;
     if p.is(200) {
-        d.paid_orders.fetch_add(1, Relaxed);
+        let n = d.paid_orders.fetch_add(1, Relaxed) + 1;
         let paid = int(&p.body, "paid_amount").unwrap_or(d.price);
         d.spent[mi].fetch_add(paid, Relaxed);
+        if d.cancel_every > 0 && n % d.cancel_every == 0 && cancel(user, &m.bearer, &oid).await? {
+            d.cancelled.fetch_add(1, Relaxed);
+            d.spent[mi].fetch_sub(paid, Relaxed);
+        }
     }
     Ok(())
 }
@@ -1133,12 +1179,14 @@ async fn verify_stock(api: &Api, d: &StockData, checks: &mut Vec<Check>) -> Resu
         stock_now >= 0,
         format!("stock now {stock_now}"),
     ));
+    let cancelled = d.cancelled.load(Relaxed);
+    let sold = reserved - cancelled;
     checks.push(Check::new(
         "sold + remaining == initial",
-        reserved + stock_now == d.stock,
+        sold + stock_now == d.stock,
         format!(
-            "orders created (units) {reserved} + stock now {stock_now} = {}, initial {}",
-            reserved + stock_now,
+            "units in orders created {reserved} - cancelled {cancelled} + stock now {stock_now} = {}, initial {}",
+            sold + stock_now,
             d.stock
         ),
     ));

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The big sale (issue 12): a sale where most orders succeed, and what making each of them durable
+# costs. In ONE sitting, phases alternating for BIG_ROUNDS rounds, each in a namespace of its own
+# (key prefix, database, topics, consumer group; dropped at exit) on the running services:
+#   whole     this version: engine (relay inside) + one sink + mock data platform, goose `big-sale`
+#             (every order paid, every 10th paid order cancelled), then the drain
+#   before    BIG_BEFORE_BIN (a previous version's engine, its flashsale-sink beside it): the same
+#   hotpath   this version's engine with RUN_RELAY=false and no sink: the hot path alone
+# then, once (BIG_SCALE=1): a backlog made with no sink running, applied by one sink, then (a new
+# backlog) by two sinks of one group: their apply rates.
+#
+# For each phase: requests/s, p50/p99, CPU per request of every process (engine, Redis, Kafka, sink,
+# MariaDB, the load generator) over the run and over the drain after it, CPU per event of the pipeline
+# (Kafka + sink + MariaDB), the sink's lag per event (processed_at - the event's time, from MySQL:
+# p50/p99/max and per second of the run), the engine's event rate and the sink's apply rate per second.
+# Writes docs/pipeline-benchmark.md with an SVG of the lag over time (docs/big-sale-lag.svg), and the
+# big-sale block of docs/benchmarks.md.
+#
+# Environment (defaults):
+#   BIG_ROUNDS=2 BIG_USERS=16 BIG_RUN_TIME=20 (seconds) BIG_MEMBERS=5000 BIG_CANCEL_EVERY=10
+#   BIG_BEFORE_BIN     previous engine binary (flashsale-sink beside it); BIG_BEFORE_LABEL names it
+#   BIG_SCALE=1        the one-sink / two-sink backlog phase (0: skip)
+#   BIG_PORT=18090     engine port (sinks and the mock platform use the next ones)
+#   BIG_OUT=docs/pipeline-benchmark.md  BIG_DIR=.local/bench/big-<time>  BIG_SKIP_BUILD=1
+#   CARGO_TARGET_DIR   where release binaries are built (default ~/.cache/flashsale-target)
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+T=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/flashsale-target}
+ROUNDS=${BIG_ROUNDS:-2}
+USERS=${BIG_USERS:-16}
+RUN=${BIG_RUN_TIME:-20}
+MEMBERS=${BIG_MEMBERS:-5000}
+CANCEL_EVERY=${BIG_CANCEL_EVERY:-10}
+BEFORE_BIN=${BIG_BEFORE_BIN:-}
+SCALE=${BIG_SCALE:-1}
+PORT=${BIG_PORT:-18090}
+OUT=${BIG_OUT:-$REPO/docs/pipeline-benchmark.md}
+WORK=${BIG_DIR:-$REPO/.local/bench/big-$(date -u +%Y%m%dT%H%M%SZ)}
+ADMIN_KEY=big-sale-admin
+JWT=big-sale-jwt-secret-0123456789abcdef0123456789
+START=$(date +%s)
+mkdir -p "$WORK/reports"
+PHASES=$WORK/phases.tsv
+: >"$PHASES"
+
+log() { printf '[big-sale %4ds] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
+
+PIDS=()
+NAMESPACES=()
+cleanup() {
+    local p ns
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for ns in "${NAMESPACES[@]}"; do
+        mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot \
+            -e "DROP DATABASE IF EXISTS flashsale_$ns" >/dev/null 2>&1 || true
+        redis-cli -p "$REDIS_PORT" --scan --pattern "$ns:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" UNLINK >/dev/null 2>&1
+    done
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+if [ "${BIG_SKIP_BUILD:-0}" != 1 ]; then
+    log "building release binaries into $T"
+    CARGO_TARGET_DIR=$T cargo build --release -p flashsale -p flashsale-sink -p flashsale-loadtest \
+        >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; log "build failed"; exit 1; }
+fi
+for b in "$T/release/flashsale" "$T/release/flashsale-sink" "$T/release/flashsale-loadtest" \
+    ${BEFORE_BIN:+"$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/flashsale-sink"}; do
+    [ -x "$b" ] || { log "missing $b"; exit 1; }
+done
+
+log "starting the backing services (scripts/services.sh up)"
+scripts/services.sh up >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; log "services up failed"; exit 1; }
+eval "$(bash scripts/services.sh env 2>/dev/null)"
+REDIS_PORT=${REDIS_URL##*:}
+MYSQL_PORT=${DATABASE_URL##*:}; MYSQL_PORT=${MYSQL_PORT%%/*}
+status=$(scripts/services.sh status)
+pid_of() { awk -v n="$1" '$1 == n && $2 == "running" {print $4}' <<<"$status"; }
+REDIS_PID=$(pid_of redis); KAFKA_PID=$(pid_of kafka); MYSQL_PID=$(pid_of mysql)
+[ -n "$REDIS_PID" ] && [ -n "$KAFKA_PID" ] && [ -n "$MYSQL_PID" ] || { echo "$status" >&2; log "a service is not running"; exit 1; }
+log "redis $REDIS_PID, kafka $KAFKA_PID, mariadb $MYSQL_PID"
+
+export REDIS_URL KAFKA_BROKERS ADMIN_API_KEY=$ADMIN_KEY JWT_SECRET=$JWT RUST_LOG=${BIG_RUST_LOG:-warn}
+export MOCK_PLATFORM_LISTEN_ADDR=127.0.0.1:$(( PORT + 1 ))
+export DATA_PLATFORM_URL=http://$MOCK_PLATFORM_LISTEN_ADDR/events
+"$T/release/flashsale-sink" mock-platform >"$WORK/mock.log" 2>&1 &
+PIDS+=($!)
+
+SQL() { mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot -N -B -e "$2" "flashsale_$1"; }
+
+# use_namespace NS: what the engine and sinks started next use.
+use_namespace() {
+    export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale_$1
+    export KEY_PREFIX=$1 KAFKA_TOPIC=$1.events KAFKA_DLQ_TOPIC=$1.events.dlq KAFKA_GROUP=$1-sink
+    NAMESPACES+=("$1")
+}
+
+# start_sink BIN N LOG: a sink with ops port PORT+1+N; echoes its pid.
+start_sink() {
+    SINK_LISTEN_ADDR=127.0.0.1:$(( PORT + 1 + $2 )) "$1" >"$3" 2>&1 &
+    echo $!
+}
+
+wait_ready() {
+    local i
+    for i in $(seq 1 120); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0; sleep 0.5; done
+    return 1
+}
+
+# stop PID...: TERM, then wait.
+stop() { local p; for p in "$@"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+
+# lag NS FROM_MS UNTIL_MS OUT: per-event lag of the run's events (processed_at minus the event's own
+# time: stock movements for reserve/cancel, ledger rows for pay), summary and per second.
+lag() {
+    local ns=$1 from=$2 until=$3 out=$4
+    SQL "$ns" "
+      SELECT TIMESTAMPDIFF(MICROSECOND, e.at, p.processed_at) / 1000, UNIX_TIMESTAMP(e.at) * 1000,
+             UNIX_TIMESTAMP(p.processed_at) * 1000
+      FROM processed_events p JOIN (
+        SELECT event_id, MIN(at) AS at FROM stock_movements GROUP BY event_id
+        UNION ALL SELECT event_id, at FROM points_ledger WHERE type <> 'CHARGE') e USING (event_id)
+      WHERE e.at >= FROM_UNIXTIME($from / 1000)" >"$out"
+}
+
+# phase NAME ENGINE_BIN SINK_BIN|- : one goose big-sale run and its measurements.
+N=0
+phase() {
+    local name=$1 engine=$2 sink=$3 ns engine_pid sink_pid="" watch summary relay=true
+    N=$(( N + 1 ))
+    ns=big$(date +%s)$N
+    use_namespace "$ns"
+    [ "$sink" = - ] && relay=false
+    if [ "$sink" != - ]; then sink_pid=$(start_sink "$sink" 1 "$WORK/$name-$N-sink.log"); PIDS+=("$sink_pid"); fi
+    LISTEN_ADDR=127.0.0.1:$PORT RUN_RELAY=$relay "$engine" serve >"$WORK/$name-$N-engine.log" 2>&1 &
+    engine_pid=$!; PIDS+=("$engine_pid")
+    if ! wait_ready; then tail -20 "$WORK/$name-$N-engine.log" >&2; log "$name: engine not ready"; stop "$engine_pid" $sink_pid; return 1; fi
+    watch="kafka=$KAFKA_PID,mariadb=$MYSQL_PID${sink_pid:+,sink=$sink_pid}"
+    log "$name (round $N): namespace $ns, ${USERS} users for ${RUN}s"
+    local extra=()
+    [ "$sink" = - ] && extra=(--no-drain)
+    "$T/release/flashsale-loadtest" --host "http://127.0.0.1:$PORT" --admin-key "$ADMIN_KEY" \
+        --users "$USERS" --run-time "${RUN}s" --report-dir "$WORK/reports" --progress-secs 0 \
+        --engine-pid "$engine_pid" --redis-pid "$REDIS_PID" --watch-pids "$watch" \
+        --max-p99-ms 100000 "${extra[@]}" \
+        big-sale --members "$MEMBERS" --cancel-every "$CANCEL_EVERY" >"$WORK/$name-$N.out" 2>"$WORK/$name-$N.err"
+    local rc=$?
+    summary=$(sed -n 's/^reports: .*, \(.*summary.json\)$/\1/p' "$WORK/$name-$N.out")
+    if [ -z "$summary" ]; then tail -20 "$WORK/$name-$N.err" >&2; log "$name: no summary (exit $rc)"; stop "$engine_pid" $sink_pid; return 1; fi
+    if [ "$sink" != - ]; then
+        read -r from until < <(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(s['timed_from_ms'], s['timed_until_ms'])" "$summary")
+        lag "$ns" "$from" "$until" "$WORK/$name-$N.lag"
+    fi
+    stop "$engine_pid" $sink_pid
+    printf '%s\t%s\t%s\t%s\n' "$name" "$N" "$summary" "$( [ "$sink" != - ] && echo "$WORK/$name-$N.lag" || echo -)" >>"$PHASES"
+    log "$name: $(grep -E '^RESULT' "$WORK/$name-$N.out")"
+}
+
+# scale SINKS: a backlog (engine with the relay, no sink) applied by SINKS sinks; its rate.
+scale() {
+    local sinks=$1 ns engine_pid pids=() i total t0 t1 applied
+    N=$(( N + 1 ))
+    ns=big$(date +%s)$N
+    use_namespace "$ns"
+    LISTEN_ADDR=127.0.0.1:$PORT "$T/release/flashsale" serve >"$WORK/scale$sinks-engine.log" 2>&1 &
+    engine_pid=$!; PIDS+=("$engine_pid")
+    wait_ready || { log "scale: engine not ready"; stop "$engine_pid"; return 1; }
+    # The schema first (a sink migrates), then no sink while the backlog builds.
+    i=$(start_sink "$T/release/flashsale-sink" 1 "$WORK/scale$sinks-migrate.log")
+    for _ in $(seq 1 60); do SQL "$ns" "SELECT 1 FROM processed_events LIMIT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+    stop "$i"
+    "$T/release/flashsale-loadtest" --host "http://127.0.0.1:$PORT" --admin-key "$ADMIN_KEY" \
+        --users "$USERS" --run-time "${RUN}s" --report-dir "$WORK/reports" --progress-secs 0 --no-drain \
+        --max-p99-ms 100000 big-sale --members "$MEMBERS" --cancel-every "$CANCEL_EVERY" \
+        >"$WORK/scale$sinks.out" 2>"$WORK/scale$sinks.err"
+    # every event relayed to Kafka before the sinks start: the outbox is drained by the engine's relay
+    sleep 3
+    total=$(python3 - "$REDIS_PORT" "$ns" <<'EOF'
+import subprocess, sys
+port, ns = sys.argv[1], sys.argv[2]
+keys = subprocess.run(["redis-cli", "-p", port, "--scan", "--pattern", f"{ns}:*outbox"], capture_output=True, text=True).stdout.split()
+n = 0
+for k in keys:
+    out = subprocess.run(["redis-cli", "-p", port, "XINFO", "STREAM", k], capture_output=True, text=True).stdout.split("\n")
+    for i, line in enumerate(out):
+        if line.strip() == "entries-added":
+            n += int(out[i + 1]); break
+print(n)
+EOF
+)
+    applied=$(SQL "$ns" "SELECT COUNT(*) FROM processed_events")
+    log "scale: $total events in the outbox, $applied applied before the sinks start; starting $sinks sink(s)"
+    t0=$(date +%s.%N)
+    for i in $(seq 1 "$sinks"); do pids+=("$(start_sink "$T/release/flashsale-sink" "$i" "$WORK/scale$sinks-sink$i.log")"); done
+    PIDS+=("${pids[@]}")
+    while :; do
+        applied=$(SQL "$ns" "SELECT COUNT(*) FROM processed_events" 2>/dev/null || echo 0)
+        [ "${applied:-0}" -ge "$total" ] && break
+        [ "$(python3 -c "print(int($(date +%s.%N) - $t0))")" -ge 300 ] && { log "scale: timeout"; break; }
+        sleep 0.2
+    done
+    t1=$(SQL "$ns" "SELECT UNIX_TIMESTAMP(MAX(processed_at)) FROM processed_events")
+    stop "${pids[@]}" "$engine_pid"
+    printf 'scale\t%s\t%s\t%s\t%s\t%s\n' "$sinks" "$total" "$applied" "$t0" "$t1" >>"$PHASES"
+    log "scale: $sinks sink(s) applied $applied events in $(python3 -c "print(round($t1 - $t0, 2))") s"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    phase whole "$T/release/flashsale" "$T/release/flashsale-sink"
+    phase hotpath "$T/release/flashsale" -
+    if [ -n "$BEFORE_BIN" ]; then
+        phase before "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/flashsale-sink"
+    fi
+done
+if [ "$SCALE" = 1 ]; then
+    scale 1
+    scale 2
+fi
+
+python3 loadtest/big_sale_report.py "$WORK" "$OUT" "${BIG_BEFORE_LABEL:-previous}" \
+    "$(git rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git status --porcelain -- src lua sink loadtest)" ] && echo ' (dirty)')" \
+    "$USERS" "$RUN" "$MEMBERS" "$CANCEL_EVERY" || { log "report failed"; exit 1; }
+log "done: $OUT (work dir $WORK)"
