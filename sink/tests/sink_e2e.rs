@@ -1048,6 +1048,144 @@ async fn l_product_sale_rules_land_and_a_replay_changes_nothing() {
     env.cleanup().await;
 }
 
+/// (m) A big sale's batches: many orders of a few members and one hot product, reserved, paid, some
+/// cancelled after payment or before it, some paid before their reserve arrives, all in a few large
+/// batches. Their row changes are gathered and written with multi-row statements (sink/src/writes.rs,
+/// more rows than one statement takes): the totals come out as if each event had been applied alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m_large_batches_of_a_big_sale_add_up() {
+    const ORDERS: i64 = 900;
+    const MEMBERS: i64 = 20;
+    const PRODUCT: i64 = 30;
+    const STOCK: i64 = 100_000;
+    const CHARGE: i64 = 1_000_000;
+    let env = TestEnv::new(1).await;
+    let p = producer();
+    let mut events = Vec::new();
+    events.push(product_created(PRODUCT, 100, STOCK));
+    for m in 1..=MEMBERS {
+        events.push(member_registered(m));
+        events.push(points_charged(m, CHARGE, CHARGE));
+    }
+    let (mut sold, mut refunded_orders, mut paid_orders, mut cancelled_reserved) = (0, 0, 0, 0);
+    let mut spent = std::collections::BTreeMap::<i64, i64>::new();
+    for i in 0..ORDERS {
+        let o = Order {
+            id: 5_000 + i,
+            member_id: 1 + i % MEMBERS,
+            items: vec![(PRODUCT, 1 + i % 3, 100)],
+            coupon: None,
+        };
+        let units = 1 + i % 3;
+        if i % 7 == 0 && i % 5 != 0 {
+            events.push(o.reserved());
+            events.push(o.cancelled_reserved());
+            cancelled_reserved += 1;
+            continue;
+        }
+        if i % 11 == 0 {
+            // The payment first (another partition's replay order): the reserve then changes nothing.
+            events.push(o.paid(0));
+            events.push(o.reserved());
+        } else {
+            events.push(o.reserved());
+            events.push(o.paid(0));
+        }
+        paid_orders += 1;
+        if i % 5 == 0 {
+            events.push(o.cancelled_paid(0));
+            refunded_orders += 1;
+        } else {
+            sold += units;
+            *spent.entry(o.member_id).or_default() += o.paid_amount();
+        }
+    }
+    let sends: Vec<_> = events
+        .iter()
+        .map(|e| produce_event(&p, &env.topic, e))
+        .collect();
+    futures::future::join_all(sends).await;
+    let sink = start_sink(env.config());
+    env.wait_count(
+        "SELECT COUNT(*) FROM processed_events",
+        events.len() as i64,
+        WAIT,
+    )
+    .await;
+    env.wait_committed_to_end(WAIT).await;
+    sink.stop().await.unwrap();
+
+    assert_eq!(
+        env.count(&format!("SELECT stock FROM products WHERE id = {PRODUCT}"))
+            .await,
+        STOCK - sold
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT CAST(SUM(delta) AS SIGNED) FROM stock_movements WHERE product_id = {PRODUCT}"
+        ))
+        .await,
+        STOCK - sold
+    );
+    for m in 1..=MEMBERS {
+        let balance = env
+            .count(&format!("SELECT balance FROM members WHERE id = {m}"))
+            .await;
+        assert_eq!(
+            balance,
+            CHARGE - spent.get(&m).copied().unwrap_or(0),
+            "member {m}"
+        );
+    }
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM orders GROUP BY status ORDER BY status")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            ("CANCELLED".into(), refunded_orders + cancelled_reserved),
+            ("PAID".into(), paid_orders - refunded_orders),
+        ]
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM order_items").await, ORDERS);
+    let payments: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM payments GROUP BY status ORDER BY status")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        payments,
+        vec![
+            ("PAID".into(), paid_orders - refunded_orders),
+            ("REFUNDED".into(), refunded_orders)
+        ]
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM points_ledger WHERE type = 'USE'")
+            .await,
+        paid_orders
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM points_ledger WHERE type = 'REFUND'")
+            .await,
+        refunded_orders
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM data_platform_deliveries")
+            .await,
+        paid_orders
+    );
+    // Paid before reserved: the order still carries its payment time and total.
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM orders WHERE id = 5011 AND status = 'PAID' AND paid_at IS NOT NULL AND paid_amount = 300")
+            .await,
+        1
+    );
+    env.cleanup().await;
+}
+
 async fn insert_conflicting_ledger_row(env: &TestEnv, event_id: &str) {
     sqlx::query(
         "INSERT INTO points_ledger (event_id, member_id, type, amount, balance_after, order_id, at) \
