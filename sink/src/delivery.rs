@@ -75,9 +75,13 @@ pub async fn run(
         match claim(&pool, cfg.batch).await {
             Ok(rows) => {
                 full = rows.len() as u32 >= cfg.batch;
-                futures::stream::iter(rows)
-                    .for_each_concurrent(cfg.concurrency, |row| deliver(&pool, &http, &cfg, row))
+                let delivered: Vec<String> = futures::stream::iter(rows)
+                    .map(|row| deliver(&pool, &http, &cfg, row))
+                    .buffer_unordered(cfg.concurrency)
+                    .filter_map(|delivered| async move { delivered })
+                    .collect()
                     .await;
+                mark_delivered(&pool, &delivered).await;
             }
             Err(e) => {
                 metrics::counter!(m::SINK_ERRORS).increment(1);
@@ -131,7 +135,34 @@ async fn claim(pool: &MySqlPool, limit: u32) -> Result<Vec<Claimed>, sqlx::Error
         .collect())
 }
 
-async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig, row: Claimed) {
+/// Records the delivered rows of a claim with one statement (not one commit per order). If it fails,
+/// the lease runs out and the rows are sent again under the same Idempotency-Key.
+async fn mark_delivered(pool: &MySqlPool, event_ids: &[String]) {
+    for chunk in event_ids.chunks(500) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "UPDATE data_platform_deliveries SET status = 'DELIVERED', attempts = attempts + 1, \
+             delivered_at = ?, last_error = NULL WHERE status = 'PENDING' AND event_id IN ({marks})"
+        );
+        let mut q = sqlx::query(&sql).bind(crate::db::now());
+        for id in chunk {
+            q = q.bind(id);
+        }
+        if let Err(e) = q.execute(pool).await {
+            metrics::counter!(m::SINK_ERRORS).increment(1);
+            tracing::warn!(rows = chunk.len(), error = %e, "recording deliveries failed; they are sent again after the lease");
+        }
+    }
+}
+
+/// Sends one row. Returns its event id when the platform took it (recorded by [`mark_delivered`]);
+/// a failure or a refusal is recorded here.
+async fn deliver(
+    pool: &MySqlPool,
+    http: &reqwest::Client,
+    cfg: &DeliveryConfig,
+    row: Claimed,
+) -> Option<String> {
     let result = http
         .post(&cfg.url)
         .header("Idempotency-Key", &row.event_id)
@@ -158,18 +189,10 @@ async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig,
     let attempts = row.attempts + 1;
     let now = crate::db::now();
     let (sql_result, label) = match &error {
-        None => (
-            sqlx::query(
-                "UPDATE data_platform_deliveries SET status = 'DELIVERED', attempts = ?, delivered_at = ?, \
-                 last_error = NULL WHERE event_id = ? AND status = 'PENDING'",
-            )
-            .bind(attempts)
-            .bind(now)
-            .bind(&row.event_id)
-            .execute(pool)
-            .await,
-            "delivered",
-        ),
+        None => {
+            metrics::counter!(m::DELIVERIES, "result" => "delivered").increment(1);
+            return Some(row.event_id);
+        }
         Some(err) if permanent => {
             tracing::error!(event_id = %row.event_id, attempts, error = %err, "delivery refused for good: DEAD");
             (
@@ -210,6 +233,7 @@ async fn deliver(pool: &MySqlPool, http: &reqwest::Client, cfg: &DeliveryConfig,
         metrics::counter!(m::SINK_ERRORS).increment(1);
         tracing::warn!(event_id = %row.event_id, error = %e, "recording the delivery result failed");
     }
+    None
 }
 
 /// A refusal that repeating the same request cannot change: a 4xx other than 408 Request Timeout,
