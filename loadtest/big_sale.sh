@@ -18,6 +18,7 @@
 #
 # Environment (defaults):
 #   BIG_ROUNDS=2 BIG_USERS=16 BIG_RUN_TIME=20 (seconds) BIG_MEMBERS=5000 BIG_CANCEL_EVERY=10
+#   BIG_WARMUP=10      seconds of an unreported first run (the broker's JIT, MariaDB's buffer pool)
 #   BIG_BEFORE_BIN     previous engine binary (flashsale-sink beside it); BIG_BEFORE_LABEL names it
 #   BIG_SCALE=1        the one-sink / two-sink backlog phase (0: skip)
 #   BIG_PORT=18090     engine port (sinks and the mock platform use the next ones)
@@ -125,10 +126,11 @@ lag() {
       WHERE e.at >= FROM_UNIXTIME($from / 1000)" >"$out"
 }
 
-# phase NAME ENGINE_BIN SINK_BIN|- : one goose big-sale run and its measurements.
+# phase NAME ROUND ENGINE_BIN SINK_BIN|- [RUN_SECS]: one goose big-sale run and its measurements
+# (a phase named warmup is not reported).
 N=0
 phase() {
-    local name=$1 engine=$2 sink=$3 ns engine_pid sink_pid="" watch summary relay=true
+    local name=$1 round=$2 engine=$3 sink=$4 secs=${5:-$RUN} ns engine_pid sink_pid="" watch summary relay=true
     N=$(( N + 1 ))
     ns=big$(date +%s)$N
     use_namespace "$ns"
@@ -138,11 +140,11 @@ phase() {
     engine_pid=$!; PIDS+=("$engine_pid")
     if ! wait_ready; then tail -20 "$WORK/$name-$N-engine.log" >&2; log "$name: engine not ready"; stop "$engine_pid" $sink_pid; return 1; fi
     watch="kafka=$KAFKA_PID,mariadb=$MYSQL_PID${sink_pid:+,sink=$sink_pid}"
-    log "$name (round $N): namespace $ns, ${USERS} users for ${RUN}s"
+    log "$name (round $round): namespace $ns, ${USERS} users for ${secs}s"
     local extra=()
     [ "$sink" = - ] && extra=(--no-drain)
     "$T/release/flashsale-loadtest" --host "http://127.0.0.1:$PORT" --admin-key "$ADMIN_KEY" \
-        --users "$USERS" --run-time "${RUN}s" --report-dir "$WORK/reports" --progress-secs 0 \
+        --users "$USERS" --run-time "${secs}s" --report-dir "$WORK/reports" --progress-secs 0 \
         --engine-pid "$engine_pid" --redis-pid "$REDIS_PID" --watch-pids "$watch" \
         --max-p99-ms 100000 "${extra[@]}" \
         big-sale --members "$MEMBERS" --cancel-every "$CANCEL_EVERY" >"$WORK/$name-$N.out" 2>"$WORK/$name-$N.err"
@@ -154,7 +156,7 @@ phase() {
         lag "$ns" "$from" "$until" "$WORK/$name-$N.lag"
     fi
     stop "$engine_pid" $sink_pid
-    printf '%s\t%s\t%s\t%s\n' "$name" "$N" "$summary" "$( [ "$sink" != - ] && echo "$WORK/$name-$N.lag" || echo -)" >>"$PHASES"
+    [ "$name" = warmup ] || printf '%s\t%s\t%s\t%s\n' "$name" "$round" "$summary" "$( [ "$sink" != - ] && echo "$WORK/$name-$N.lag" || echo -)" >>"$PHASES"
     log "$name: $(grep -E '^RESULT' "$WORK/$name-$N.out")"
 }
 
@@ -207,11 +209,14 @@ EOF
     log "scale: $sinks sink(s) applied $applied events in $(python3 -c "print(round($t1 - $t0, 2))") s"
 }
 
+# The broker and the database just started are still compiling and warming their caches: one short
+# unreported run first.
+[ "${BIG_WARMUP:-10}" -gt 0 ] && phase warmup 0 "$T/release/flashsale" "$T/release/flashsale-sink" "${BIG_WARMUP:-10}"
 for r in $(seq 1 "$ROUNDS"); do
-    phase whole "$T/release/flashsale" "$T/release/flashsale-sink"
-    phase hotpath "$T/release/flashsale" -
+    phase whole "$r" "$T/release/flashsale" "$T/release/flashsale-sink"
+    phase hotpath "$r" "$T/release/flashsale" -
     if [ -n "$BEFORE_BIN" ]; then
-        phase before "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/flashsale-sink"
+        phase before "$r" "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/flashsale-sink"
     fi
 done
 if [ "$SCALE" = 1 ]; then

@@ -39,6 +39,12 @@ type Entry = XReadValue<String, String, String>;
 /// sets the idle cost (64 partitions, one read each per block).
 const IDLE_BLOCK: Duration = Duration::from_millis(2_000);
 
+/// How long the relay waits for its sends in flight to settle before it reads again. Longer than the
+/// producer's linger (src/kafka.rs), so a read's sends are usually acknowledged together and the
+/// next read finds what arrived meanwhile: a trickle of entries costs a read and an XACK per
+/// producer batch, not a read per entry.
+const SETTLE_WAIT: Duration = Duration::from_millis(50);
+
 /// How much longer than its BLOCK time a read may take before the connection is deemed wedged.
 const READ_GRACE_MS: u64 = 5_000;
 
@@ -263,17 +269,17 @@ impl Relay {
                 metrics::gauge!("flashsale_relay_in_flight").set(sends.len() as f64);
 
                 if !sends.is_empty() {
-                    // Wait a little for a send to settle, then look for new entries again.
-                    if let Ok(Some(done)) =
-                        tokio::time::timeout(Duration::from_millis(20), sends.next()).await
+                    // Wait for the sends in flight (one producer batch: they settle together), at
+                    // most SETTLE_WAIT, and acknowledge them with one XACK; then look for new
+                    // entries again. A send Kafka is slow to answer stays in flight while the next
+                    // entries are read, so one entry never stalls the others.
+                    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+                    let mut settled = Vec::new();
+                    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, sends.next()).await
                     {
-                        // Sends of one read settle together (one producer batch): one XACK for all.
-                        let mut settled = vec![done];
-                        while let Some(Some(more)) = sends.next().now_or_never() {
-                            settled.push(more);
-                        }
-                        self.settle(settled).await?;
+                        settled.push(done);
                     }
+                    self.settle(settled).await?;
                 } else if own_pending_cursor.is_none() && self.waiting_count() > 0 {
                     // Nothing in flight, only entries waiting for their backoff.
                     let wait = self
