@@ -65,8 +65,8 @@ else
 end
 o.status, o.closed_at = 'CANCELLED', rfc3339(now_ms())
 redis.call('HSET', KEYS[1], 'status', o.status, 'closed_at', o.closed_at)
--- Encoded once, for the event and the reply.
-local snapshot = raw(json(order_snapshot(o)))
+-- Encoded once (JSON text), for the event and the reply.
+local snapshot = order_snapshot(o)
 outbox(KEYS[7], ARGV[4], 'order.cancelled', 'order:' .. o.id, o.closed_at, {
   order = snapshot, previous_status = previous, refunded_amount = refunded, balance_after = balance_after,
 })

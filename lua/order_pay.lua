@@ -84,7 +84,7 @@ for _, item in ipairs(cjson.decode(o.items)) do
   redis.call('ZINCRBY', KEYS[5], int(item.quantity), int(item.product_id))
 end
 redis.call('EXPIRE', KEYS[5], ARGV[6])
--- Encoded once, for the event and the reply.
-local snapshot = raw(json(order_snapshot(o)))
+-- Encoded once (JSON text), for the event and the reply.
+local snapshot = order_snapshot(o)
 outbox(KEYS[7], ARGV[7], 'order.paid', 'order:' .. o.id, o.paid_at, { order = snapshot, balance_after = balance_after })
 return ok(200, snapshot)

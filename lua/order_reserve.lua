@@ -59,7 +59,7 @@ for k, v in pairs(order) do
 end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('ZADD', KEYS[2], order.expires_at_ms, ARGV[4])
--- Encoded once, for the event and the reply.
-local snapshot = raw(json(order_snapshot(order)))
+-- Encoded once (JSON text), for the event and the reply.
+local snapshot = order_snapshot(order)
 outbox(KEYS[4], ARGV[6], 'order.reserved', 'order:' .. ARGV[4], order.created_at, { order = snapshot })
 return ok(201, snapshot)

@@ -151,30 +151,38 @@ local function num_or_null(v)
   return tonumber(v)
 end
 
-local function str_or_null(v)
-  if v == nil or v == '' then
-    return cjson.null
+-- JSON of a number field of a hash (null when absent or not a number), and of a string field (null
+-- when absent or empty); escaped by cjson only when it has to be (the fields are our own timestamps
+-- and status words).
+local function num_field(v)
+  local n = tonumber(v)
+  if n == nil then
+    return 'null'
   end
-  return v
+  return json(n)
 end
 
--- The order as the API and the events show it, from the order hash. Its items are stored as the JSON
--- the reserve wrote (json()), and go out as they are.
+local function str_field(v)
+  if v == nil or v == '' then
+    return 'null'
+  end
+  if string.find(v, '[%c"\\]') then
+    return cjson.encode(v)
+  end
+  return '"' .. v .. '"'
+end
+
+-- The order as the API and the events show it, from the order hash, as JSON text (a raw() value, so
+-- the event and the reply embed it as it is). One string.format: the generic json() costs ~45 µs of
+-- Redis CPU for this object, most of an order_reserve call (issue 12). Its items are stored as the
+-- JSON the reserve wrote and go out as they are.
 local function order_snapshot(h)
-  return {
-    id = tonumber(h.id),
-    member_id = tonumber(h.member_id),
-    status = h.status,
-    items = raw(h.items),
-    total_amount = tonumber(h.total_amount),
-    discount_amount = tonumber(h.discount_amount),
-    paid_amount = tonumber(h.paid_amount),
-    coupon_id = num_or_null(h.coupon_id),
-    expires_at = h.expires_at,
-    created_at = h.created_at,
-    paid_at = str_or_null(h.paid_at),
-    closed_at = str_or_null(h.closed_at),
-  }
+  return raw(string.format(
+    '{"id":%s,"member_id":%s,"status":%s,"items":%s,"total_amount":%s,"discount_amount":%s,'
+      .. '"paid_amount":%s,"coupon_id":%s,"expires_at":%s,"created_at":%s,"paid_at":%s,"closed_at":%s}',
+    num_field(h.id), num_field(h.member_id), str_field(h.status), h.items or '[]', num_field(h.total_amount),
+    num_field(h.discount_amount), num_field(h.paid_amount), num_field(h.coupon_id), str_field(h.expires_at),
+    str_field(h.created_at), str_field(h.paid_at), str_field(h.closed_at)))
 end
 
 -- A product's sale rules live in its hash as sale_starts_ms, sale_ends_ms (Redis-time ms) and
