@@ -219,7 +219,7 @@ impl Application {
                 false
             }
         };
-        let producer = crate::kafka::producer(&c.kafka_brokers)?;
+        let producer = crate::kafka::producer(&c.kafka_brokers, settings.relay.relay_linger_ms)?;
         let scripts = Scripts::load(&redis, settings.connections.durability())
             .await
             .context("loading Lua scripts")?;

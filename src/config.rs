@@ -222,6 +222,10 @@ pub struct RelaySettings {
     /// Longest retry delay of one entry (also caps the wait for Kafka at start).
     #[arg(long, env = "RELAY_RETRY_MAX_MS", default_value_t = 10_000)]
     pub relay_retry_max_ms: u64,
+    /// How long the producer gathers events into one batch per Kafka partition (`linger.ms`):
+    /// longer means fewer, larger requests (less broker CPU per event) and that much more latency.
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 20)]
+    pub relay_linger_ms: u64,
 }
 
 impl RelaySettings {

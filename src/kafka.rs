@@ -15,15 +15,15 @@ use crate::config::ConnectionSettings;
 
 /// Idempotent producer: acks from all in-sync replicas, retries without duplicates or reordering.
 /// The relay sends entry by entry from 64 partition loops; librdkafka gathers them per Kafka
-/// partition for `linger.ms`, so the broker gets a few large compressed batches instead of one
-/// request per handful of events (its CPU is per request far more than per byte: issue 12 measured
-/// ~360 µs of broker CPU per event at 2 ms).
-pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+/// partition for `linger_ms` (RELAY_LINGER_MS), so the broker gets a few large compressed batches
+/// instead of one request per handful of events (its CPU is per request far more than per byte:
+/// issue 12 measured ~360 µs of broker CPU per event at 2 ms).
+pub fn producer(brokers: &str, linger_ms: u64) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "10")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.num.messages", "10000")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")

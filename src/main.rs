@@ -90,7 +90,8 @@ async fn main() -> anyhow::Result<()> {
             let redis = connect_redis(&connections).await?;
             let keys = Keys::new(connections.key_prefix.clone());
             flashsale::app::ensure_outbox_group(&redis, &keys).await?;
-            let producer = flashsale::kafka::producer(&connections.kafka_brokers)?;
+            let producer =
+                flashsale::kafka::producer(&connections.kafka_brokers, relay.relay_linger_ms)?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(flashsale::relay::Relay::run_all(
                 connections.clone(),

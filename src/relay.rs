@@ -39,11 +39,10 @@ type Entry = XReadValue<String, String, String>;
 /// sets the idle cost (64 partitions, one read each per block).
 const IDLE_BLOCK: Duration = Duration::from_millis(2_000);
 
-/// How long the relay waits for its sends in flight to settle before it reads again. Longer than the
-/// producer's linger (src/kafka.rs), so a read's sends are usually acknowledged together and the
-/// next read finds what arrived meanwhile: a trickle of entries costs a read and an XACK per
-/// producer batch, not a read per entry.
-const SETTLE_WAIT: Duration = Duration::from_millis(50);
+/// How long, beyond the producer's linger, the relay waits for its sends in flight to settle before it
+/// reads again: a read's sends are usually acknowledged together and the next read finds what arrived
+/// meanwhile, so a trickle of entries costs a read and an XACK per producer batch, not a read per entry.
+const SETTLE_WAIT: Duration = Duration::from_millis(40);
 
 /// How much longer than its BLOCK time a read may take before the connection is deemed wedged.
 const READ_GRACE_MS: u64 = 5_000;
@@ -109,6 +108,8 @@ pub struct Relay {
     window: usize,
     waiting: HashMap<String, Waiting>,
     in_flight: HashSet<String>,
+    /// The producer's linger (a replacement producer gets the same).
+    linger: Duration,
 }
 
 impl Relay {
@@ -196,6 +197,7 @@ impl Relay {
             window: batch * 4,
             waiting: HashMap::new(),
             in_flight: HashSet::new(),
+            linger: Duration::from_millis(settings.relay_linger_ms),
         }
     }
 
@@ -273,7 +275,7 @@ impl Relay {
                     // most SETTLE_WAIT, and acknowledge them with one XACK; then look for new
                     // entries again. A send Kafka is slow to answer stays in flight while the next
                     // entries are read, so one entry never stalls the others.
-                    let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+                    let deadline = tokio::time::Instant::now() + self.linger + SETTLE_WAIT;
                     let mut settled = Vec::new();
                     while let Ok(Some(done)) = tokio::time::timeout_at(deadline, sends.next()).await
                     {
@@ -528,7 +530,10 @@ impl Relay {
         if new_producer {
             tracing::error!("the Kafka producer is in a fatal state; replacing it");
             metrics::counter!("flashsale_relay_producer_replaced_total").increment(1);
-            self.producer = crate::kafka::producer(&self.connections.kafka_brokers)?;
+            self.producer = crate::kafka::producer(
+                &self.connections.kafka_brokers,
+                self.linger.as_millis() as u64,
+            )?;
         }
         metrics::counter!("flashsale_relay_published_total").increment(acked.len() as u64);
         metrics::counter!("flashsale_relay_errors_total").increment(failed);
