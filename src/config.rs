@@ -224,7 +224,7 @@ pub struct RelaySettings {
     pub relay_retry_max_ms: u64,
     /// How long the producer gathers events into one batch per Kafka partition (`linger.ms`):
     /// longer means fewer, larger requests (less broker CPU per event) and that much more latency.
-    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 20)]
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 50)]
     pub relay_linger_ms: u64,
 }
 

@@ -97,7 +97,7 @@ pub async fn apply_batch(
             out.push(Outcome::Duplicate);
         }
     }
-    writes.flush(conn).await?;
+    let deltas = writes.write_rows(conn).await?;
     let now = crate::db::now();
     for chunk in fresh.chunks(200) {
         let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
@@ -117,6 +117,8 @@ pub async fn apply_batch(
         }
         q.execute(&mut *conn).await?;
     }
+    // The hot rows last (see Writes::write_rows).
+    deltas.apply(conn).await?;
     Ok(out)
 }
 

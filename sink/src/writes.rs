@@ -233,15 +233,23 @@ impl Writes {
         self.deliveries.push(row);
     }
 
-    /// Writes everything gathered so far and starts over. Called at the end of a batch, and before
-    /// an event whose effects read rows (a member or product created late sums the deltas recorded
-    /// for it; a coupon's use depends on the order's status): it then sees the batch's earlier
-    /// events, as if each had been applied alone.
+    /// Writes everything gathered so far and starts over. Called before an event whose effects read
+    /// rows (a member or product created late sums the deltas recorded for it; a coupon's use depends
+    /// on the order's status): it then sees the batch's earlier events, as if each had been applied
+    /// alone. At the end of a batch, [`Writes::write_rows`] and [`Deltas::apply`] instead, with the
+    /// processed_events rows in between.
     pub async fn flush(&mut self, conn: &mut MySqlConnection) -> Res<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
+        self.write_rows(conn).await?.apply(conn).await
+    }
+
+    /// Writes the gathered rows and starts over; returns the stock and balance deltas still to
+    /// apply. They are applied last in a transaction because their rows are the hot ones (a sale's
+    /// product, its buyers): locked just before the commit, two sinks wait for each other only that long.
+    pub async fn write_rows(&mut self, conn: &mut MySqlConnection) -> Res<Deltas> {
         let w = std::mem::take(self);
+        if w.is_empty() {
+            return Ok(Deltas::default());
+        }
         // Assignments run left to right and see earlier ones, so status_rank is updated last.
         write_rows(
             conn,
@@ -296,7 +304,6 @@ impl Writes {
             &w.movements,
         )
         .await?;
-        add_by_id(conn, "products", "stock", &w.stock).await?;
         write_rows(
             conn,
             "INSERT INTO points_ledger (event_id, member_id, type, amount, balance_after, order_id, at) VALUES",
@@ -304,7 +311,6 @@ impl Writes {
             &w.ledger,
         )
         .await?;
-        add_by_id(conn, "members", "balance", &w.balance).await?;
         write_rows(
             conn,
             "INSERT IGNORE INTO data_platform_deliveries (event_id, order_id, payload, status, attempts, \
@@ -313,7 +319,27 @@ impl Writes {
             &w.deliveries,
         )
         .await?;
-        Ok(())
+        Ok(Deltas {
+            stock: w.stock,
+            balance: w.balance,
+        })
+    }
+}
+
+/// Stock and balance changes of rows already written (stock_movements, points_ledger), summed per row.
+#[derive(Default)]
+#[must_use = "the deltas must be applied in the same transaction"]
+pub struct Deltas {
+    stock: BTreeMap<i64, i64>,
+    balance: BTreeMap<i64, i64>,
+}
+
+impl Deltas {
+    /// `products.stock` and `members.balance` += their deltas (rows that do not exist yet are left
+    /// alone: their creation starts from the recorded movements and ledger rows).
+    pub async fn apply(self, conn: &mut MySqlConnection) -> Res<()> {
+        add_by_id(conn, "products", "stock", &self.stock).await?;
+        add_by_id(conn, "members", "balance", &self.balance).await
     }
 }
 

@@ -110,7 +110,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
             relay_consumer: None,
             relay_retry_base_ms: 100,
             relay_retry_max_ms: 2_000,
-            relay_linger_ms: 20,
+            relay_linger_ms: 50,
         },
         ids: IdSettings::default(),
         env: std::env::var("FLASHSALE_ENV").unwrap_or_else(|_| "dev".into()),
