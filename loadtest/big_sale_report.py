@@ -62,7 +62,7 @@ for line in open(os.path.join(work, "phases.tsv")):
     p["drain_secs"] = d.get("in_sync_secs")
     p["in_sync"] = d.get("in_sync")
     p["lag"] = None
-    if lagfile != "-" and os.path.exists(lagfile):
+    if lagfile != "-" and os.path.exists(lagfile) and os.path.getsize(lagfile) > 0:
         rows = []
         for l in open(lagfile):
             parts = l.split()

@@ -1,8 +1,7 @@
 //! Database connection, migrations and error classification.
 
-use sqlx::migrate::MigrateDatabase;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::MySql;
+use sqlx::ConnectOptions;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -72,8 +71,16 @@ pub async fn connect(
     let mut attempt = 0u32;
     loop {
         let result = async {
-            if !MySql::database_exists(url).await? {
-                MySql::create_database(url).await?;
+            // IF NOT EXISTS, not exists-then-create: the engine starting at the same moment creates
+            // it too (seen: the sink died on "database exists").
+            if let Some(database) = opts.get_database() {
+                let mut conn = opts.clone().database("").connect().await?;
+                sqlx::query(&format!(
+                    "CREATE DATABASE IF NOT EXISTS `{}`",
+                    database.replace('`', "")
+                ))
+                .execute(&mut conn)
+                .await?;
             }
             MySqlPoolOptions::new()
                 .max_connections(max_connections)
