@@ -4,6 +4,8 @@
 -- KEYS[3] outbox stream         fs:{P}:outbox (the owner's partition)
 -- ARGV[1] units to add (> 0)   ARGV[2] stock limit   ARGV[3] now (ms)   ARGV[4] now (RFC 3339)
 -- ARGV[5] event id (op id)
+-- ARGV[6] invalidation channel: 'product:ID' is published there, so every engine drops its sold-out
+--         marker (src/sold_out.rs). A channel, not a key.
 -- Returns (prelude protocol):
 --   ok 200 {id, name, price, stock}     added (or this very call resent: nothing added twice)
 --   err 404 NOT_FOUND                   no such product
@@ -26,4 +28,5 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(tonumber(ARGV[3]) - 3600000)
 outbox(KEYS[3], ARGV[5], 'product.stock_added', 'product:' .. p[1], ARGV[4], {
   product_id = tonumber(p[1]), add = tonumber(ARGV[1]), stock_after = after,
 })
+redis.call('PUBLISH', ARGV[6], 'product:' .. p[1])
 return ok(200, product_view(hgetall(KEYS[1])))

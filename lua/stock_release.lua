@@ -11,6 +11,8 @@
 --         the hold goes only while it is still pending (no order confirmed it) and Redis time is
 --         past its deadline + margin: the margin covers clock skew between the product's node and the
 --         member's node, whose step refuses after the deadline by its own clock.
+-- ARGV[5] invalidation channel: 'product:ID' is published there when units came back, so every
+--         engine drops its sold-out marker (src/sold_out.rs). A channel, not a key.
 -- Returns 'released'; 'gone' (no hold for this order); 'other_member' (the order id holds this
 -- product for another member: left alone); 'confirmed' / 'not_due' (orphan mode: left alone).
 local entry = ARGV[1] .. ':' .. ARGV[2] .. ':' .. ARGV[3]
@@ -38,4 +40,5 @@ end
 bought_less(KEYS[4], member, qty)
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], entry)
+redis.call('PUBLISH', ARGV[5], 'product:' .. ARGV[1])
 return 'released'

@@ -8,6 +8,8 @@
 -- KEYS[4] returned set          fs:{P}:product:ID:returned (order ids)
 -- KEYS[5] bought hash           fs:{P}:product:ID:bought (the member's live units go down)
 -- ARGV[1] product id   ARGV[2] order id   ARGV[3] member id   ARGV[4] quantity (the order's item)
+-- ARGV[5] invalidation channel: 'product:ID' is published there, so every engine drops its sold-out
+--         marker (src/sold_out.rs). A channel, not a key.
 -- Returns 'returned' or 'already' (this order's units came back before: nothing written).
 if redis.call('SADD', KEYS[4], ARGV[2]) == 0 then
   return 'already'
@@ -24,4 +26,5 @@ if redis.call('HEXISTS', KEYS[1], 'id') == 1 then
   redis.call('HINCRBY', KEYS[1], 'stock', int(tonumber(ARGV[4])))
 end
 bought_less(KEYS[5], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], 'product:' .. ARGV[1])
 return 'returned'

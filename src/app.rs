@@ -241,9 +241,15 @@ impl Application {
             producer,
             dependencies: crate::dependencies::DependencyStatus::new(kafka_up),
             popular: Default::default(),
-            sale_windows: std::sync::Arc::new(crate::sale_windows::SaleWindows::new(
-                settings.sale_window_cache,
-            )),
+            caches: crate::invalidations::LocalCaches {
+                windows: std::sync::Arc::new(crate::sale_windows::SaleWindows::new(
+                    settings.sale_window_cache,
+                )),
+                sold_out: std::sync::Arc::new(crate::sold_out::SoldOutMarkers::new(
+                    settings.sold_out_markers,
+                    std::time::Duration::from_millis(settings.sold_out_marker_ttl_ms),
+                )),
+            },
             settings,
         });
         let router = router(state.clone());
@@ -274,11 +280,11 @@ impl Application {
         tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::saga::run_all(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
-        if self.state.settings.sale_window_cache {
-            tasks.spawn(crate::sale_windows::run_invalidations(
+        if self.state.settings.sale_window_cache || self.state.settings.sold_out_markers {
+            tasks.spawn(crate::invalidations::run(
                 self.state.settings.connections.redis_url.clone(),
                 self.state.keys.invalidations(),
-                self.state.sale_windows.clone(),
+                self.state.caches.clone(),
                 stop_rx.clone(),
             ));
         }
@@ -346,6 +352,10 @@ pub fn router(state: AppState) -> Router {
             post(products::add_stock),
         )
         .route("/api/v1/admin/coupons", post(coupons::create))
+        .route(
+            "/api/v1/admin/coupons/{id}/quantity",
+            post(coupons::add_quantity),
+        )
         .route("/api/v1/admin/seed/members", post(members::seed_members))
         .route("/api/v1/admin/reconcile", get(ops::reconcile))
         .route("/healthz", get(ops::healthz))

@@ -109,6 +109,14 @@ pub struct ServeSettings {
     /// the window Redis last answered with, without a Redis call (src/sale_windows.rs).
     #[arg(long, env = "SALE_WINDOW_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub sale_window_cache: bool,
+    /// Answer COUPON_SOLD_OUT / OUT_OF_STOCK for an item Redis last refused as gone, without a Redis
+    /// call, until it comes back (src/sold_out.rs).
+    #[arg(long, env = "SOLD_OUT_MARKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sold_out_markers: bool,
+    /// How long a marker answers without hearing that its item came back: the staleness bound when
+    /// the invalidation message is lost.
+    #[arg(long, env = "SOLD_OUT_MARKER_TTL_MS", default_value_t = 1000)]
+    pub sold_out_marker_ttl_ms: u64,
     /// Run the outbox relay inside the engine.
     #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_relay: bool,

@@ -399,6 +399,13 @@ impl PatchProductRequest {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
+pub struct AddCouponQuantityRequest {
+    /// Coupons to add to total_quantity and remaining; total_quantity after it is at most 10,000,000.
+    #[schema(value_type = i64, minimum = 1, maximum = 10_000_000)]
+    pub add: WholeNumber,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AddStockRequest {
     /// Units to add; the stock after it is at most 1,000,000,000.
     #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]

@@ -147,6 +147,11 @@ impl Keys {
         self.in_partition(Partition::of_id(id), format_args!("coupon:{id}"))
     }
 
+    /// Recent admin op ids on a coupon (a resent quantity add adds nothing).
+    pub fn coupon_ops(&self, id: i64) -> String {
+        self.in_partition(Partition::of_id(id), format_args!("coupon:{id}:ops"))
+    }
+
     /// member id -> `issue event id|issued_at` of the members holding the coupon.
     pub fn coupon_holders(&self, id: i64) -> String {
         self.in_partition(Partition::of_id(id), format_args!("coupon:{id}:holders"))
@@ -246,6 +251,7 @@ mod tests {
                 key_slot(&k.product_ops(member)),
                 key_slot(&k.product(member))
             );
+            assert_eq!(key_slot(&k.coupon_ops(member)), key_slot(&k.coupon(member)));
             for key in [
                 k.product_holds(member),
                 k.product_returned(member),

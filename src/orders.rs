@@ -28,14 +28,15 @@ use futures::future::join_all;
 
 use crate::domain::OrderItemView;
 use crate::error::{ApiError, ProblemExtensions};
+use crate::invalidations::LocalCaches;
 use crate::keys::Keys;
 use crate::partition::Partition;
-use crate::sale_windows::SaleWindows;
 use crate::scripts::calls::{
     HoldConfirm, HoldRef, HoldsDue, Idem, OrderCancel, OrderExpire, OrderRefuse, OrderReserve,
     PricedItem, StockCommit, StockHold, StockRelease, StockReturn,
 };
 use crate::scripts::{ScriptCall, ScriptReply, Scripts};
+use crate::sold_out::{Item, SoldOutMarkers};
 use crate::state::Now;
 
 /// How long a hold waits for its order (Redis ms): the member step refuses after the deadline.
@@ -52,6 +53,9 @@ pub struct Store<'a> {
     pub redis: &'a Pool,
     pub scripts: &'a Scripts,
     pub keys: &'a Keys,
+    /// The engine's sold-out markers: a step that gives units back drops its product's marker here
+    /// at once (other engines hear it from the script's PUBLISH).
+    pub sold_out: Option<&'a SoldOutMarkers>,
 }
 
 impl Store<'_> {
@@ -74,6 +78,11 @@ impl Store<'_> {
             .await?;
         metrics::counter!("flashsale_script_outcomes_total", "script" => C::SCRIPT.name(), "outcome" => outcome.clone())
             .increment(1);
+        if let (Some(markers), Some(item)) = (self.sold_out, call.gives_back()) {
+            if step_wrote(C::SCRIPT.name(), &outcome) {
+                markers.forget(item);
+            }
+        }
         Ok(outcome)
     }
 }
@@ -123,7 +132,10 @@ enum Hold {
         remaining: i64,
         limit: i64,
     },
-    OutOfStock,
+    /// Fewer units than the quantity: `available` were left.
+    OutOfStock {
+        available: i64,
+    },
     Conflict,
 }
 
@@ -175,7 +187,9 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
                 "stock_hold: malformed reply {parts:?}"
             ))),
         },
-        Some("out_of_stock") => Ok(Hold::OutOfStock),
+        Some("out_of_stock") => Ok(Hold::OutOfStock {
+            available: int(1).unwrap_or(0),
+        }),
         Some("conflict") => Ok(Hold::Conflict),
         _ => Err(ApiError::Internal(anyhow::anyhow!(
             "stock_hold: unexpected reply {parts:?}"
@@ -186,11 +200,12 @@ fn parse_hold(value: fred::types::Value) -> Result<Hold, ApiError> {
 /// Reserves an order: holds, then the member step (see the module doc). The reply is what the route
 /// sends back; a 503 (the holds lapsed before the member step ran) comes back as a retryable error.
 ///
-/// `windows`: where a sale-window refusal is remembered, so the engine can answer the next one alone.
+/// `caches`: where a sale-window refusal and a product's sold-out answer are remembered, so the
+/// engine can answer the next such request alone.
 pub async fn reserve(
     store: Store<'_>,
     req: &Reserve,
-    windows: Option<&SaleWindows>,
+    caches: Option<&LocalCaches>,
 ) -> Result<ScriptReply, ApiError> {
     // No read ahead of the holds: the member step checks everything a read would (the member is
     // known, a stored result to replay, this very call resent) and whichever step follows the holds
@@ -205,6 +220,14 @@ pub async fn reserve(
             member_id: req.member_id,
         })
         .collect();
+    let tickets: Vec<_> = match caches {
+        Some(caches) => holds
+            .iter()
+            .map(|hold| Some(caches.sold_out.ticket(Item::Product(hold.product_id))))
+            .collect(),
+        None => vec![None; holds.len()],
+    };
+    let windows = caches.map(|c| &*c.windows);
     let sent_ms = Now::read().ms();
     let answers = join_all(
         holds
@@ -232,7 +255,9 @@ pub async fn reserve(
     let mut deadline = i64::MAX;
     let (mut not_found, mut short, mut conflict, mut error) = (None, Vec::new(), false, None);
     let mut rule: Option<RuleRefusal> = None;
-    for ((hold, (_, quantity)), answer) in holds.iter().zip(&req.items).zip(answers) {
+    for (((hold, (_, quantity)), answer), ticket) in
+        holds.iter().zip(&req.items).zip(answers).zip(tickets)
+    {
         match answer {
             Ok(Hold::Held {
                 unit_price,
@@ -292,7 +317,12 @@ pub async fn reserve(
                     limit,
                 });
             }
-            Ok(Hold::OutOfStock) => short.push(hold.product_id.to_string()),
+            Ok(Hold::OutOfStock { available }) => {
+                if let (Some(caches), Some(ticket)) = (caches, ticket) {
+                    caches.sold_out.note(ticket, available);
+                }
+                short.push(hold.product_id.to_string())
+            }
             Ok(Hold::Conflict) => conflict = true,
             // A hold whose answer was lost may still have been taken: release it too (no-op if not).
             Err(e) => {

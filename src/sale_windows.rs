@@ -9,7 +9,7 @@
 //! opening millisecond always reaches Redis, and Redis may still refuse it.
 //!
 //! An entry is dropped when the rules change (`PUBLISH` on the invalidation channel by the engine
-//! that changed them; every engine subscribes, see `run_invalidations`), when the subscription
+//! that changed them; every engine subscribes, see src/invalidations.rs), when the subscription
 //! reconnects (messages may have been missed), and after `ENTRY_TTL` in any case: a lost message makes
 //! a window stale for that long at most.
 //!
@@ -18,9 +18,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use fred::prelude::*;
-use tokio::sync::watch;
 
 use crate::error::ProblemExtensions;
 use crate::scripts::ScriptReply;
@@ -199,94 +196,12 @@ impl SaleWindows {
     }
 
     /// Drops expired entries (so the map does not keep every product ever refused).
-    fn prune(&self) {
+    pub fn prune(&self) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|_, w| w.noted.elapsed() < ENTRY_TTL);
             metrics::gauge!("flashsale_sale_windows_cached").set(entries.len() as f64);
         }
     }
-}
-
-/// The message that says a product's rules changed.
-pub fn rules_changed_message(product_id: i64) -> String {
-    format!("product:{product_id}")
-}
-
-fn parse_message(text: &str) -> Option<i64> {
-    text.strip_prefix("product:")?.parse().ok()
-}
-
-/// Tells every engine (this one included) that a product's rules changed. A lost message leaves
-/// other engines' windows stale for `ENTRY_TTL` at most.
-pub async fn publish_rules_changed(redis: &Pool, channel: &str, product_id: i64) {
-    let sent: Result<i64, _> = redis
-        .next()
-        .publish(channel, rules_changed_message(product_id))
-        .await;
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, product_id, "publishing a rules change failed; other engines' windows expire within the TTL");
-    }
-}
-
-/// Subscribes to the invalidation channel until `stop`; forgets windows as messages say, and all of
-/// them after a reconnect or a lagging receiver (messages may have been missed).
-pub async fn run_invalidations(
-    redis_url: String,
-    channel: String,
-    windows: std::sync::Arc<SaleWindows>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let subscriber = match Config::from_url(&redis_url).and_then(|config| {
-        Builder::from_config(config)
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build_subscriber_client()
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "sale-window invalidations: bad Redis configuration");
-            return;
-        }
-    };
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
-    let resubscribe = subscriber.manage_subscriptions();
-    let mut prune = tokio::time::interval(ENTRY_TTL);
-    // Connect and subscribe, retrying: the engine serves meanwhile (windows then only expire).
-    loop {
-        let ready = async {
-            subscriber.init().await?;
-            subscriber.subscribe(channel.as_str()).await
-        };
-        tokio::select! {
-            result = ready => match result {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sale-window invalidations: subscribing failed; retrying");
-                    let _ = subscriber.quit().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            },
-            _ = stop.changed() => return,
-        }
-    }
-    loop {
-        tokio::select! {
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    if let Some(product_id) = message.value.as_str().as_deref().and_then(parse_message) {
-                        windows.forget(product_id);
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => windows.forget_all(),
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-            _ = reconnects.recv() => windows.forget_all(),
-            _ = prune.tick() => windows.prune(),
-            _ = stop.changed() => break,
-        }
-    }
-    resubscribe.abort();
-    let _ = subscriber.quit().await;
 }
 
 #[cfg(test)]
@@ -332,11 +247,5 @@ mod tests {
         let w = SaleWindows::new(false);
         w.note(7, Some(i64::MAX), None, 0, 0, 0);
         assert_eq!(w.closed([7], 0), None);
-    }
-
-    #[test]
-    fn messages_name_a_product() {
-        assert_eq!(parse_message(&rules_changed_message(42)), Some(42));
-        assert_eq!(parse_message("coupon:1"), None);
     }
 }

@@ -31,8 +31,9 @@ pub struct Inner {
     pub dependencies: crate::dependencies::DependencyStatus,
     /// Merged popular rankings, kept `popular_cache_ms` (src/popular.rs).
     pub popular: crate::popular::PopularCache,
-    /// Sale windows Redis refused with, to refuse the same without a call (src/sale_windows.rs).
-    pub sale_windows: Arc<crate::sale_windows::SaleWindows>,
+    /// What Redis refused with (sale windows, sold-out items), to refuse the same without a call;
+    /// kept honest by the invalidation channel (src/invalidations.rs).
+    pub caches: crate::invalidations::LocalCaches,
 }
 
 impl AppState {
@@ -46,6 +47,7 @@ impl AppState {
             redis: &self.redis,
             scripts: &self.scripts,
             keys: &self.keys,
+            sold_out: Some(&self.caches.sold_out),
         }
     }
 }

@@ -14,9 +14,9 @@
 //!   product row created after a change starts from it.
 
 use crate::event::{
-    status_rank, Body, CouponCreated, CouponIssued, Event, MemberRegistered, OrderCancelled,
-    OrderEvent, OrderPaid, OrderSnapshot, PointsCharged, ProductCreated, ProductRulesChanged,
-    SaleRules,
+    status_rank, Body, CouponCreated, CouponIssued, CouponQuantityAdded, Event, MemberRegistered,
+    OrderCancelled, OrderEvent, OrderPaid, OrderSnapshot, PointsCharged, ProductCreated,
+    ProductRulesChanged, SaleRules,
 };
 use crate::writes::{DeliveryRow, ItemRow, LedgerRow, MovementRow, OrderRow, PaymentRow, Writes};
 use chrono::NaiveDateTime;
@@ -150,6 +150,10 @@ async fn apply_effects(conn: &mut MySqlConnection, writes: &mut Writes, ev: &Eve
             writes.flush(conn).await?;
             coupon_created(conn, ev, b).await
         }
+        Body::CouponQuantityAdded(b) => {
+            writes.flush(conn).await?;
+            coupon_quantity_added(conn, ev, b).await
+        }
         Body::CouponIssued(b) => {
             writes.flush(conn).await?;
             coupon_issued(conn, b).await
@@ -238,6 +242,15 @@ async fn coupon_created(conn: &mut MySqlConnection, ev: &Event, b: &CouponCreate
     .bind(b.coupon_id.0)
     .fetch_one(&mut *conn)
     .await?;
+    let added = sqlx::query_scalar::<_, i64>(
+        // CAST: SUM is DECIMAL; also a locking read.
+        "SELECT CAST(COALESCE(SUM(added), 0) AS SIGNED) FROM coupon_quantity_additions \
+         WHERE coupon_id = ? FOR UPDATE",
+    )
+    .bind(b.coupon_id.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    let total = b.total_quantity.0 + added;
     sqlx::query(
         "INSERT INTO coupons (id, name, discount_type, discount_value, total_quantity, \
          remaining, valid_from, valid_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -246,11 +259,40 @@ async fn coupon_created(conn: &mut MySqlConnection, ev: &Event, b: &CouponCreate
     .bind(&b.name)
     .bind(&b.discount_type)
     .bind(b.discount_value.0)
-    .bind(b.total_quantity.0)
-    .bind(b.total_quantity.0 - issued)
+    .bind(total)
+    .bind(total - issued)
     .bind(b.valid_from.0)
     .bind(b.valid_until.0)
     .bind(b.created_at.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records the addition, and adds it to the coupon's total and remaining when the row exists (a
+/// row created later starts from the additions recorded: `coupon_created`).
+async fn coupon_quantity_added(
+    conn: &mut MySqlConnection,
+    ev: &Event,
+    b: &CouponQuantityAdded,
+) -> Res<()> {
+    sqlx::query(
+        "INSERT INTO coupon_quantity_additions (event_id, coupon_id, added, added_at) \
+         VALUES (?, ?, ?, ?)",
+    )
+    .bind(&ev.event_id)
+    .bind(b.coupon_id.0)
+    .bind(b.add.0)
+    .bind(ev.at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE coupons SET total_quantity = total_quantity + ?, remaining = remaining + ? \
+         WHERE id = ?",
+    )
+    .bind(b.add.0)
+    .bind(b.add.0)
+    .bind(b.coupon_id.0)
     .execute(&mut *conn)
     .await?;
     Ok(())

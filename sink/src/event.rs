@@ -214,6 +214,12 @@ pub struct CouponCreated {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct CouponQuantityAdded {
+    pub coupon_id: Int,
+    pub add: Int,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct CouponIssued {
     pub coupon_id: Int,
     pub member_id: Int,
@@ -302,6 +308,7 @@ pub enum Body {
     ProductRulesChanged(ProductRulesChanged),
     ProductStockAdded(ProductStockAdded),
     CouponCreated(CouponCreated),
+    CouponQuantityAdded(CouponQuantityAdded),
     CouponIssued(CouponIssued),
     OrderReserved(OrderEvent),
     OrderPaid(OrderPaid),
@@ -431,6 +438,13 @@ impl Event {
                 Body::ProductStockAdded(b)
             }
             "coupon.created" => Body::CouponCreated(payload(t, p)?),
+            "coupon.quantity_added" => {
+                let b: CouponQuantityAdded = payload(t, p)?;
+                check(b.add.0 > 0, || {
+                    "coupon.quantity_added add must be > 0".into()
+                })?;
+                Body::CouponQuantityAdded(b)
+            }
             "coupon.issued" => Body::CouponIssued(payload(t, p)?),
             "order.reserved" => {
                 let b: OrderEvent = payload(t, p)?;

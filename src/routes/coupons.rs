@@ -12,12 +12,16 @@ use fred::prelude::*;
 
 use super::{parse_json, Idempotent};
 use crate::auth::{Admin, AuthMember};
-use crate::domain::{CouponView, CreateCouponRequest, IssuedCouponView, MyCouponView};
+use crate::domain::{
+    AddCouponQuantityRequest, CouponView, CreateCouponRequest, IssuedCouponView, MyCouponView,
+    MAX_COUPON_QUANTITY,
+};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
-use crate::scripts::calls::{CouponCreate, CouponIssue};
+use crate::scripts::calls::{CouponCreate, CouponIssue, CouponQuantityAdd};
 use crate::scripts::ScriptReply;
+use crate::sold_out::Item;
 use crate::state::{event_id, rfc3339, AppState, Now};
 
 #[utoipa::path(operation_id = "create_coupon", post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
@@ -69,6 +73,44 @@ pub async fn create(
                 (id as f64, id.to_string()),
             )
             .await?;
+    }
+    Ok(reply.into_response())
+}
+
+#[utoipa::path(operation_id = "add_coupon_quantity", post, path = "/api/v1/admin/coupons/{id}/quantity", tag = "admin", request_body = AddCouponQuantityRequest,
+    params(("id" = i64, Path, description = "coupon id"), ("X-Admin-Key" = String, Header, description = "admin key")),
+    responses(
+        (status = 200, description = "Added to total_quantity and remaining", body = CouponView),
+        (status = 400, description = "INVALID_REQUEST", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "UNAUTHORIZED", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "NOT_FOUND", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "VALIDATION_FAILED (also: total_quantity would pass 10,000,000)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_quantity(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<i64>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let add = parse_json::<AddCouponQuantityRequest>(&body)?
+        .add
+        .in_range("add", 1, MAX_COUPON_QUANTITY)?;
+    let now = Now::read();
+    let call = CouponQuantityAdd {
+        coupon_id: id,
+        add,
+        quantity_limit: MAX_COUPON_QUANTITY,
+        now_ms: now.ms(),
+        now: now.rfc3339(),
+        event_id: event_id(),
+    };
+    let reply = state
+        .scripts
+        .invoke(&state.redis, &state.keys, &call)
+        .await?;
+    if matches!(reply, ScriptReply::Ok { .. }) {
+        // The script told every engine; this one forgets at once, so its next answer sees them.
+        state.caches.sold_out.forget(Item::Coupon(id));
     }
     Ok(reply.into_response())
 }
@@ -133,6 +175,20 @@ pub async fn issue(
     if state.settings.hot_path == crate::config::HotPath::DbLock {
         return crate::dblock::issue_coupon(&state, member, id).await;
     }
+    let item = Item::Coupon(id);
+    if crate::sold_out::refused_by_marker(
+        &state,
+        item,
+        1,
+        idem.digest
+            .as_deref()
+            .map(|digest| state.keys.coupon_idempotency(id, member, digest)),
+    )
+    .await?
+    {
+        return Ok(item.refusal().into_response());
+    }
+    let ticket = state.caches.sold_out.ticket(item);
     let call = CouponIssue {
         coupon_id: id,
         member_id: member,
@@ -143,6 +199,9 @@ pub async fn issue(
         .scripts
         .invoke(&state.redis, &state.keys, &call)
         .await?;
+    if matches!(&reply, ScriptReply::Refused { code, .. } if code == "COUPON_SOLD_OUT") {
+        state.caches.sold_out.note(ticket, 0);
+    }
     Ok(reply.into_response())
 }
 

@@ -19,6 +19,7 @@ use crate::extract::ApiPath;
 use crate::ids::Entity;
 use crate::scripts::calls::OrderPay;
 use crate::scripts::{Script, ScriptReply};
+use crate::sold_out::Item;
 use crate::state::{event_id, AppState, Now};
 
 pub use crate::popular::POPULAR_DAY_TTL_SECS;
@@ -55,12 +56,25 @@ pub async fn create(
     // The crowd before the opening second: answered from the window Redis last refused with. Not
     // executed, so not stored under the Idempotency-Key.
     if let Some(closed) = state
-        .sale_windows
+        .caches
+        .windows
         .closed(items.iter().map(|(product, _)| *product), Now::read().ms())
     {
         metrics::counter!("flashsale_sale_rule_refusals_total", "code" => closed.code(), "answered_by" => "engine")
             .increment(1);
         return Ok(closed.reply().into_response());
+    }
+    // The herd after the sell-out: a single-product order for more than the units Redis last
+    // reported (src/sold_out.rs). Also not executed, so not stored.
+    if let [(product, quantity)] = items[..] {
+        let item = Item::Product(product);
+        let record = idem
+            .digest
+            .as_deref()
+            .map(|digest| state.keys.idempotency(member, digest));
+        if crate::sold_out::refused_by_marker(&state, item, quantity, record).await? {
+            return Ok(item.refusal().into_response());
+        }
     }
     let order_id = state.ids.next(Entity::Order).await?;
     // The member step stamps the order with Redis time and expires it the TTL after that.
@@ -72,7 +86,7 @@ pub async fn create(
         reservation_ttl_ms: state.settings.reservation_ttl_secs.saturating_mul(1000) as i64,
         event_id: event_id(),
     };
-    let reply = crate::orders::reserve(state.store(), &request, Some(&state.sale_windows)).await?;
+    let reply = crate::orders::reserve(state.store(), &request, Some(&state.caches)).await?;
     reply.note_entity_conflict(Script::OrderReserve, order_id);
     count_transition(&reply, "RESERVED");
     Ok(reply.into_response())

@@ -88,9 +88,13 @@ pub async fn set_rules(
         .await?;
     if matches!(reply, ScriptReply::Ok { .. }) {
         // Every engine (this one too) forgets the window it cached for this product.
-        state.sale_windows.forget(id);
-        crate::sale_windows::publish_rules_changed(&state.redis, &state.keys.invalidations(), id)
-            .await;
+        state.caches.forget(crate::sold_out::Item::Product(id));
+        crate::invalidations::publish_product_changed(
+            &state.redis,
+            &state.keys.invalidations(),
+            id,
+        )
+        .await;
     }
     Ok(reply.into_response())
 }
@@ -125,6 +129,10 @@ pub async fn add_stock(
         .scripts
         .invoke(&state.redis, &state.keys, &call)
         .await?;
+    if matches!(reply, ScriptReply::Ok { .. }) {
+        // The script told every engine; this one forgets at once, so its next answer sees the units.
+        state.caches.forget(crate::sold_out::Item::Product(id));
+    }
     Ok(reply.into_response())
 }
 

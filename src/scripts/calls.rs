@@ -7,12 +7,19 @@ use crate::idempotency::RECORD_TTL_SECS;
 use crate::keys::Keys;
 use crate::partition::Partition;
 use crate::scripts::Script;
+use crate::sold_out::Item;
 
 /// A script invocation: which script, and its KEYS and ARGV.
 pub trait ScriptCall {
     const SCRIPT: Script;
     fn keys(&self, keys: &Keys) -> Vec<String>;
-    fn args(&self) -> Vec<String>;
+    /// ARGV. `keys` for what the layout names that is not a key (the invalidation channel).
+    fn args(&self, keys: &Keys) -> Vec<String>;
+    /// The item this call gives units or coupons back to when it writes (its script publishes the
+    /// item on the invalidation channel; the engine that ran it forgets its marker at once).
+    fn gives_back(&self) -> Option<Item> {
+        None
+    }
 }
 
 /// The idempotency side of a member's mutation: the record's key digest (none when the request
@@ -86,7 +93,7 @@ impl ScriptCall for EmailClaim {
             keys.email_claims(self.claim.partition()),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         let mut a = self.claim.args();
         a.push(self.ttl_ms.to_string());
         a
@@ -112,7 +119,7 @@ impl ScriptCall for MemberSignup<'_> {
             keys.outbox(Partition::of_id(self.member_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.member_id.to_string(),
             self.email.to_string(),
@@ -134,7 +141,7 @@ impl ScriptCall for EmailConfirm {
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![keys.email_claims(self.claim.partition())]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         self.claim.args()
     }
 }
@@ -155,7 +162,7 @@ impl ScriptCall for EmailRelease {
             keys.email_claims(self.claim.partition()),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         let mut a = self.claim.args();
         a.push(
             self.sweep_margin_ms
@@ -178,7 +185,7 @@ impl ScriptCall for EmailClaimsDue {
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![keys.email_claims(self.partition)]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![self.margin_ms.to_string(), self.limit.to_string()]
     }
 }
@@ -201,7 +208,7 @@ impl ScriptCall for PointsCharge {
             keys.outbox(Partition::of_id(self.member_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -256,7 +263,7 @@ impl ScriptCall for ProductRulesSet {
             keys.outbox(Partition::of_id(self.product_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             change_arg(self.starts_ms),
             change_arg(self.ends_ms),
@@ -276,7 +283,7 @@ impl ScriptCall for ProductCreate {
             keys.outbox(Partition::of_id(self.product_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.product_id.to_string(),
             self.name.clone(),
@@ -310,14 +317,18 @@ impl ScriptCall for ProductStockAdd {
             keys.outbox(Partition::of_id(self.product_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, keys: &Keys) -> Vec<String> {
         vec![
             self.add.to_string(),
             self.stock_limit.to_string(),
             self.now_ms.to_string(),
             self.now.clone(),
             self.event_id.clone(),
+            keys.invalidations(),
         ]
+    }
+    fn gives_back(&self) -> Option<Item> {
+        Some(Item::Product(self.product_id))
     }
 }
 
@@ -344,7 +355,7 @@ impl ScriptCall for CouponCreate {
             keys.outbox(Partition::of_id(self.coupon_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.coupon_id.to_string(),
             self.name.clone(),
@@ -383,7 +394,7 @@ impl ScriptCall for CouponIssue {
             keys.outbox(Partition::of_id(self.coupon_id)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -391,6 +402,40 @@ impl ScriptCall for CouponIssue {
             self.member_id.to_string(),
             self.event_id.clone(),
         ]
+    }
+}
+
+/// lua/coupon_quantity_add.lua (admin, coupon slot).
+pub struct CouponQuantityAdd {
+    pub coupon_id: i64,
+    pub add: i64,
+    pub quantity_limit: i64,
+    pub now_ms: i64,
+    pub now: String,
+    pub event_id: String,
+}
+
+impl ScriptCall for CouponQuantityAdd {
+    const SCRIPT: Script = Script::CouponQuantityAdd;
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            keys.coupon(self.coupon_id),
+            keys.coupon_ops(self.coupon_id),
+            keys.outbox(Partition::of_id(self.coupon_id)),
+        ]
+    }
+    fn args(&self, keys: &Keys) -> Vec<String> {
+        vec![
+            self.add.to_string(),
+            self.quantity_limit.to_string(),
+            self.now_ms.to_string(),
+            self.now.clone(),
+            self.event_id.clone(),
+            keys.invalidations(),
+        ]
+    }
+    fn gives_back(&self) -> Option<Item> {
+        Some(Item::Coupon(self.coupon_id))
     }
 }
 
@@ -422,7 +467,7 @@ impl ScriptCall for CouponWalletAdd {
             keys.member_coupons(self.member_id),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![self.coupon_id.to_string(), self.entry.clone()]
     }
 }
@@ -460,7 +505,7 @@ impl ScriptCall for OrderReserve {
             keys.member(self.member_id),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         let mut a = vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -498,7 +543,7 @@ impl ScriptCall for OrderRefuse {
             self.idem.key(keys, self.member_id),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -562,7 +607,7 @@ impl ScriptCall for StockHold {
             keys.product_bought(product),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         let mut a = self.hold.args();
         a.push(self.quantity.to_string());
         a.push(self.ttl_ms.to_string());
@@ -588,14 +633,18 @@ impl ScriptCall for StockRelease {
             keys.product_bought(product),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, keys: &Keys) -> Vec<String> {
         let mut a = self.hold.args();
         a.push(
             self.orphan_margin_ms
                 .map(|m| m.to_string())
                 .unwrap_or_default(),
         );
+        a.push(keys.invalidations());
         a
+    }
+    fn gives_back(&self) -> Option<Item> {
+        Some(Item::Product(self.hold.product_id))
     }
 }
 
@@ -613,7 +662,7 @@ impl ScriptCall for StockCommit {
             keys.holds_pending(Partition::of_id(product)),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         self.hold.args()
     }
 }
@@ -636,10 +685,14 @@ impl ScriptCall for StockReturn {
             keys.product_bought(product),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, keys: &Keys) -> Vec<String> {
         let mut a = self.hold.args();
         a.push(self.quantity.to_string());
+        a.push(keys.invalidations());
         a
+    }
+    fn gives_back(&self) -> Option<Item> {
+        Some(Item::Product(self.hold.product_id))
     }
 }
 
@@ -653,7 +706,7 @@ impl ScriptCall for HoldConfirm {
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![keys.holds_pending(Partition::of_id(self.hold.product_id))]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         self.hold.args()
     }
 }
@@ -670,7 +723,7 @@ impl ScriptCall for HoldsDue {
     fn keys(&self, keys: &Keys) -> Vec<String> {
         vec![keys.holds_pending(self.partition)]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![self.margin_ms.to_string(), self.limit.to_string()]
     }
 }
@@ -701,7 +754,7 @@ impl ScriptCall for OrderPay {
             keys.outbox(partition),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -739,7 +792,7 @@ impl ScriptCall for OrderCancel {
             keys.outbox(partition),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![
             self.idem.fingerprint.clone(),
             Idem::ttl(),
@@ -767,7 +820,7 @@ impl ScriptCall for OrderExpire {
             keys.outbox(self.partition),
         ]
     }
-    fn args(&self) -> Vec<String> {
+    fn args(&self, _keys: &Keys) -> Vec<String> {
         vec![self.order_id.to_string(), self.event_id.clone()]
     }
 }

@@ -27,6 +27,7 @@ pub enum Script {
     ProductRulesSet,
     CouponCreate,
     CouponIssue,
+    CouponQuantityAdd,
     CouponWalletAdd,
     OrderReserve,
     OrderPay,
@@ -46,7 +47,7 @@ pub enum Script {
 }
 
 impl Script {
-    pub const ALL: [Script; 23] = [
+    pub const ALL: [Script; 24] = [
         Script::MemberSignup,
         Script::PointsCharge,
         Script::ProductCreate,
@@ -54,6 +55,7 @@ impl Script {
         Script::ProductRulesSet,
         Script::CouponCreate,
         Script::CouponIssue,
+        Script::CouponQuantityAdd,
         Script::CouponWalletAdd,
         Script::OrderReserve,
         Script::OrderPay,
@@ -82,6 +84,7 @@ impl Script {
             Script::ProductRulesSet => "product_rules_set",
             Script::CouponCreate => "coupon_create",
             Script::CouponIssue => "coupon_issue",
+            Script::CouponQuantityAdd => "coupon_quantity_add",
             Script::CouponWalletAdd => "coupon_wallet_add",
             Script::OrderReserve => "order_reserve",
             Script::OrderPay => "order_pay",
@@ -110,6 +113,7 @@ impl Script {
             Script::ProductRulesSet => include_str!("../../lua/product_rules_set.lua"),
             Script::CouponCreate => include_str!("../../lua/coupon_create.lua"),
             Script::CouponIssue => include_str!("../../lua/coupon_issue.lua"),
+            Script::CouponQuantityAdd => include_str!("../../lua/coupon_quantity_add.lua"),
             Script::CouponWalletAdd => include_str!("../../lua/coupon_wallet_add.lua"),
             Script::OrderReserve => include_str!("../../lua/order_reserve.lua"),
             Script::OrderPay => include_str!("../../lua/order_pay.lua"),
@@ -262,10 +266,11 @@ impl Scripts {
         wrote: impl Fn(&str) -> bool,
     ) -> Result<String, fred::error::Error> {
         let client = redis.next();
+        let args = call.args(keys);
         let keys = call.keys(keys);
         let first_key = keys.first().cloned().unwrap_or_default();
         let outcome = self
-            .run_on(client, C::SCRIPT, keys, call.args())
+            .run_on(client, C::SCRIPT, keys, args)
             .await?
             .as_string()
             .unwrap_or_default();
@@ -299,7 +304,7 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<Value, fred::error::Error> {
-        self.run(redis, C::SCRIPT, call.keys(keys), call.args())
+        self.run(redis, C::SCRIPT, call.keys(keys), call.args(keys))
             .await
     }
 
@@ -314,9 +319,10 @@ impl Scripts {
         wrote: impl Fn(&Value) -> bool,
     ) -> Result<Value, ApiError> {
         let client = redis.next();
+        let args = call.args(keys);
         let keys = call.keys(keys);
         let first_key = keys.first().cloned().unwrap_or_default();
-        let value = self.run_on(client, C::SCRIPT, keys, call.args()).await?;
+        let value = self.run_on(client, C::SCRIPT, keys, args).await?;
         if wrote(&value) {
             self.confirm_replicated(client, &first_key, false).await?;
         }
@@ -330,7 +336,7 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<ScriptReply, ApiError> {
-        self.call(redis, C::SCRIPT, call.keys(keys), call.args())
+        self.call(redis, C::SCRIPT, call.keys(keys), call.args(keys))
             .await
     }
 

@@ -23,3 +23,4 @@ mod relay_resilience;
 mod replica_wait;
 mod sale_rules;
 mod slots;
+mod sold_out;

@@ -126,6 +126,17 @@ fn every_call(rng: &mut impl Rng, keys: &Keys) -> Vec<(Script, Vec<String>)> {
             keys,
         ),
         keys_of(
+            CouponQuantityAdd {
+                coupon_id: coupon,
+                add: 1,
+                quantity_limit: 10,
+                now_ms: 0,
+                now: "t".into(),
+                event_id: "e".into(),
+            },
+            keys,
+        ),
+        keys_of(
             ProductRulesSet {
                 product_id: product,
                 starts_ms: RuleChange::Set(1),

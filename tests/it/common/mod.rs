@@ -93,6 +93,8 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
         expiry_interval_ms: 100,
         popular_cache_ms: 0,
         sale_window_cache: true,
+        sold_out_markers: true,
+        sold_out_marker_ttl_ms: 1_000,
         run_relay: false,
         hot_path: HotPath::Redis,
         request_timeout_ms: 30_000,

@@ -283,6 +283,16 @@ pub async fn mixed_workload(app: &TestApp, members: usize) -> Done {
         app.create_product(1300, 500).await,
     ];
     let coupon = app.create_coupon("PERCENT", 10, (members / 2) as i64).await;
+    // More coupons released after the create: the sink adds them to the row (coupon.quantity_added).
+    let added = app
+        .post(
+            &format!("/api/v1/admin/coupons/{coupon}/quantity"),
+            None,
+            None,
+            json!({"add": 5}),
+        )
+        .await;
+    assert_eq!(added.status, 200, "{}", added.text);
     let people = app.seed_members(members, 20_000).await;
     let results = join_all(people.iter().enumerate().map(|(i, (_, token))| async move {
         let mut paid = 0;

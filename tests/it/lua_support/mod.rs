@@ -376,7 +376,7 @@ impl Ctx {
 
     /// Runs a typed call, remembering its arguments so `events()` can order events by call.
     pub async fn invoke<C: ScriptCall>(&self, call: &C) -> ScriptReply {
-        self.calls.lock().expect("calls").push(call.args());
+        self.calls.lock().expect("calls").push(call.args(&self.k));
         self.scripts
             .invoke(&self.redis, &self.k, call)
             .await
@@ -576,7 +576,7 @@ impl Ctx {
             created_at: rfc(at),
             event_id: event.into(),
         };
-        self.calls.lock().expect("calls").push(call.args());
+        self.calls.lock().expect("calls").push(call.args(&self.k));
         flashsale::routes::products::create_in_redis(self.store(), &call)
             .await
             .unwrap_or_else(|e| panic!("product_create: {e:?}"))
@@ -689,6 +689,7 @@ impl Ctx {
             redis: &self.redis,
             scripts: &self.scripts,
             keys: &self.k,
+            sold_out: None,
         }
     }
 
