@@ -11,6 +11,9 @@
 #                                   (prometheus/prometheus.cluster.yml in the cluster topology)
 #   scripts/services.sh install     only install the packages and the Kafka jars
 #   scripts/services.sh env         print the connection variables (export lines)
+#   scripts/services.sh redis-socket  the single Redis's Unix socket (printed only while it exists): the
+#                                   engine `make up` starts talks to Redis over it (less CPU per call
+#                                   than loopback TCP); tests, tools and the cluster use TCP
 #
 # Topologies (TOPOLOGY, default single): `single` is one Redis on REDIS_PORT; `cluster` is a Redis Cluster
 # (redis-server in cluster mode) on REDIS_CLUSTER_PORTS instead. MariaDB and Kafka are the same in both.
@@ -248,6 +251,13 @@ install_all() {
 
 redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
 
+redis_socket() {
+    local s=$RUN/redis.sock
+    # unix socket paths are limited to 107 bytes
+    if [ "${#s}" -gt 100 ]; then s=/tmp/flashsale-redis-$(printf '%s' "$LOCAL" | md5sum | cut -c1-12).sock; fi
+    echo "$s"
+}
+
 redis_up() {
     local pid
     if pid=$(live_pid redis redis-server); then
@@ -262,7 +272,8 @@ redis_up() {
         redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes \
             --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" \
             --dir "$DATA/redis" --appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save '' \
-            --maxclients 10000 --tcp-backlog 511 9>&- \
+            --maxclients 10000 --tcp-backlog 511 \
+            --unixsocket "$(redis_socket)" --unixsocketperm 700 9>&- \
             || { tail_log "$LOGS/redis.log"; die "redis-server failed to start"; }
         echo "$REDIS_PORT" >"$RUN/redis.port"
         local _i; for _i in $(seq 1 50); do [ -s "$RUN/redis.pid" ] && break; sleep 0.1; done
@@ -888,6 +899,11 @@ case "$cmd" in
     env)
         print_env
         ;;
+    redis-socket)
+        s=$(redis_socket)
+        [ -S "$s" ] && live_pid redis redis-server >/dev/null && echo "$s"
+        exit 0
+        ;;
     cluster-up)
         cluster_up_alone
         ;;
@@ -907,7 +923,7 @@ case "$cmd" in
         cluster_clean
         ;;
     *)
-        echo "usage: $0 up|down|status|clean|prometheus|install|env|cluster-up|cluster-down|cluster-status|cluster-url|cluster-clean" >&2
+        echo "usage: $0 up|down|status|clean|prometheus|install|env|redis-socket|cluster-up|cluster-down|cluster-status|cluster-url|cluster-clean" >&2
         exit 2
         ;;
 esac

@@ -56,13 +56,23 @@ current_topology() {
 
 # ------------------------------------------------------------------------------------------ environment
 
+# One local Redis: over its Unix socket when it has one (scripts/services.sh starts it with one, so
+# after `services.sh up` it does): a call costs less CPU than over loopback TCP. A REDIS_URL given wins.
+local_redis_url() {
+    if [ -n "${REDIS_URL_GIVEN:-}" ]; then export REDIS_URL=$REDIS_URL_GIVEN; return; fi
+    local sock; sock=$(FLASHSALE_LOCAL=$LOCAL "$REPO/scripts/services.sh" redis-socket 2>/dev/null || true)
+    if [ -n "$sock" ]; then export REDIS_URL="redis+unix://$sock"
+    else export REDIS_URL=redis://127.0.0.1:$REDIS_PORT; fi
+}
+
 # load_env: the environment every process gets, for the topology in TOPOLOGY.
 load_env() {
     export REDIS_PORT=${REDIS_PORT:-6379}
     export MYSQL_PORT=${MYSQL_PORT:-3306}
     export KAFKA_PORT=${KAFKA_PORT:-9092}
     export KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
-    export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+    REDIS_URL_GIVEN=${REDIS_URL:-}
+    local_redis_url
     export DATABASE_URL=${DATABASE_URL:-mysql://root@127.0.0.1:$MYSQL_PORT/flashsale}
     export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
     export LISTEN_ADDR=${LISTEN_ADDR:-127.0.0.1:8080}
@@ -101,7 +111,7 @@ load_env() {
 load_cluster_env() {
     local url
     url=$("$REPO/scripts/services.sh" cluster-url)
-    if [ "$REDIS_URL" != "$url" ] && [ "$REDIS_URL" != "redis://127.0.0.1:$REDIS_PORT" ]; then
+    if [ -n "${REDIS_URL_GIVEN:-}" ] && [ "$REDIS_URL_GIVEN" != "$url" ]; then
         log "TOPOLOGY=cluster: REDIS_URL=$REDIS_URL ignored; the engines use the cluster $url"
     fi
     export REDIS_URL=$url
@@ -255,6 +265,7 @@ up_single() {
     local t0=$SECONDS
     load_env
     "$REPO/scripts/services.sh" up
+    local_redis_url
 
     build
 
