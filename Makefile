@@ -49,7 +49,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench limited-rush fmt fmt-check lint env build-loadtest big-sale
+        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench limited-rush fmt fmt-check lint env build-loadtest big-sale sold-out-bench
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -61,8 +61,9 @@ help:
 	@echo "make test        services up, cargo test --release (reuses make up's build), promtool rule tests, dashboard check"
 	@echo "make test TOPOLOGY=cluster  the same tests against the Redis Cluster (TEST_REDIS_URL = the cluster)"
 	@echo "make fuzz        schemathesis (all checks, all phases) against the running stack (make up)"
-	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md), then make big-sale"
+	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md), then make big-sale and make sold-out-bench"
 	@echo "make big-sale    loadtest/big_sale.sh: the success path and the pipeline per event (docs/pipeline-benchmark.md)"
+	@echo "make sold-out-bench  loadtest/sold_out.sh: sold-out markers off/on with wrk, restock-to-grant time"
 	@echo "make limited-rush   sale rules under load (goose + wrk) against the running engine (make up; LR_HOST=URL)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
 	@echo "make services | services-down | prometheus   only the backing services / a local Prometheus (TOPOLOGY= as for up)"
@@ -136,7 +137,13 @@ test-dashboards:
 
 bench:
 	bash loadtest/bench.sh
-	@if [ "$(TOPOLOGY)" != cluster ]; then bash loadtest/big_sale.sh; fi
+	@if [ "$(TOPOLOGY)" != cluster ]; then bash loadtest/big_sale.sh && bash loadtest/sold_out.sh; fi
+
+# The herd after the sell-out (issue 10): sold-out markers off and on side by side with wrk, the
+# restock-to-grant time across two engines, Unix socket vs TCP; writes the sold-out block of
+# docs/benchmarks.md and its charts.
+sold-out-bench:
+	bash loadtest/sold_out.sh
 
 # The big sale (issue 12): the success path and the pipeline's cost per event, side by side with the
 # hot path alone (and a previous build: BIG_BEFORE_BIN=.../flashsale); writes docs/pipeline-benchmark.md.

@@ -391,17 +391,19 @@ report() {
     cut -d' ' -f1-3 /proc/loadavg >"$WORK/loadavg_end"
     log "writing $OUT"
     python3 "$REPO/loadtest/bench_report.py" "$WORK" >"$OUT.tmp" || { log "report generation failed"; exit 1; }
-    # The big-sale block is written by loadtest/big_sale.sh (`make big-sale`, which `make bench` runs
-    # next): kept as it was until then.
+    # The big-sale and sold-out blocks are written by loadtest/big_sale.sh and loadtest/sold_out.sh
+    # (`make big-sale`, `make sold-out-bench`; `make bench` runs both next): kept as they were until then.
     python3 - "$OUT" "$OUT.tmp" <<'PY'
 import re, sys
 old, new = sys.argv[1], sys.argv[2]
 try:
-    m = re.search(r"<!-- big-sale:begin -->.*?<!-- big-sale:end -->", open(old).read(), re.S)
+    text = open(old).read()
 except OSError:
-    m = None
-if m:
-    open(new, "a").write("\n" + m.group(0) + "\n")
+    text = ""
+for block in ("big-sale", "sold-out"):
+    m = re.search(rf"<!-- {block}:begin -->.*?<!-- {block}:end -->", text, re.S)
+    if m:
+        open(new, "a").write("\n" + m.group(0) + "\n")
 PY
     mv "$OUT.tmp" "$OUT"
     log "done in $(( $(date +%s) - START ))s; raw results in $WORK"
