@@ -2,11 +2,14 @@
 //! grants, never outlives the stock (restock, cancel and quantity add on ANOTHER engine clear it),
 //! and never stores its refusal under an Idempotency-Key.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use fred::prelude::*;
+use futures::future::join_all;
 use serde_json::{json, Value};
 
-use crate::common::pipeline::start_engine;
+use crate::common::pipeline::{drain, kill9, platform, start_engine, start_sink, DRAIN};
 use crate::common::{spawn_app, spawn_app_with, unique, Reply, TestApp};
 use flashsale::sold_out::Item;
 
@@ -384,5 +387,83 @@ async fn a_coupon_quantity_add_is_validated_and_recorded() {
     assert_eq!(view["total_quantity"], 5);
     assert_eq!(view["remaining"], 5);
     assert_eq!(app.outbox_count("coupon.quantity_added").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rushes_with_markers_on_keep_every_invariant_and_reconcile() {
+    let app = spawn_app_with(|s| {
+        s.run_relay = true;
+        s.sold_out_marker_ttl_ms = LONG_TTL_MS;
+    })
+    .await;
+    let (url, _platform) = platform(0.0, 0).await;
+    let mut sink = start_sink(&app.settings.connections, &url, &[]);
+    let members = app.seed_members(300, 1_000_000).await;
+
+    // A coupon rush in two waves: the second comes after the sell-out, mostly answered by the marker.
+    let coupon = app.create_coupon("FIXED", 100, 40).await;
+    let hits = marker_hits(&app, "coupon").await;
+    let mut granted = 0;
+    for _ in 0..2 {
+        let replies = join_all(
+            members
+                .iter()
+                .map(|(_, token)| issue(&app, coupon, token, None)),
+        )
+        .await;
+        for r in &replies {
+            match r.status {
+                201 => granted += 1,
+                _ => assert!(
+                    ["COUPON_SOLD_OUT", "COUPON_ALREADY_ISSUED"].contains(&r.code().as_str()),
+                    "{}",
+                    r.text
+                ),
+            }
+        }
+    }
+    assert_eq!(granted, 40, "exactly the quantity");
+    assert!(
+        marker_hits(&app, "coupon").await > hits,
+        "the marker answered"
+    );
+    let holders: Vec<String> = app
+        .redis
+        .hkeys(app.keys.coupon_holders(coupon))
+        .await
+        .expect("holders");
+    assert_eq!(
+        holders.iter().collect::<HashSet<_>>().len(),
+        40,
+        "none twice"
+    );
+    let view = app
+        .get(&format!("/api/v1/coupons/{coupon}"), None)
+        .await
+        .json();
+    assert_eq!(view["remaining"], 0);
+
+    // A stock rush in two waves, one unit per order.
+    let product = app.create_product(10, 30).await;
+    let mut sold = 0;
+    for _ in 0..2 {
+        let replies = join_all(members.iter().map(|(_, token)| async {
+            order_with_key(&app, token, &unique("k"), product, 1).await
+        }))
+        .await;
+        for r in &replies {
+            match r.status {
+                201 => sold += 1,
+                _ => assert_problem(r, 409, "OUT_OF_STOCK"),
+            }
+        }
+    }
+    assert_eq!(sold, 30, "sold + remaining = initial");
+    assert_eq!(app.stock(product).await, 0, "never negative");
+
+    let report = drain(&app, DRAIN).await;
+    assert!(report.in_sync, "{report:?}");
+    kill9(&mut sink);
     app.stop().await;
 }
