@@ -197,12 +197,13 @@ pub async fn refused_by_marker(
     state: &AppState,
     item: Item,
     quantity: i64,
-    idempotency_record: Option<String>,
+    idempotency_record: impl FnOnce() -> Option<String>,
 ) -> ApiResult<bool> {
     if !state.caches.sold_out.refuses(item, quantity) {
         return Ok(false);
     }
-    let refused = match idempotency_record {
+    // The record's key is built only here: most requests meet no marker.
+    let refused = match idempotency_record() {
         Some(key) => {
             let recorded: i64 = state.redis.exists(key).await?;
             recorded == 0

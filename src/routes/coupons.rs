@@ -176,14 +176,11 @@ pub async fn issue(
         return crate::dblock::issue_coupon(&state, member, id).await;
     }
     let item = Item::Coupon(id);
-    if crate::sold_out::refused_by_marker(
-        &state,
-        item,
-        1,
+    if crate::sold_out::refused_by_marker(&state, item, 1, || {
         idem.digest
             .as_deref()
-            .map(|digest| state.keys.coupon_idempotency(id, member, digest)),
-    )
+            .map(|digest| state.keys.coupon_idempotency(id, member, digest))
+    })
     .await?
     {
         return Ok(item.refusal().into_response());

@@ -68,10 +68,11 @@ pub async fn create(
     // reported (src/sold_out.rs). Also not executed, so not stored.
     if let [(product, quantity)] = items[..] {
         let item = Item::Product(product);
-        let record = idem
-            .digest
-            .as_deref()
-            .map(|digest| state.keys.idempotency(member, digest));
+        let record = || {
+            idem.digest
+                .as_deref()
+                .map(|digest| state.keys.idempotency(member, digest))
+        };
         if crate::sold_out::refused_by_marker(&state, item, quantity, record).await? {
             return Ok(item.refusal().into_response());
         }
