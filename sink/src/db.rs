@@ -50,6 +50,18 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// True when the transaction lost a lock conflict with another sink's (deadlock victim, lock wait
+/// timeout): the other transaction goes on and commits within milliseconds, so this one is worth
+/// retrying at once, unlike an unavailable database.
+pub fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| matches!(m.number(), 1205 | 1213)),
+        _ => false,
+    }
+}
+
 /// True for an integrity-constraint violation (SQLSTATE class 23: duplicate key, foreign key, NOT NULL,
 /// CHECK). For an event the engine accepted this is a disagreement between the stores, not a bad event:
 /// the sink stalls its partition and retries it rather than dead-lettering it.

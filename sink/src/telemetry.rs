@@ -11,6 +11,7 @@ pub const SINK_BATCH_SIZE: &str = "flashsale_sink_batch_size";
 pub const SINK_CONSUMER_LAG: &str = "flashsale_sink_consumer_lag";
 pub const SINK_DEAD_LETTERS: &str = "flashsale_sink_dead_letters_total";
 pub const SINK_ERRORS: &str = "flashsale_sink_errors_total";
+pub const SINK_LOCK_CONFLICTS: &str = "flashsale_sink_lock_conflicts_total";
 pub const DELIVERIES: &str = "flashsale_data_platform_deliveries_total";
 pub const DELIVERIES_PENDING: &str = "flashsale_data_platform_pending";
 pub const DELIVERIES_DEAD: &str = "flashsale_data_platform_dead";
@@ -87,6 +88,10 @@ fn describe() {
         "Messages produced to the dead-letter topic"
     );
     describe_counter!(SINK_ERRORS, "Errors met by the sink (retried or not)");
+    describe_counter!(
+        SINK_LOCK_CONFLICTS,
+        "Batches rolled back by a lock conflict with another sink (deadlock victim, lock wait timeout) and retried"
+    );
     describe_counter!(DELIVERIES, "Data platform delivery attempts by result");
     describe_gauge!(DELIVERIES_PENDING, "Deliveries waiting to be sent");
     describe_gauge!(
