@@ -121,9 +121,12 @@ pub async fn rebuild(
     let members: Vec<(i64, String, String, String, i64, NaiveDateTime)> =
         // Logins come back from the credentials table (the hash never travels through the pipeline).
         // CONVERT: the email column's binary collation makes the driver see VARBINARY, not text.
+        // A row without an email is a member whose sign-up the sink has not applied yet (a payment
+        // came first): not a member MySQL knows yet.
         sqlx::query_as(
             "SELECT m.id, CONVERT(m.email USING utf8mb4), m.name, COALESCE(c.password_hash, ''), m.balance, m.created_at \
-             FROM members m LEFT JOIN member_credentials c ON c.member_id = m.id",
+             FROM members m LEFT JOIN member_credentials c ON c.member_id = m.id \
+             WHERE m.email IS NOT NULL",
         )
             .fetch_all(db)
             .await?;

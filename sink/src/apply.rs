@@ -18,7 +18,9 @@ use crate::event::{
     OrderCancelled, OrderEvent, OrderPaid, OrderSnapshot, PointsCharged, ProductCreated,
     ProductRulesChanged, SaleRules,
 };
-use crate::writes::{DeliveryRow, ItemRow, LedgerRow, MovementRow, OrderRow, PaymentRow, Writes};
+use crate::writes::{
+    DeliveryRow, ItemRow, LedgerRow, MemberIdentity, MovementRow, OrderRow, PaymentRow, Writes,
+};
 use chrono::NaiveDateTime;
 use serde_json::json;
 use sqlx::MySqlConnection;
@@ -126,10 +128,7 @@ pub async fn apply_batch(
 /// commute with the rest of the batch; written at once (after flushing `writes`) when they read rows.
 async fn apply_effects(conn: &mut MySqlConnection, writes: &mut Writes, ev: &Event) -> Res<()> {
     match &ev.body {
-        Body::MemberRegistered(b) => {
-            writes.flush(conn).await?;
-            member_registered(conn, ev, b).await
-        }
+        Body::MemberRegistered(b) => member_registered(conn, writes, b).await,
         Body::PointsCharged(b) => {
             points_charged(writes, ev, b);
             Ok(())
@@ -171,31 +170,20 @@ async fn apply_effects(conn: &mut MySqlConnection, writes: &mut Writes, ev: &Eve
     }
 }
 
-/// Creates the member row (once), with the balance of the ledger rows recorded before it.
+/// Gives the member row its identity (gathered: see `Writes::member_registered`).
 async fn member_registered(
     conn: &mut MySqlConnection,
-    ev: &Event,
+    writes: &mut Writes,
     b: &MemberRegistered,
 ) -> Res<()> {
-    let exists = sqlx::query_scalar::<_, i64>("SELECT id FROM members WHERE id = ? FOR UPDATE")
-        .bind(b.member_id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if exists.is_some() {
-        tracing::warn!(event_id = %ev.event_id, member_id = b.member_id.0, "member exists already; nothing to do");
-    } else {
-        let balance = ledger_balance(conn, b.member_id.0).await?;
-        sqlx::query(
-            "INSERT INTO members (id, email, name, balance, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(b.member_id.0)
-        .bind(&b.email)
-        .bind(&b.name)
-        .bind(balance)
-        .bind(b.created_at.0)
-        .execute(&mut *conn)
-        .await?;
-    }
+    writes.member_registered(
+        b.member_id.0,
+        MemberIdentity {
+            email: b.email.clone(),
+            name: b.name.clone(),
+            created_at: b.created_at.0,
+        },
+    );
     // The engine writes credentials itself; an event from an older engine still carries them.
     if let Some(hash) = &b.password_hash {
         sqlx::query(
@@ -666,21 +654,12 @@ async fn member_balance(conn: &mut MySqlConnection, member_id: i64) -> Res<Optio
         .await
 }
 
-/// Balance implied by the ledger rows recorded so far (for a member row created after them).
-/// ROW_CREATION_LOCKS: a row created late starts from the deltas already recorded for it, read with
-/// a locking read (FOR UPDATE, under InnoDB's default REPEATABLE READ). Two sinks apply a member's
-/// sign-up and its payments at once (different Kafka partitions): with a plain read, the creating
-/// transaction summed the ledger from its snapshot while a payment's transaction added a ledger row
-/// and updated no member row (not there yet), so the new row missed that payment for good (seen in the
-/// failover test: balances and stock in MySQL above Redis). Locked, the creator waits for a pending
-/// ledger row and reads it, or blocks its insert (gap lock) until the row exists, so the writer's
-/// update finds it.
-async fn ledger_balance(conn: &mut MySqlConnection, member_id: i64) -> Res<i64> {
-    sqlx::query_scalar::<_, i64>(
-        "SELECT CAST(COALESCE(SUM(CASE type WHEN 'USE' THEN -amount ELSE amount END), 0) AS SIGNED) \
-         FROM points_ledger WHERE member_id = ? FOR UPDATE",
-    )
-    .bind(member_id)
-    .fetch_one(&mut *conn)
-    .await
-}
+// ROW_CREATION_LOCKS: a product or coupon row created late starts from the deltas already recorded
+// for it (stock movements; issues and quantity additions), read with a locking read (FOR UPDATE, under
+// InnoDB's default REPEATABLE READ). Two sinks may apply a row's creation and its deltas at once
+// (different Kafka partitions): with a plain read, the creating transaction summed the deltas from its
+// snapshot while the other transaction added one and updated no row (not there yet), so the new row
+// missed it for good (seen in the failover test: stock in MySQL above Redis). Locked, the creator waits
+// for a pending delta row and reads it, or blocks its insert (gap lock) until the row exists, so the
+// writer's update finds it. Members do without: their row is a commutative upsert (crate::writes),
+// because sign-ups come in bursts and their gap locks deadlocked two sinks.

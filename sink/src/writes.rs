@@ -7,6 +7,13 @@
 //! inserts of rows keyed by event (a duplicate is an error that rolls the batch back, as before), and
 //! deltas of stock and balance, summed per row. Deltas are applied in ascending id order, so two sinks
 //! lock the rows they share in the same order.
+//!
+//! A member's row is one commutative upsert of everything the batch knows about that member: its
+//! sign-up (identity) and the sum of its ledger rows (balance). A payment that arrives before its
+//! member's sign-up (two sinks, two Kafka partitions) creates the row with its balance and no identity
+//! yet; the sign-up fills the identity in and never overwrites one. Nothing is read first, so no
+//! locking read holds gaps of the ledger's index while the other sink inserts into them (it did: a
+//! burst of sign-ups deadlocked two sinks for seconds on end).
 
 use chrono::NaiveDateTime;
 use sqlx::mysql::MySqlArguments;
@@ -157,6 +164,34 @@ pub struct DeliveryRow {
     pub created_at: NaiveDateTime,
 }
 
+/// The identity a sign-up gives a member row.
+pub struct MemberIdentity {
+    pub email: String,
+    pub name: String,
+    pub created_at: NaiveDateTime,
+}
+
+/// What a batch changes of one member row.
+#[derive(Default)]
+struct MemberChange {
+    identity: Option<MemberIdentity>,
+    balance_delta: i64,
+}
+
+struct MemberUpsert<'a>(i64, &'a MemberChange);
+
+impl Row for MemberUpsert<'_> {
+    const PLACEHOLDERS: &'static str = "(?, ?, ?, ?, ?)";
+    fn bind<'q>(&self, q: Query<'q>) -> Query<'q> {
+        let identity = self.1.identity.as_ref();
+        q.bind(self.0)
+            .bind(identity.map(|i| i.email.clone()))
+            .bind(identity.map(|i| i.name.clone()))
+            .bind(self.1.balance_delta)
+            .bind(identity.map(|i| i.created_at))
+    }
+}
+
 impl Row for DeliveryRow {
     const PLACEHOLDERS: &'static str = "(?, ?, ?, 'PENDING', 0, ?, NULL, ?, NULL)";
     fn bind<'q>(&self, q: Query<'q>) -> Query<'q> {
@@ -179,8 +214,8 @@ pub struct Writes {
     /// product id -> summed delta of the movements above.
     stock: BTreeMap<i64, i64>,
     ledger: Vec<LedgerRow>,
-    /// member id -> summed delta of the ledger rows above.
-    balance: BTreeMap<i64, i64>,
+    /// member id -> its sign-up in this batch and the summed delta of its ledger rows above.
+    members: BTreeMap<i64, MemberChange>,
     deliveries: Vec<DeliveryRow>,
 }
 
@@ -192,6 +227,7 @@ impl Writes {
             && self.refunds.is_empty()
             && self.movements.is_empty()
             && self.ledger.is_empty()
+            && self.members.is_empty()
             && self.deliveries.is_empty()
     }
 
@@ -221,11 +257,21 @@ impl Writes {
         self.movements.push(row);
     }
 
-    /// A points ledger row, applied to the member's balance with `delta` (when the member row
-    /// exists; a member created later starts from the ledger).
+    /// A points ledger row, applied to the member's balance with `delta` (the member row is created
+    /// with it if its sign-up has not been applied yet).
     pub fn points(&mut self, row: LedgerRow, delta: i64) {
-        *self.balance.entry(row.member_id).or_default() += delta;
+        self.members.entry(row.member_id).or_default().balance_delta += delta;
         self.ledger.push(row);
+    }
+
+    /// A member's sign-up: its row gets this identity unless it has one already (an identity is
+    /// never overwritten; the first sign-up of the batch wins, as the first applied would).
+    pub fn member_registered(&mut self, member_id: i64, identity: MemberIdentity) {
+        self.members
+            .entry(member_id)
+            .or_default()
+            .identity
+            .get_or_insert(identity);
     }
 
     /// A data platform delivery of a paid order (one per event id).
@@ -321,25 +367,41 @@ impl Writes {
         .await?;
         Ok(Deltas {
             stock: w.stock,
-            balance: w.balance,
+            members: w.members,
         })
     }
 }
 
-/// Stock and balance changes of rows already written (stock_movements, points_ledger), summed per row.
+/// Stock changes of rows already written (stock_movements), summed per product, and the member rows'
+/// upserts (sign-ups and the ledger rows' balance deltas).
 #[derive(Default)]
 #[must_use = "the deltas must be applied in the same transaction"]
 pub struct Deltas {
     stock: BTreeMap<i64, i64>,
-    balance: BTreeMap<i64, i64>,
+    members: BTreeMap<i64, MemberChange>,
 }
 
 impl Deltas {
-    /// `products.stock` and `members.balance` += their deltas (rows that do not exist yet are left
-    /// alone: their creation starts from the recorded movements and ledger rows).
+    /// `products.stock` += its deltas (a product row that does not exist yet is left alone: its
+    /// creation starts from the recorded movements), then the member rows, both in id order.
     pub async fn apply(self, conn: &mut MySqlConnection) -> Res<()> {
         add_by_id(conn, "products", "stock", &self.stock).await?;
-        add_by_id(conn, "members", "balance", &self.balance).await
+        let members: Vec<MemberUpsert> = self
+            .members
+            .iter()
+            .filter(|(_, c)| c.identity.is_some() || c.balance_delta != 0)
+            .map(|(id, c)| MemberUpsert(*id, c))
+            .collect();
+        // COALESCE: only a row created by a payment before its sign-up lacks an identity.
+        write_rows(
+            conn,
+            "INSERT INTO members (id, email, name, balance, created_at) VALUES",
+            " ON DUPLICATE KEY UPDATE email = COALESCE(email, VALUES(email)), \
+             name = COALESCE(name, VALUES(name)), created_at = COALESCE(created_at, VALUES(created_at)), \
+             balance = balance + VALUES(balance)",
+            &members,
+        )
+        .await
     }
 }
 

@@ -442,6 +442,14 @@ async fn f_out_of_order_events_end_in_the_right_state() {
         coupon_created(6, 10),
         coupon_issued(5, 1, 9),
         coupon_issued(6, 1, 9),
+        // A second sign-up naming the same member (never from the engine): the identity the row has
+        // stays.
+        {
+            let mut again = member_registered(1);
+            again["payload"]["email"] = json!("someone.else@example.com");
+            again["payload"]["name"] = json!("Someone Else");
+            again
+        },
     ];
     for e in &events {
         produce_event(&p, &env.topic, e).await;
@@ -483,10 +491,21 @@ async fn f_out_of_order_events_end_in_the_right_state() {
             .await,
         98
     );
-    // Points: 10000 - 5000 - 2500 + 2500.
+    // Points: 10000 - 5000 - 2500 + 2500. The payments came before the sign-up: they created the
+    // row with their balance, and the sign-up gave it its identity.
     assert_eq!(
         env.count("SELECT balance FROM members WHERE id = 1").await,
         5000
+    );
+    let identity: (String, String) = sqlx::query_as(
+        "SELECT CONVERT(email USING utf8mb4), name FROM members WHERE id = 1 AND created_at IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        identity,
+        ("m1@example.com".to_string(), "Member 1".to_string())
     );
     let ledger: Vec<(String, i64, Option<i64>)> =
         sqlx::query_as("SELECT type, amount, order_id FROM points_ledger ORDER BY type, order_id")
