@@ -6,8 +6,7 @@
 #             (every order paid, every 10th paid order cancelled), then the drain
 #   before    BIG_BEFORE_BIN (a previous version's engine, its flashsale-sink beside it): the same
 #   hotpath   this version's engine with RUN_RELAY=false and no sink: the hot path alone
-# then, once (BIG_SCALE=1): a backlog made with no sink running, applied by one sink, then (a new
-# backlog) by two sinks of one group: their apply rates.
+# (One sink vs two sinks on the same backlog: loadtest/sink_scale.sh.)
 #
 # For each phase: requests/s, p50/p99, CPU per request of every process (engine, Redis, Kafka, sink,
 # MariaDB, the load generator) over the run and over the drain after it, CPU per event of the pipeline
@@ -20,7 +19,6 @@
 #   BIG_ROUNDS=2 BIG_USERS=16 BIG_RUN_TIME=20 (seconds) BIG_MEMBERS=5000 BIG_CANCEL_EVERY=10
 #   BIG_WARMUP=10      seconds of an unreported first run (the broker's JIT, MariaDB's buffer pool)
 #   BIG_BEFORE_BIN     previous engine binary (flashsale-sink beside it); BIG_BEFORE_LABEL names it
-#   BIG_SCALE=1        the one-sink / two-sink backlog phase (0: skip)
 #   BIG_PORT=18090     engine port (sinks and the mock platform use the next ones)
 #   BIG_OUT=docs/pipeline-benchmark.md  BIG_DIR=.local/bench/big-<time>  BIG_SKIP_BUILD=1
 #   CARGO_TARGET_DIR   where release binaries are built (default ~/.cache/flashsale-target)
@@ -35,7 +33,6 @@ RUN=${BIG_RUN_TIME:-20}
 MEMBERS=${BIG_MEMBERS:-5000}
 CANCEL_EVERY=${BIG_CANCEL_EVERY:-10}
 BEFORE_BIN=${BIG_BEFORE_BIN:-}
-SCALE=${BIG_SCALE:-1}
 PORT=${BIG_PORT:-18090}
 OUT=${BIG_OUT:-$REPO/docs/pipeline-benchmark.md}
 WORK=${BIG_DIR:-$REPO/.local/bench/big-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -160,55 +157,6 @@ phase() {
     log "$name: $(grep -E '^RESULT' "$WORK/$name-$N.out")"
 }
 
-# scale SINKS: a backlog (engine with the relay, no sink) applied by SINKS sinks; its rate.
-scale() {
-    local sinks=$1 ns engine_pid pids=() i total t0 t1 applied
-    N=$(( N + 1 ))
-    ns=big$(date +%s)$N
-    use_namespace "$ns"
-    LISTEN_ADDR=127.0.0.1:$PORT "$T/release/flashsale" serve >"$WORK/scale$sinks-engine.log" 2>&1 &
-    engine_pid=$!; PIDS+=("$engine_pid")
-    wait_ready || { log "scale: engine not ready"; stop "$engine_pid"; return 1; }
-    # The schema first (a sink migrates), then no sink while the backlog builds.
-    i=$(start_sink "$T/release/flashsale-sink" 1 "$WORK/scale$sinks-migrate.log")
-    for _ in $(seq 1 60); do SQL "$ns" "SELECT 1 FROM processed_events LIMIT 1" >/dev/null 2>&1 && break; sleep 0.5; done
-    stop "$i"
-    "$T/release/flashsale-loadtest" --host "http://127.0.0.1:$PORT" --admin-key "$ADMIN_KEY" \
-        --users "$USERS" --run-time "${RUN}s" --report-dir "$WORK/reports" --progress-secs 0 --no-drain \
-        --max-p99-ms 100000 big-sale --members "$MEMBERS" --cancel-every "$CANCEL_EVERY" \
-        >"$WORK/scale$sinks.out" 2>"$WORK/scale$sinks.err"
-    # every event relayed to Kafka before the sinks start: the outbox is drained by the engine's relay
-    sleep 3
-    total=$(python3 - "$REDIS_PORT" "$ns" <<'EOF'
-import subprocess, sys
-port, ns = sys.argv[1], sys.argv[2]
-keys = subprocess.run(["redis-cli", "-p", port, "--scan", "--pattern", f"{ns}:*outbox"], capture_output=True, text=True).stdout.split()
-n = 0
-for k in keys:
-    out = subprocess.run(["redis-cli", "-p", port, "XINFO", "STREAM", k], capture_output=True, text=True).stdout.split("\n")
-    for i, line in enumerate(out):
-        if line.strip() == "entries-added":
-            n += int(out[i + 1]); break
-print(n)
-EOF
-)
-    applied=$(SQL "$ns" "SELECT COUNT(*) FROM processed_events")
-    log "scale: $total events in the outbox, $applied applied before the sinks start; starting $sinks sink(s)"
-    t0=$(date +%s.%N)
-    for i in $(seq 1 "$sinks"); do pids+=("$(start_sink "$T/release/flashsale-sink" "$i" "$WORK/scale$sinks-sink$i.log")"); done
-    PIDS+=("${pids[@]}")
-    while :; do
-        applied=$(SQL "$ns" "SELECT COUNT(*) FROM processed_events" 2>/dev/null || echo 0)
-        [ "${applied:-0}" -ge "$total" ] && break
-        [ "$(python3 -c "print(int($(date +%s.%N) - $t0))")" -ge 300 ] && { log "scale: timeout"; break; }
-        sleep 0.2
-    done
-    t1=$(SQL "$ns" "SELECT UNIX_TIMESTAMP(MAX(processed_at)) FROM processed_events")
-    stop "${pids[@]}" "$engine_pid"
-    printf 'scale\t%s\t%s\t%s\t%s\t%s\n' "$sinks" "$total" "$applied" "$t0" "$t1" >>"$PHASES"
-    log "scale: $sinks sink(s) applied $applied events in $(python3 -c "print(round($t1 - $t0, 2))") s"
-}
-
 # The broker and the database just started are still compiling and warming their caches: one short
 # unreported run first.
 [ "${BIG_WARMUP:-10}" -gt 0 ] && phase warmup 0 "$T/release/flashsale" "$T/release/flashsale-sink" "${BIG_WARMUP:-10}"
@@ -219,10 +167,6 @@ for r in $(seq 1 "$ROUNDS"); do
         phase before "$r" "$BEFORE_BIN" "$(dirname "$BEFORE_BIN")/flashsale-sink"
     fi
 done
-if [ "$SCALE" = 1 ]; then
-    scale 1
-    scale 2
-fi
 
 python3 loadtest/big_sale_report.py "$WORK" "$OUT" "${BIG_BEFORE_LABEL:-previous}" \
     "$(git rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git status --porcelain -- src lua sink loadtest)" ] && echo ' (dirty)')" \

@@ -32,13 +32,9 @@ def pct(values, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
-phases, scale = [], {}
+phases = []
 for line in open(os.path.join(work, "phases.tsv")):
     f = line.rstrip("\n").split("\t")
-    if f[0] == "scale":
-        sinks, total, applied, t0, t1 = f[1], int(f[2]), int(f[3]), float(f[4]), float(f[5])
-        scale[int(sinks)] = {"events": applied, "total": total, "secs": max(t1 - t0, 1e-3)}
-        continue
     name, n, summary, lagfile = f
     s = json.load(open(summary))
     p = {"name": name, "round": int(n), "summary": s}
@@ -179,12 +175,8 @@ for k in ("whole", "before"):
         L.append(f"- Sink lag ({label[k]}), p99 per run: " + ", ".join(f"{p['lag']['p99']:,.0f} ms" for p in lagged)
                  + "; engine's peak event rate vs the sink's peak apply rate (events/s, per run): "
                  + ", ".join(f"{p['lag']['peak_made']:,} vs {p['lag']['peak_applied']:,}" for p in lagged) + ".")
-if scale.get(1) and scale.get(2):
-    r1 = scale[1]["events"] / scale[1]["secs"]
-    r2 = scale[2]["events"] / scale[2]["secs"]
-    L.append(f"- **Sinks on a backlog**: one sink applied {scale[1]['events']:,} events in {scale[1]['secs']:.1f} s "
-             f"({r1:,.0f}/s); two sinks {scale[2]['events']:,} in {scale[2]['secs']:.1f} s ({r2:,.0f}/s) = "
-             f"**{r2 / r1:.2f}x** (target 1.7x).")
+L.append("- Sinks side by side (one sink vs two of one group on the same backlog): "
+         "[sink-scaling.md](sink-scaling.md), `make sink-scale`.")
 L.append("")
 
 L.append("## CPU per request (µs), mean of the runs")
@@ -255,9 +247,7 @@ L.append("`make big-sale` (or `bash loadtest/big_sale.sh`; `BIG_BEFORE_BIN=<prev
          "previous version). CPU: utime+stime from `/proc/<pid>/stat` of each process (the load generator reads "
          "them before and after the timed part and after the drain: `--engine-pid`, `--redis-pid`, "
          "`--watch-pids kafka=..,sink=..,mariadb=..`). Events = successful orders + payments + cancels (one "
-         "event each). Lag from MySQL after the drain. The sinks-on-a-backlog phase: the engine relays a big "
-         "sale into Kafka with no sink running; then one sink (again, with a new backlog, two sinks of one "
-         "consumer group) applies it: events / (last `processed_at` - the sinks' start).")
+         "event each). Lag from MySQL after the drain.")
 L.append("")
 open(out_md, "w").write("\n".join(L))
 
