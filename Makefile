@@ -49,7 +49,7 @@ TEST_DATABASE_URL ?= mysql://root@127.0.0.1:$(MYSQL_PORT)
 TEST_KAFKA_BROKERS ?= $(or $(KAFKA_BROKERS),127.0.0.1:$(KAFKA_PORT))
 
 .PHONY: help up down restart clean status logs services services-down prometheus build test \
-        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench limited-rush fmt fmt-check lint env build-loadtest big-sale sold-out-bench
+        test-rust test-openapi test-fuzz test-rules test-dashboards fuzz bench limited-rush fmt fmt-check lint env build-loadtest big-sale sold-out-bench sink-scale engine-cpu
 
 help:
 	@echo "make up          services (redis, mariadb, kafka) + build + mock platform, sink, engine; waits for /readyz"
@@ -61,8 +61,10 @@ help:
 	@echo "make test        services up, cargo test --release (reuses make up's build), promtool rule tests, dashboard check"
 	@echo "make test TOPOLOGY=cluster  the same tests against the Redis Cluster (TEST_REDIS_URL = the cluster)"
 	@echo "make fuzz        schemathesis (all checks, all phases) against the running stack (make up)"
-	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md), then make big-sale and make sold-out-bench"
+	@echo "make bench       loadtest/bench.sh (writes docs/benchmarks.md), then make big-sale, make sold-out-bench and make sink-scale"
 	@echo "make big-sale    loadtest/big_sale.sh: the success path and the pipeline per event (docs/pipeline-benchmark.md)"
+	@echo "make sink-scale  loadtest/sink_scale.sh: one sink vs two sinks on the same backlog (docs/sink-scaling.md)"
+	@echo "make engine-cpu  loadtest/engine_cpu.sh: engine CPU per request, this build vs CPU_BEFORE_BIN (docs/engine-cpu.md)"
 	@echo "make sold-out-bench  loadtest/sold_out.sh: sold-out markers off/on with wrk, restock-to-grant time"
 	@echo "make limited-rush   sale rules under load (goose + wrk) against the running engine (make up; LR_HOST=URL)"
 	@echo "make fmt | fmt-check | lint   rustfmt / clippy -D warnings"
@@ -138,6 +140,7 @@ test-dashboards:
 bench:
 	bash loadtest/bench.sh
 	@if [ "$(TOPOLOGY)" != cluster ]; then bash loadtest/big_sale.sh && bash loadtest/sold_out.sh; fi
+	bash loadtest/sink_scale.sh
 
 # The herd after the sell-out (issue 10): sold-out markers off and on side by side with wrk, the
 # restock-to-grant time across two engines, Unix socket vs TCP; writes the sold-out block of
@@ -149,6 +152,16 @@ sold-out-bench:
 # hot path alone (and a previous build: BIG_BEFORE_BIN=.../flashsale); writes docs/pipeline-benchmark.md.
 big-sale:
 	bash loadtest/big_sale.sh
+
+# The engine's CPU per request that reaches Redis and per /healthz (issue 10), side by side with a previous
+# build (CPU_BEFORE_BIN=.../flashsale) with wrk. Writes docs/engine-cpu.md.
+engine-cpu:
+	bash loadtest/engine_cpu.sh
+
+# Sinks side by side (issue 12): one backlog applied by one sink and by two sinks of one group, in
+# alternation; TOPOLOGY=cluster makes the backlog on the Redis Cluster. Writes docs/sink-scaling.md.
+sink-scale:
+	TOPOLOGY=$(TOPOLOGY) bash loadtest/sink_scale.sh
 
 # The limited rush (issue 11's sale rules under load: goose scenario limited-rush and its wrk twin) against
 # the running engine, `make up` by default (HAProxy's address with TOPOLOGY=cluster); knobs in the script.

@@ -213,8 +213,7 @@ impl Scripts {
             }
             other => other,
         };
-        metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name())
-            .record(started.elapsed().as_secs_f64());
+        script_series::duration(script).record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -360,8 +359,7 @@ impl Scripts {
             ScriptReply::Replay { .. } => self.confirm_replicated(client, &first_key, true).await?,
             ScriptReply::Refused { .. } | ScriptReply::KeyReused => {}
         }
-        metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => reply.outcome_label())
-            .increment(1);
+        script_series::outcomes(script, reply.outcome_label()).increment(1);
         Ok(reply)
     }
 }
@@ -489,12 +487,12 @@ impl ScriptReply {
         }
     }
 
-    pub fn outcome_label(&self) -> String {
+    pub fn outcome_label(&self) -> &str {
         match self {
-            Self::Ok { .. } => "ok".into(),
-            Self::Refused { code, .. } => code.clone(),
-            Self::Replay { .. } => "replayed".into(),
-            Self::KeyReused => "IDEMPOTENCY_KEY_REUSED".into(),
+            Self::Ok { .. } => "ok",
+            Self::Refused { code, .. } => code,
+            Self::Replay { .. } => "replayed",
+            Self::KeyReused => "IDEMPOTENCY_KEY_REUSED",
         }
     }
 }
@@ -560,5 +558,49 @@ impl IntoResponse for ScriptReply {
             )
             .into_response(),
         }
+    }
+}
+
+/// The per-script metric handles, registered once each: the registry lookup builds and hashes a key
+/// from the labels on every call, and every request that reaches Redis made two of them.
+mod script_series {
+    use super::Script;
+    use std::collections::HashMap;
+    use std::sync::{OnceLock, RwLock};
+
+    pub fn duration(script: Script) -> metrics::Histogram {
+        static CACHE: OnceLock<RwLock<HashMap<Script, metrics::Histogram>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(h) = read(cache).get(&script) {
+            return h.clone();
+        }
+        let h = metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name());
+        write(cache).insert(script, h.clone());
+        h
+    }
+
+    /// Outcomes are the scripts' refusal codes and a few words: a bounded set.
+    pub fn outcomes(script: Script, outcome: &str) -> metrics::Counter {
+        type ByOutcome = HashMap<Script, HashMap<String, metrics::Counter>>;
+        static CACHE: OnceLock<RwLock<ByOutcome>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(c) = read(cache).get(&script).and_then(|m| m.get(outcome)) {
+            return c.clone();
+        }
+        let c = metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => outcome.to_string());
+        write(cache)
+            .entry(script)
+            .or_default()
+            .insert(outcome.to_string(), c.clone());
+        c
+    }
+
+    fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+        lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+        lock.write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The engine's CPU per request (issue 10, item 5), side by side with a previous build in ONE sitting on
+# the running single-node services (its own key prefix and database, dropped at exit):
+#   coupon   wrk POSTs coupon issues for members in turn against a coupon sold out beforehand, with
+#            sold-out markers off: every request is one EVALSHA that Redis refuses (the engine's cost
+#            of a request that reaches Redis: HTTP, JWT, the script call, the problem+json answer)
+#   healthz  wrk GETs /healthz: the HTTP stack alone
+# Each build runs each scenario CPU_ROUNDS times, the builds alternating (and which goes first), a
+# fresh engine per run over Redis's Unix socket. Engine and Redis CPU per request from /proc (utime +
+# stime over the wrk run). Writes docs/engine-cpu.md.
+#
+# Environment (defaults):
+#   CPU_BEFORE_BIN     a previous build's flashsale (e.g. built from the previous commit); without it
+#                      only this build runs
+#   CPU_ROUNDS=3 CPU_RUN_TIME=10 (s) CPU_THREADS=2 CPU_CONNECTIONS=32 CPU_MEMBERS=2000
+#   CPU_PORT=18120 CPU_OUT=docs/engine-cpu.md CPU_DIR=.local/bench/engine-cpu-<time>
+#   CPU_SKIP_BUILD=1   CARGO_TARGET_DIR (default ~/.cache/flashsale-target)
+set -uo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+T=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/flashsale-target}
+ROUNDS=${CPU_ROUNDS:-3}
+RUN=${CPU_RUN_TIME:-10}
+THREADS=${CPU_THREADS:-2}
+CONNECTIONS=${CPU_CONNECTIONS:-32}
+MEMBERS=${CPU_MEMBERS:-2000}
+PORT=${CPU_PORT:-18120}
+OUT=${CPU_OUT:-$REPO/docs/engine-cpu.md}
+WORK=${CPU_DIR:-$REPO/.local/bench/engine-cpu-$(date -u +%Y%m%dT%H%M%SZ)}
+NS=cpu$(date +%s)
+ADMIN_KEY=engine-cpu-admin
+JWT=engine-cpu-jwt-secret-0123456789abcdef0123456789ab
+START=$(date +%s)
+mkdir -p "$WORK"
+RUNS=$WORK/runs.tsv
+: >"$RUNS"
+
+log() { printf '[engine-cpu %4ds] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
+
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    mariadb --no-defaults --protocol=TCP -h127.0.0.1 -P"$MYSQL_PORT" -uroot \
+        -e "DROP DATABASE IF EXISTS flashsale_$NS" >/dev/null 2>&1 || true
+    redis-cli -p "$REDIS_PORT" --scan --pattern "$NS:*" | xargs -r -n 500 redis-cli -p "$REDIS_PORT" UNLINK >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+command -v wrk >/dev/null || { log "wrk is not installed (scripts/services.sh installs it)"; exit 1; }
+if [ "${CPU_SKIP_BUILD:-0}" != 1 ]; then
+    log "building the release engine into $T"
+    CARGO_TARGET_DIR=$T cargo build --release -p flashsale >"$WORK/build.log" 2>&1 \
+        || { tail -30 "$WORK/build.log" >&2; log "build failed"; exit 1; }
+fi
+BINS=("this=$T/release/flashsale")
+[ -n "${CPU_BEFORE_BIN:-}" ] && BINS+=("before=$CPU_BEFORE_BIN")
+for b in "${BINS[@]}"; do [ -x "${b#*=}" ] || { log "missing ${b#*=}"; exit 1; }; done
+
+scripts/services.sh up >"$WORK/up.log" 2>&1 || { tail -30 "$WORK/up.log" >&2; log "services up failed"; exit 1; }
+eval "$(bash scripts/services.sh env 2>/dev/null)"
+REDIS_PORT=${REDIS_URL##*:}
+MYSQL_PORT=${DATABASE_URL##*:}; MYSQL_PORT=${MYSQL_PORT%%/*}
+SOCK=$(scripts/services.sh redis-socket)
+URL=${SOCK:+redis+unix://$SOCK}; URL=${URL:-$REDIS_URL}
+REDIS_PID=$(awk '$1 == "redis" && $2 == "running" {print $4}' <<<"$(scripts/services.sh status)")
+[ -n "$REDIS_PID" ] || { log "redis is not running"; exit 1; }
+
+export KAFKA_BROKERS ADMIN_API_KEY=$ADMIN_KEY JWT_SECRET=$JWT RUST_LOG=${CPU_RUST_LOG:-warn}
+export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale_$NS
+export KEY_PREFIX=$NS KAFKA_TOPIC=$NS.events KAFKA_DLQ_TOPIC=$NS.events.dlq KAFKA_GROUP=$NS-sink
+export RUN_RELAY=false FLASHSALE_ENV=dev SOLD_OUT_MARKERS=false
+
+# engine BIN LOG: starts an engine; echoes its pid once it is ready.
+engine() {
+    LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "$1" serve >"$2" 2>&1 &
+    local pid=$! i
+    for i in $(seq 1 120); do
+        curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && { echo "$pid"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    tail -20 "$2" >&2; kill "$pid" 2>/dev/null; return 1
+}
+stop() {
+    local p i
+    for p in "$@"; do
+        kill "$p" 2>/dev/null || continue
+        for i in $(seq 1 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    done
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+PREP() { python3 loadtest/sold_out_prep.py "$@"; }
+A=http://127.0.0.1:$PORT
+
+pid=$(engine "${BINS[0]#*=}" "$WORK/seed.log") || { log "engine not ready"; exit 1; }
+PIDS+=("$pid")
+log "seeding $MEMBERS members; one coupon of quantity 1, issued once (sold out from then on)"
+PREP members "$A" "$MEMBERS" "$NS" "$WORK/members.txt" || { log "seeding failed"; exit 1; }
+COUPON=$(PREP coupon "$A" 1)
+token=$(awk 'NR == 1 {print $2}' "$WORK/members.txt")
+curl -fs -o /dev/null -X POST -H "Authorization: Bearer $token" "$A/api/v1/coupons/$COUPON/issue" \
+    || { log "the first issue failed"; exit 1; }
+stop "$pid"
+
+# measure LABEL BIN SCENARIO ROUND
+measure() {
+    local label=$1 bin=$2 scenario=$3 round=$4 e e0 e1 r0 r1 name=$1-$3-r$4
+    e=$(engine "$bin" "$WORK/$name.engine.log") || return 1
+    PIDS+=("$e")
+    e0=$(ticks "$e"); r0=$(ticks "$REDIS_PID")
+    if [ "$scenario" = coupon ]; then
+        CPU_COUPON=$COUPON CPU_MEMBERS=$WORK/members.txt wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN}s" \
+            --timeout 10s -s loadtest/wrk/coupon_refused.lua "$A" >"$WORK/$name.wrk" 2>&1
+    else
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN}s" --timeout 10s --latency "$A/healthz" >"$WORK/$name.wrk" 2>&1
+    fi
+    e1=$(ticks "$e"); r1=$(ticks "$REDIS_PID")
+    stop "$e"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$scenario" "$round" "$WORK/$name.wrk" "$(( e1 - e0 ))" "$(( r1 - r0 ))" >>"$RUNS"
+    log "$name: $(grep -E '^(answers|Requests/sec)' "$WORK/$name.wrk" | tr '\n' ' ')"
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    order=("${BINS[@]}")
+    if [ $(( r % 2 )) = 0 ] && [ ${#BINS[@]} = 2 ]; then order=("${BINS[1]}" "${BINS[0]}"); fi
+    for scenario in coupon healthz; do
+        for b in "${order[@]}"; do measure "${b%%=*}" "${b#*=}" "$scenario" "$r" || exit 1; done
+    done
+done
+
+python3 - "$RUNS" "$OUT" "$THREADS" "$CONNECTIONS" "$RUN" "$ROUNDS" \
+    "$(git rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git status --porcelain -- src lua)" ] && echo ' (dirty)')" \
+    "${CPU_BEFORE_LABEL:-previous build}" <<'EOF' || { log "report failed"; exit 1; }
+import datetime, os, re, sys
+runs, out, threads, conns, secs, rounds, git, before_label = sys.argv[1:9]
+tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+rows = []
+for line in open(runs):
+    label, scenario, rnd, wrk_path, e, r = line.rstrip("\n").split("\t")
+    text = open(wrk_path).read()
+    if scenario == "coupon":
+        m = re.search(r"^total: (\d+) ([\d.]+) ([\d.]+)", text, re.M)
+        n, dur, p99 = int(m.group(1)), float(m.group(2)), float(m.group(3))
+        answers = re.search(r"^answers: (.*)$", text, re.M).group(1)
+        if answers.strip() != f"409={n}":
+            sys.exit(f"{wrk_path}: answers {answers}, expected every one 409 (sold out by Redis)")
+    else:
+        n = int(re.search(r"(\d+) requests in ([\d.]+)s", text).group(1))
+        dur = float(re.search(r"(\d+) requests in ([\d.]+)s", text).group(2))
+        m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", text, re.M)
+        p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+        if re.search(r"Non-2xx", text):
+            sys.exit(f"{wrk_path}: non-2xx answers")
+    rows.append(dict(label=label, scenario=scenario, round=int(rnd), n=n, rate=n / dur, p99=p99,
+                     engine=int(e) * tick_us / max(n, 1), redis=int(r) * tick_us / max(n, 1)))
+labels = list(dict.fromkeys(r["label"] for r in rows))
+def pooled(label, scenario, key):
+    sel = [r for r in rows if r["label"] == label and r["scenario"] == scenario]
+    if key in ("engine", "redis"):
+        return sum(r[key] * r["n"] for r in sel) / max(sum(r["n"] for r in sel), 1)
+    return sum(r[key] for r in sel) / max(len(sel), 1)
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
+name = {"this": f"this build ({git})", "before": before_label}
+L = ["# Engine CPU per request", "",
+     f"Written by `loadtest/engine_cpu.sh` on {now}: release builds, 2 shared cores, one Redis over its Unix socket, "
+     f"relay off, sold-out markers off. wrk -t{threads} -c{conns}, {secs} s per run, {rounds} rounds, the builds "
+     "alternating (and which goes first), a fresh engine per run. CPU per request = utime + stime of the process "
+     "over the run (/proc, 10 ms ticks) / requests answered.", "",
+     "- **coupon**: POST /api/v1/coupons/{id}/issue for members in turn against a coupon sold out before the run: every "
+     "request is one EVALSHA that Redis refuses (409 COUPON_SOLD_OUT; the run fails on any other answer).",
+     "- **healthz**: GET /healthz, the HTTP stack alone.", "",
+     "| build | scenario | requests/s (per run) | p99 ms | engine µs/req | Redis µs/req |",
+     "|---|---|---|---:|---:|---:|"]
+for scenario in ("coupon", "healthz"):
+    for label in labels:
+        sel = [r for r in rows if r["label"] == label and r["scenario"] == scenario]
+        L.append(f"| {name.get(label, label)} | {scenario} | {pooled(label, scenario, 'rate'):,.0f} ("
+                 + ", ".join(f"{r['rate']:,.0f}" for r in sel) + f") | {pooled(label, scenario, 'p99'):.2f} | "
+                 f"{pooled(label, scenario, 'engine'):.1f} | {pooled(label, scenario, 'redis'):.1f} |")
+L.append("")
+if "before" in labels:
+    for scenario in ("coupon", "healthz"):
+        a, b = pooled("this", scenario, "engine"), pooled("before", scenario, "engine")
+        L.append(f"- {scenario}: engine CPU per request {a:.1f} µs vs {b:.1f} µs before = {a / b:.2f}x; "
+                 f"requests/s {pooled('this', scenario, 'rate') / pooled('before', scenario, 'rate'):.2f}x.")
+c = pooled("this", "coupon", "engine"); h = pooled("this", "healthz", "engine")
+L.append(f"- A coupon request that reaches Redis costs the engine {c:.1f} µs, of which the HTTP stack alone "
+         f"(healthz) {h:.1f} µs; target <= 25 µs.")
+L += ["", "Reproduce: `bash loadtest/engine_cpu.sh` (`CPU_BEFORE_BIN=<previous build>/flashsale` for the side by "
+      "side; knobs in its header).", ""]
+open(out, "w").write("\n".join(L))
+print("\n".join(L))
+EOF
+log "done: $OUT (work dir $WORK)"
