@@ -853,6 +853,10 @@ async fn the_listing_skips_an_index_entry_whose_create_never_ran() {
         )
         .await
         .expect("zadd");
+    // Ids are (millisecond, node, sequence): a create in the same millisecond as the first would get
+    // the ghost's id itself (seen in CI when both creates fit in one millisecond). A later
+    // millisecond puts the second id above the ghost.
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     let second = app.create_product(200, 2).await;
     assert!(second > ghost, "ids grow with time");
     let r = app.get("/api/v1/products", None).await;
