@@ -10,7 +10,7 @@
 
 use crate::apply::{apply_batch, apply_event, Outcome};
 use crate::config::SinkConfig;
-use crate::db::{is_constraint_violation, is_lock_conflict, is_transient};
+use crate::db::{is_constraint_violation, is_transient, transient_retry_wait};
 use crate::dlq::{self, Poison};
 use crate::event::Event;
 use crate::sink::sleep_or_shutdown;
@@ -188,26 +188,10 @@ impl ApplyLoop {
                     Ok(outcomes) => break Some(outcomes),
                     Err(e) if is_transient(&e) => {
                         attempt += 1;
-                        // A lost lock conflict (another sink's batch holds rows or gaps this one
-                        // needs) clears as soon as that batch commits: retry after a short random
-                        // wait that keeps the two sinks from meeting again in step. Escalating to
-                        // seconds here idled a sink for 6 s per conflict in the two-sink benchmark.
-                        let (wait, kind) = if is_lock_conflict(&e) {
-                            metrics::counter!(m::SINK_LOCK_CONFLICTS).increment(1);
-                            let wait = crate::backoff::delay(
-                                attempt,
-                                Duration::from_millis(10),
-                                Duration::from_millis(500),
-                            );
-                            (wait, "lock conflict")
-                        } else {
-                            metrics::counter!(m::SINK_ERRORS).increment(1);
-                            (
-                                crate::backoff::simple(attempt, Duration::from_secs(10)),
-                                "transient",
-                            )
-                        };
-                        tracing::warn!(error = %e, ?wait, events = events.len(), kind, "batch apply failed, retrying");
+                        // A lost lock conflict clears as soon as the other sink's batch commits; see
+                        // transient_retry_wait (escalating to seconds idled a sink for 6 s per conflict).
+                        let wait = transient_retry_wait(&e, attempt);
+                        tracing::warn!(error = %e, ?wait, events = events.len(), "batch apply failed (transient), retrying");
                         if sleep_or_shutdown(wait, shutdown).await {
                             return Ok(BatchEnd::Aborted);
                         }
@@ -512,9 +496,8 @@ impl ApplyLoop {
                     return Alone::Conflict(e.to_string());
                 }
                 Err(e) if is_transient(&e) => {
-                    metrics::counter!(m::SINK_ERRORS).increment(1);
                     transient += 1;
-                    let wait = crate::backoff::simple(transient, Duration::from_secs(10));
+                    let wait = transient_retry_wait(&e, transient);
                     tracing::warn!(event_id = %ev.event_id, error = %e, ?wait, "apply failed (transient), retrying");
                     if sleep_or_shutdown(wait, shutdown).await {
                         return Alone::Aborted;
