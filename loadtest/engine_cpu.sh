@@ -15,6 +15,16 @@
 #   CPU_ROUNDS=3 CPU_RUN_TIME=10 (s) CPU_THREADS=2 CPU_CONNECTIONS=32 CPU_MEMBERS=2000
 #   CPU_PORT=18120 CPU_OUT=docs/engine-cpu.md CPU_DIR=.local/bench/engine-cpu-<time>
 #   CPU_SKIP_BUILD=1   CARGO_TARGET_DIR (default ~/.cache/flashsale-target)
+#   CPU_PERF=record    also record each run's engine with `perf record` (call graphs) into the work dir
+#                      (<run>.perf.data; `perf report -i` it); the recording costs CPU, so the figures of a
+#                      profiled sitting are not comparable with an unprofiled one
+#   CPU_CALLGRIND=1    (default when valgrind is installed; 0 skips) also count each build's user-space
+#                      instructions per request under callgrind (wrk -t1 -c4 for CPU_CALLGRIND_TIME=20 s per
+#                      scenario): a count, not a time, the same for the same build and load whatever else
+#                      the machine does (two sittings of one build agree within 1%)
+#   CPU_PERF=stat      also count each run's engine syscalls and context switches (`perf stat`, software
+#                      events and tracepoints; <run>.perf-stat): counts, not times, so they hold on a noisy
+#                      machine
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +44,8 @@ JWT=engine-cpu-jwt-secret-0123456789abcdef0123456789ab
 START=$(date +%s)
 mkdir -p "$WORK"
 RUNS=$WORK/runs.tsv
-: >"$RUNS"
+COUNTS=$WORK/instructions.tsv
+: >"$RUNS"; : >"$COUNTS"
 
 log() { printf '[engine-cpu %4ds] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 
@@ -73,11 +84,12 @@ export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale_$NS
 export KEY_PREFIX=$NS KAFKA_TOPIC=$NS.events KAFKA_DLQ_TOPIC=$NS.events.dlq KAFKA_GROUP=$NS-sink
 export RUN_RELAY=false FLASHSALE_ENV=dev SOLD_OUT_MARKERS=false
 
-# engine BIN LOG: starts an engine; echoes its pid once it is ready.
+# engine BIN LOG: starts an engine (under "${WRAP[@]}" when set); echoes its pid once it is ready.
+WRAP=()
 engine() {
-    LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "$1" serve >"$2" 2>&1 &
+    LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "${WRAP[@]}" "$1" serve >"$2" 2>&1 &
     local pid=$! i
-    for i in $(seq 1 120); do
+    for i in $(seq 1 240); do
         curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && { echo "$pid"; return 0; }
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
@@ -105,19 +117,55 @@ curl -fs -o /dev/null -X POST -H "Authorization: Bearer $token" "$A/api/v1/coupo
     || { log "the first issue failed"; exit 1; }
 stop "$pid"
 
+# load SCENARIO OUT THREADS CONNECTIONS SECONDS: one wrk run of the scenario
+load() {
+    if [ "$1" = coupon ]; then
+        CPU_COUPON=$COUPON CPU_MEMBERS=$WORK/members.txt wrk -t"$3" -c"$4" -d"$5s" \
+            --timeout 10s -s loadtest/wrk/coupon_refused.lua "$A" >"$2" 2>&1
+    else
+        wrk -t"$3" -c"$4" -d"$5s" --timeout 10s --latency "$A/healthz" >"$2" 2>&1
+    fi
+}
+
+# instructions LABEL BIN SCENARIO: the engine's user-space instructions over a wrk run, counted by
+# callgrind from the load's first request (instrumentation switched on then) to its last.
+instructions() {
+    local label=$1 bin=$2 scenario=$3 name=$1-$3-callgrind e dump
+    WRAP=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.%p")
+    e=$(engine "$bin" "$WORK/$name.engine.log") || { WRAP=(); return 1; }
+    WRAP=()
+    PIDS+=("$e")
+    callgrind_control -i on "$e" >/dev/null
+    load "$scenario" "$WORK/$name.wrk" 1 4 "${CPU_CALLGRIND_TIME:-20}"
+    callgrind_control -d "$e" >/dev/null
+    stop "$e"
+    dump=$WORK/$name.$e.1
+    [ -s "$dump" ] || { log "$name: no callgrind dump"; return 1; }
+    printf '%s\t%s\t%s\t%s\n' "$label" "$scenario" "$WORK/$name.wrk" \
+        "$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")" >>"$COUNTS"
+    log "$name: $(awk '/^(summary|totals):/ {print $2; exit}' "$dump") instructions; $(grep -E '^(answers|Requests/sec)' "$WORK/$name.wrk" | tr '\n' ' ')"
+}
+
 # measure LABEL BIN SCENARIO ROUND
 measure() {
     local label=$1 bin=$2 scenario=$3 round=$4 e e0 e1 r0 r1 name=$1-$3-r$4
     e=$(engine "$bin" "$WORK/$name.engine.log") || return 1
     PIDS+=("$e")
+    local perf_pid=
+    case ${CPU_PERF:-} in
+        record) perf record -q -F 499 --call-graph dwarf,16384 -p "$e" -o "$WORK/$name.perf.data" >/dev/null 2>&1 &
+                perf_pid=$! ;;
+        stat) perf stat -x, -o "$WORK/$name.perf-stat" -p "$e" -e context-switches,cpu-migrations \
+                  -e 'syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto' \
+                  -e 'syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait' \
+                  -e 'syscalls:sys_enter_futex,syscalls:sys_enter_clock_gettime' >/dev/null 2>&1 &
+              perf_pid=$! ;;
+    esac
+    [ -n "$perf_pid" ] && sleep 0.5
     e0=$(ticks "$e"); r0=$(ticks "$REDIS_PID")
-    if [ "$scenario" = coupon ]; then
-        CPU_COUPON=$COUPON CPU_MEMBERS=$WORK/members.txt wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN}s" \
-            --timeout 10s -s loadtest/wrk/coupon_refused.lua "$A" >"$WORK/$name.wrk" 2>&1
-    else
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN}s" --timeout 10s --latency "$A/healthz" >"$WORK/$name.wrk" 2>&1
-    fi
+    load "$scenario" "$WORK/$name.wrk" "$THREADS" "$CONNECTIONS" "$RUN"
     e1=$(ticks "$e"); r1=$(ticks "$REDIS_PID")
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null; fi
     stop "$e"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$scenario" "$round" "$WORK/$name.wrk" "$(( e1 - e0 ))" "$(( r1 - r0 ))" >>"$RUNS"
     log "$name: $(grep -E '^(answers|Requests/sec)' "$WORK/$name.wrk" | tr '\n' ' ')"
@@ -130,16 +178,22 @@ for r in $(seq 1 "$ROUNDS"); do
         for b in "${order[@]}"; do measure "${b%%=*}" "${b#*=}" "$scenario" "$r" || exit 1; done
     done
 done
+CALLGRIND=${CPU_CALLGRIND:-$(command -v valgrind >/dev/null && echo 1 || echo 0)}
+if [ "$CALLGRIND" = 1 ]; then
+    command -v valgrind >/dev/null || { log "valgrind is not installed (apt-get install valgrind)"; exit 1; }
+    for scenario in coupon healthz; do
+        for b in "${BINS[@]}"; do instructions "${b%%=*}" "${b#*=}" "$scenario" || exit 1; done
+    done
+fi
 
-python3 - "$RUNS" "$OUT" "$THREADS" "$CONNECTIONS" "$RUN" "$ROUNDS" \
+python3 - "$RUNS" "$OUT" "$THREADS" "$CONNECTIONS" "$RUN" "$ROUNDS" "$COUNTS" \
     "$(git rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git status --porcelain -- src lua)" ] && echo ' (dirty)')" \
     "${CPU_BEFORE_LABEL:-previous build}" <<'EOF' || { log "report failed"; exit 1; }
 import datetime, os, re, sys
-runs, out, threads, conns, secs, rounds, git, before_label = sys.argv[1:9]
+runs, out, threads, conns, secs, rounds, counts, git, before_label = sys.argv[1:10]
 tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
-rows = []
-for line in open(runs):
-    label, scenario, rnd, wrk_path, e, r = line.rstrip("\n").split("\t")
+def answered(scenario, wrk_path):
+    """Requests answered by one wrk run, its length (s) and p99 (ms); exits on a wrong answer."""
     text = open(wrk_path).read()
     if scenario == "coupon":
         m = re.search(r"^total: (\d+) ([\d.]+) ([\d.]+)", text, re.M)
@@ -148,12 +202,17 @@ for line in open(runs):
         if answers.strip() != f"409={n}":
             sys.exit(f"{wrk_path}: answers {answers}, expected every one 409 (sold out by Redis)")
     else:
-        n = int(re.search(r"(\d+) requests in ([\d.]+)s", text).group(1))
-        dur = float(re.search(r"(\d+) requests in ([\d.]+)s", text).group(2))
+        m = re.search(r"(\d+) requests in ([\d.]+)s", text)
+        n, dur = int(m.group(1)), float(m.group(2))
         m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)", text, re.M)
         p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
         if re.search(r"Non-2xx", text):
             sys.exit(f"{wrk_path}: non-2xx answers")
+    return n, dur, p99
+rows = []
+for line in open(runs):
+    label, scenario, rnd, wrk_path, e, r = line.rstrip("\n").split("\t")
+    n, dur, p99 = answered(scenario, wrk_path)
     rows.append(dict(label=label, scenario=scenario, round=int(rnd), n=n, rate=n / dur, p99=p99,
                      engine=int(e) * tick_us / max(n, 1), redis=int(r) * tick_us / max(n, 1)))
 labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -186,6 +245,25 @@ if "before" in labels:
         a, b = pooled("this", scenario, "engine"), pooled("before", scenario, "engine")
         L.append(f"- {scenario}: engine CPU per request {a:.1f} µs vs {b:.1f} µs before = {a / b:.2f}x; "
                  f"requests/s {pooled('this', scenario, 'rate') / pooled('before', scenario, 'rate'):.2f}x.")
+counted = []
+for line in open(counts):
+    label, scenario, wrk_path, ir = line.rstrip("\n").split("\t")
+    n, _, _ = answered(scenario, wrk_path)
+    counted.append(dict(label=label, scenario=scenario, n=n, per=int(ir) / max(n, 1)))
+if counted:
+    L += ["User-space instructions per request, counted by callgrind (`CPU_CALLGRIND=1`): one run per build and "
+          "scenario under valgrind, wrk -t1 -c4; a count, so it does not move with the machine's load (the kernel's "
+          "share, syscalls and wake-ups, is not in it).", "",
+          "| build | scenario | requests | instructions/req |", "|---|---|---:|---:|"]
+    for r in counted:
+        L.append(f"| {name.get(r['label'], r['label'])} | {r['scenario']} | {r['n']:,} | {r['per']:,.0f} |")
+    L.append("")
+    per = {(r["label"], r["scenario"]): r["per"] for r in counted}
+    for scenario in ("coupon", "healthz"):
+        if ("this", scenario) in per and ("before", scenario) in per:
+            L.append(f"- {scenario}: {per[('this', scenario)]:,.0f} vs {per[('before', scenario)]:,.0f} instructions "
+                     f"per request = {per[('this', scenario)] / per[('before', scenario)]:.2f}x.")
+    L.append("")
 c = pooled("this", "coupon", "engine"); h = pooled("this", "healthz", "engine")
 L.append(f"- A coupon request that reaches Redis costs the engine {c:.1f} µs, of which the HTTP stack alone "
          f"(healthz) {h:.1f} µs; target <= 25 µs.")
