@@ -65,9 +65,16 @@ impl Idempotent {
         required: bool,
     ) -> Result<Idem, ApiError> {
         let key = IdempotencyKey::from_headers(headers, required)?;
-        Ok(Idem {
-            digest: key.map(|k| k.digest()),
-            fingerprint: fingerprint(method, uri.path(), body),
+        // The fingerprint is only compared with a stored record: no key, no record, no hash to spend.
+        Ok(match key {
+            Some(key) => Idem {
+                digest: Some(key.digest()),
+                fingerprint: fingerprint(method, uri.path(), body),
+            },
+            None => Idem {
+                digest: None,
+                fingerprint: String::new(),
+            },
         })
     }
 }

@@ -28,6 +28,7 @@ pub trait ScriptCall {
 pub struct Idem {
     /// `IdempotencyKey::digest()`; None: no record is kept.
     pub digest: Option<String>,
+    /// Empty when `digest` is None (nothing to compare it with).
     pub fingerprint: String,
 }
 

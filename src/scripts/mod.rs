@@ -177,44 +177,48 @@ impl Scripts {
             .unwrap_or_default()
     }
 
-    /// Runs a script by SHA, reloading it once on NOSCRIPT.
-    pub async fn run(
-        &self,
-        redis: &Pool,
-        script: Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, fred::error::Error> {
-        self.run_on(redis.next(), script, keys, args).await
-    }
-
-    async fn run_on(
+    /// Runs `call` by SHA on `client` with the KEYS and ARGV it built (moved into the command, not
+    /// copied); on NOSCRIPT (a restart, or a failover to a replica that never loaded it) sends the
+    /// source with KEYS and ARGV built again from `call`, which gives the same ones. EVAL goes to the
+    /// node of the keys' slot (a SCRIPT LOAD would go to any node) and caches the script there again.
+    async fn run_on<C: ScriptCall>(
         &self,
         client: &Client,
-        script: Script,
+        layout: &Keys,
+        call: &C,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, fred::error::Error> {
         let started = Instant::now();
         let result = match client
-            .evalsha::<Value, _, _, _>(self.sha(script), keys.clone(), args.clone())
+            .evalsha::<Value, _, _, _>(self.sha(C::SCRIPT), keys, args)
             .await
         {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                // EVAL goes to the node of the keys' slot (a SCRIPT LOAD would go to any node) and
-                // caches the script there again (restart, failover to a replica that never loaded it).
                 tracing::warn!(
-                    script = script.name(),
+                    script = C::SCRIPT.name(),
                     "script cache lost, sending the source"
                 );
                 client
-                    .eval::<Value, _, _, _>(script.source(), keys, args)
+                    .eval::<Value, _, _, _>(
+                        C::SCRIPT.source(),
+                        call.keys(layout),
+                        call.args(layout),
+                    )
                     .await
             }
             other => other,
         };
-        script_series::duration(script).record(started.elapsed().as_secs_f64());
+        script_series::duration(C::SCRIPT).record(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// The first of `keys`, when replicas must confirm what a call wrote: every key of a call shares
+    /// one slot, so it names the node to ask. None without replicas (nothing to ask, nothing copied).
+    fn confirmation_key(&self, keys: &[String]) -> Option<String> {
+        (self.durability.replicas > 0)
+            .then(|| keys.first().cloned())
+            .flatten()
     }
 
     /// WAIT for the configured replicas on the connection that ran the script, on the node that owns
@@ -223,12 +227,12 @@ impl Scripts {
     async fn confirm_replicated(
         &self,
         client: &Client,
-        key: &str,
+        key: Option<&str>,
         fence: bool,
     ) -> Result<(), ApiError> {
-        if self.durability.replicas == 0 {
+        let Some(key) = key else {
             return Ok(());
-        }
+        };
         let started = Instant::now();
         let acknowledged = replicated(client, key, self.durability, fence).await;
         metrics::histogram!("flashsale_redis_wait_seconds").record(started.elapsed().as_secs_f64());
@@ -265,15 +269,15 @@ impl Scripts {
         wrote: impl Fn(&str) -> bool,
     ) -> Result<String, fred::error::Error> {
         let client = redis.next();
-        let args = call.args(keys);
-        let keys = call.keys(keys);
-        let first_key = keys.first().cloned().unwrap_or_default();
+        let layout = keys;
+        let (keys, args) = (call.keys(layout), call.args(layout));
+        let first_key = self.confirmation_key(&keys);
         let outcome = self
-            .run_on(client, C::SCRIPT, keys, args)
+            .run_on(client, layout, call, keys, args)
             .await?
             .as_string()
             .unwrap_or_default();
-        if self.durability.replicas > 0 {
+        if let Some(first_key) = first_key {
             let started = Instant::now();
             let confirmed = replicated(client, &first_key, self.durability, !wrote(&outcome)).await;
             metrics::histogram!("flashsale_redis_wait_seconds")
@@ -303,7 +307,7 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<Value, fred::error::Error> {
-        self.run(redis, C::SCRIPT, call.keys(keys), call.args(keys))
+        self.run_on(redis.next(), keys, call, call.keys(keys), call.args(keys))
             .await
     }
 
@@ -318,12 +322,13 @@ impl Scripts {
         wrote: impl Fn(&Value) -> bool,
     ) -> Result<Value, ApiError> {
         let client = redis.next();
-        let args = call.args(keys);
-        let keys = call.keys(keys);
-        let first_key = keys.first().cloned().unwrap_or_default();
-        let value = self.run_on(client, C::SCRIPT, keys, args).await?;
+        let layout = keys;
+        let (keys, args) = (call.keys(layout), call.args(layout));
+        let first_key = self.confirmation_key(&keys);
+        let value = self.run_on(client, layout, call, keys, args).await?;
         if wrote(&value) {
-            self.confirm_replicated(client, &first_key, false).await?;
+            self.confirm_replicated(client, first_key.as_deref(), false)
+                .await?;
         }
         Ok(value)
     }
@@ -335,31 +340,26 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<ScriptReply, ApiError> {
-        self.call(redis, C::SCRIPT, call.keys(keys), call.args(keys))
-            .await
-    }
-
-    /// Runs an HTTP-facing script and decodes its reply (see lua/lib/prelude.lua).
-    pub async fn call(
-        &self,
-        redis: &Pool,
-        script: Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<ScriptReply, ApiError> {
         let client = redis.next();
-        let first_key = keys.first().cloned().unwrap_or_default();
-        let value = self.run_on(client, script, keys, args).await?;
+        let layout = keys;
+        let (keys, args) = (call.keys(layout), call.args(layout));
+        let first_key = self.confirmation_key(&keys);
+        let value = self.run_on(client, layout, call, keys, args).await?;
         let reply = ScriptReply::decode(value)?;
-        // Every key of a call shares one slot, so the first names the node that ran it. A replay
-        // answers a write made earlier, maybe not on a replica yet (its first answer was a 503):
-        // it is confirmed too, after a fence since the replay itself wrote nothing.
+        // A replay answers a write made earlier, maybe not on a replica yet (its first answer was a
+        // 503): it is confirmed too, after a fence since the replay itself wrote nothing.
         match reply {
-            ScriptReply::Ok { .. } => self.confirm_replicated(client, &first_key, false).await?,
-            ScriptReply::Replay { .. } => self.confirm_replicated(client, &first_key, true).await?,
+            ScriptReply::Ok { .. } => {
+                self.confirm_replicated(client, first_key.as_deref(), false)
+                    .await?
+            }
+            ScriptReply::Replay { .. } => {
+                self.confirm_replicated(client, first_key.as_deref(), true)
+                    .await?
+            }
             ScriptReply::Refused { .. } | ScriptReply::KeyReused => {}
         }
-        script_series::outcomes(script, reply.outcome_label()).increment(1);
+        script_series::outcomes(C::SCRIPT, reply.outcome_label()).increment(1);
         Ok(reply)
     }
 }

@@ -119,3 +119,47 @@ async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
     }
     app.stop().await;
 }
+
+/// Redis lost its script cache (SCRIPT FLUSH stands in for a restart or a failover to a node that never
+/// loaded the scripts): each call answers NOSCRIPT once, is sent again with its source and the same
+/// KEYS and ARGV, and runs once: an issue with a key is issued, the same key resent replays it (same
+/// record key, same fingerprint), and a call without a key runs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_script_cache_is_reloaded_and_each_call_runs_once() {
+    use fred::prelude::*;
+
+    let redis = PrivateRedis::start();
+    redis.wait_ready().await;
+    let mut connections = isolated_connections();
+    connections.redis_url = redis.url();
+    let app = spawn_with_settings(serve_settings(connections)).await;
+    let flush = || async {
+        let () = app
+            .redis
+            .next()
+            .script_flush(false)
+            .await
+            .expect("SCRIPT FLUSH");
+    };
+    let coupon = app.create_coupon("FIXED", 100, 1).await;
+    let path = format!("/api/v1/coupons/{coupon}/issue");
+    let (_, holder) = app.member(0).await;
+    let key = unique("issue");
+
+    flush().await;
+    let issued = app.post(&path, Some(&holder), Some(&key), json!({})).await;
+    assert_eq!(issued.status, 201, "{}", issued.text);
+    flush().await;
+    let resent = app.post(&path, Some(&holder), Some(&key), json!({})).await;
+    assert_eq!(resent.status, 201, "{}", resent.text);
+    assert!(resent.replayed(), "the resend replays the first answer");
+    assert_eq!(resent.json(), issued.json());
+
+    flush().await;
+    let (_, late) = app.member(0).await;
+    let refused = app.post(&path, Some(&late), None, json!({})).await;
+    assert_eq!(refused.code(), "COUPON_SOLD_OUT", "{}", refused.text);
+    let coupon_now = app.get(&format!("/api/v1/coupons/{coupon}"), None).await;
+    assert_eq!(coupon_now.json()["remaining"], 0);
+    app.stop().await;
+}
