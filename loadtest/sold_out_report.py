@@ -213,7 +213,9 @@ if link_tcp:
     L.append("")
     L.append("The coupon rush with markers off: every request reaches Redis. Engine CPU per request that "
              "reaches Redis, before the sell-out (issues) and after (SOLD_OUT refusals). Target: engine CPU "
-             "<= 25 µs per coupon-issue request that reaches Redis.")
+             "<= 25 µs per coupon-issue request that reaches Redis. This rush holds one connection per wrk thread, "
+             "so requests share no wake-ups and cost several times more; the steady many-connection shape and "
+             "instruction counts per request are in docs/engine-cpu.md (`make engine-cpu`).")
     L.append("")
     L.append("| link | phase | requests/s | p99 ms | engine µs/req | Redis µs/req |")
     L.append("|---|---|---|---|---|---|")
