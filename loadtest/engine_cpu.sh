@@ -4,6 +4,8 @@
 #   coupon   wrk POSTs coupon issues for members in turn against a coupon sold out beforehand, with
 #            sold-out markers off: every request is one EVALSHA that Redis refuses (the engine's cost
 #            of a request that reaches Redis: HTTP, JWT, the script call, the problem+json answer)
+#   marker   the same requests with sold-out markers on: after the first, every one is refused by the
+#            engine's marker without a Redis call (the herd after a sell-out)
 #   healthz  wrk GETs /healthz: the HTTP stack alone
 # Each build runs each scenario CPU_ROUNDS times, the builds alternating (and which goes first), a
 # fresh engine per run over Redis's Unix socket. Engine and Redis CPU per request from /proc (utime +
@@ -21,7 +23,8 @@
 #   CPU_CALLGRIND=1    (default when valgrind is installed; 0 skips) also count each build's user-space
 #                      instructions per request under callgrind (wrk -t1 -c4 for CPU_CALLGRIND_TIME=20 s per
 #                      scenario): a count, not a time, the same for the same build and load whatever else
-#                      the machine does (two sittings of one build agree within 1%)
+#                      the machine does (wake-ups batch differently from run to run: one build's
+#                      counts spread by up to 3% within a sitting, 7% across sittings)
 #   CPU_PERF=stat      also count each run's engine syscalls and context switches (`perf stat`, software
 #                      events and tracepoints; <run>.perf-stat): counts, not times, so they hold on a noisy
 #                      machine
@@ -84,10 +87,11 @@ export DATABASE_URL=mysql://root@127.0.0.1:$MYSQL_PORT/flashsale_$NS
 export KEY_PREFIX=$NS KAFKA_TOPIC=$NS.events KAFKA_DLQ_TOPIC=$NS.events.dlq KAFKA_GROUP=$NS-sink
 export RUN_RELAY=false FLASHSALE_ENV=dev SOLD_OUT_MARKERS=false
 
-# engine BIN LOG: starts an engine (under "${WRAP[@]}" when set); echoes its pid once it is ready.
+# engine BIN LOG [MARKERS]: starts an engine (under "${WRAP[@]}" when set; sold-out markers off unless
+# MARKERS=true); echoes its pid once it is ready.
 WRAP=()
 engine() {
-    LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "${WRAP[@]}" "$1" serve >"$2" 2>&1 &
+    SOLD_OUT_MARKERS=${3:-false} LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "${WRAP[@]}" "$1" serve >"$2" 2>&1 &
     local pid=$! i
     for i in $(seq 1 240); do
         curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && { echo "$pid"; return 0; }
@@ -117,9 +121,12 @@ curl -fs -o /dev/null -X POST -H "Authorization: Bearer $token" "$A/api/v1/coupo
     || { log "the first issue failed"; exit 1; }
 stop "$pid"
 
+# markers SCENARIO: the engine's SOLD_OUT_MARKERS for the scenario
+markers() { [ "$1" = marker ] && echo true || echo false; }
+
 # load SCENARIO OUT THREADS CONNECTIONS SECONDS: one wrk run of the scenario
 load() {
-    if [ "$1" = coupon ]; then
+    if [ "$1" != healthz ]; then
         CPU_COUPON=$COUPON CPU_MEMBERS=$WORK/members.txt wrk -t"$3" -c"$4" -d"$5s" \
             --timeout 10s -s loadtest/wrk/coupon_refused.lua "$A" >"$2" 2>&1
     else
@@ -132,7 +139,7 @@ load() {
 instructions() {
     local label=$1 bin=$2 scenario=$3 name=$1-$3-callgrind e dump
     WRAP=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.%p")
-    e=$(engine "$bin" "$WORK/$name.engine.log") || { WRAP=(); return 1; }
+    e=$(engine "$bin" "$WORK/$name.engine.log" "$(markers "$scenario")") || { WRAP=(); return 1; }
     WRAP=()
     PIDS+=("$e")
     callgrind_control -i on "$e" >/dev/null
@@ -149,7 +156,7 @@ instructions() {
 # measure LABEL BIN SCENARIO ROUND
 measure() {
     local label=$1 bin=$2 scenario=$3 round=$4 e e0 e1 r0 r1 name=$1-$3-r$4
-    e=$(engine "$bin" "$WORK/$name.engine.log") || return 1
+    e=$(engine "$bin" "$WORK/$name.engine.log" "$(markers "$scenario")") || return 1
     PIDS+=("$e")
     local perf_pid=
     case ${CPU_PERF:-} in
@@ -174,14 +181,14 @@ measure() {
 for r in $(seq 1 "$ROUNDS"); do
     order=("${BINS[@]}")
     if [ $(( r % 2 )) = 0 ] && [ ${#BINS[@]} = 2 ]; then order=("${BINS[1]}" "${BINS[0]}"); fi
-    for scenario in coupon healthz; do
+    for scenario in coupon marker healthz; do
         for b in "${order[@]}"; do measure "${b%%=*}" "${b#*=}" "$scenario" "$r" || exit 1; done
     done
 done
 CALLGRIND=${CPU_CALLGRIND:-$(command -v valgrind >/dev/null && echo 1 || echo 0)}
 if [ "$CALLGRIND" = 1 ]; then
     command -v valgrind >/dev/null || { log "valgrind is not installed (apt-get install valgrind)"; exit 1; }
-    for scenario in coupon healthz; do
+    for scenario in coupon marker healthz; do
         for b in "${BINS[@]}"; do instructions "${b%%=*}" "${b#*=}" "$scenario" || exit 1; done
     done
 fi
@@ -195,7 +202,7 @@ tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 def answered(scenario, wrk_path):
     """Requests answered by one wrk run, its length (s) and p99 (ms); exits on a wrong answer."""
     text = open(wrk_path).read()
-    if scenario == "coupon":
+    if scenario in ("coupon", "marker"):
         m = re.search(r"^total: (\d+) ([\d.]+) ([\d.]+)", text, re.M)
         n, dur, p99 = int(m.group(1)), float(m.group(2)), float(m.group(3))
         answers = re.search(r"^answers: (.*)$", text, re.M).group(1)
@@ -225,15 +232,17 @@ now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%MZ")
 name = {"this": f"this build ({git})", "before": before_label}
 L = ["# Engine CPU per request", "",
      f"Written by `loadtest/engine_cpu.sh` on {now}: release builds, 2 shared cores, one Redis over its Unix socket, "
-     f"relay off, sold-out markers off. wrk -t{threads} -c{conns}, {secs} s per run, {rounds} rounds, the builds "
+     f"relay off, sold-out markers off but in the marker scenario. wrk -t{threads} -c{conns}, {secs} s per run, {rounds} rounds, the builds "
      "alternating (and which goes first), a fresh engine per run. CPU per request = utime + stime of the process "
      "over the run (/proc, 10 ms ticks) / requests answered.", "",
      "- **coupon**: POST /api/v1/coupons/{id}/issue for members in turn against a coupon sold out before the run: every "
      "request is one EVALSHA that Redis refuses (409 COUPON_SOLD_OUT; the run fails on any other answer).",
+     "- **marker**: the same requests with sold-out markers on: the first reaches Redis and sets the marker, every "
+     "later one is refused by the engine without a Redis call (the herd after a sell-out).",
      "- **healthz**: GET /healthz, the HTTP stack alone.", "",
      "| build | scenario | requests/s (per run) | p99 ms | engine µs/req | Redis µs/req |",
      "|---|---|---|---:|---:|---:|"]
-for scenario in ("coupon", "healthz"):
+for scenario in ("coupon", "marker", "healthz"):
     for label in labels:
         sel = [r for r in rows if r["label"] == label and r["scenario"] == scenario]
         L.append(f"| {name.get(label, label)} | {scenario} | {pooled(label, scenario, 'rate'):,.0f} ("
@@ -241,7 +250,7 @@ for scenario in ("coupon", "healthz"):
                  f"{pooled(label, scenario, 'engine'):.1f} | {pooled(label, scenario, 'redis'):.1f} |")
 L.append("")
 if "before" in labels:
-    for scenario in ("coupon", "healthz"):
+    for scenario in ("coupon", "marker", "healthz"):
         a, b = pooled("this", scenario, "engine"), pooled("before", scenario, "engine")
         L.append(f"- {scenario}: engine CPU per request {a:.1f} µs vs {b:.1f} µs before = {a / b:.2f}x; "
                  f"requests/s {pooled('this', scenario, 'rate') / pooled('before', scenario, 'rate'):.2f}x.")
@@ -259,7 +268,7 @@ if counted:
         L.append(f"| {name.get(r['label'], r['label'])} | {r['scenario']} | {r['n']:,} | {r['per']:,.0f} |")
     L.append("")
     per = {(r["label"], r["scenario"]): r["per"] for r in counted}
-    for scenario in ("coupon", "healthz"):
+    for scenario in ("coupon", "marker", "healthz"):
         if ("this", scenario) in per and ("before", scenario) in per:
             L.append(f"- {scenario}: {per[('this', scenario)]:,.0f} vs {per[('before', scenario)]:,.0f} instructions "
                      f"per request = {per[('this', scenario)] / per[('before', scenario)]:.2f}x.")
