@@ -32,6 +32,7 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+. loadtest/lib.sh
 T=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/flashsale-target}
 ROUNDS=${CPU_ROUNDS:-3}
 RUN=${CPU_RUN_TIME:-10}
@@ -92,22 +93,9 @@ export RUN_RELAY=false FLASHSALE_ENV=dev SOLD_OUT_MARKERS=false
 WRAP=()
 engine() {
     SOLD_OUT_MARKERS=${3:-false} LISTEN_ADDR=127.0.0.1:$PORT REDIS_URL=$URL "${WRAP[@]}" "$1" serve >"$2" 2>&1 &
-    local pid=$! i
-    for i in $(seq 1 240); do
-        curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && { echo "$pid"; return 0; }
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.5
-    done
-    tail -20 "$2" >&2; kill "$pid" 2>/dev/null; return 1
+    local pid=$!
+    wait_ready "$PORT" "$pid" "$2" 240 && echo "$pid"
 }
-stop() {
-    local p i
-    for p in "$@"; do
-        kill "$p" 2>/dev/null || continue
-        for i in $(seq 1 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    done
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 PREP() { python3 loadtest/sold_out_prep.py "$@"; }
 A=http://127.0.0.1:$PORT
 
@@ -119,7 +107,7 @@ COUPON=$(PREP coupon "$A" 1)
 token=$(awk 'NR == 1 {print $2}' "$WORK/members.txt")
 curl -fs -o /dev/null -X POST -H "Authorization: Bearer $token" "$A/api/v1/coupons/$COUPON/issue" \
     || { log "the first issue failed"; exit 1; }
-stop "$pid"
+stop_gone "$pid"
 
 # markers SCENARIO: the engine's SOLD_OUT_MARKERS for the scenario
 markers() { [ "$1" = marker ] && echo true || echo false; }
@@ -145,7 +133,7 @@ instructions() {
     callgrind_control -i on "$e" >/dev/null
     load "$scenario" "$WORK/$name.wrk" 1 4 "${CPU_CALLGRIND_TIME:-20}"
     callgrind_control -d "$e" >/dev/null
-    stop "$e"
+    stop_gone "$e"
     dump=$WORK/$name.$e.1
     [ -s "$dump" ] || { log "$name: no callgrind dump"; return 1; }
     printf '%s\t%s\t%s\t%s\n' "$label" "$scenario" "$WORK/$name.wrk" \
@@ -169,11 +157,11 @@ measure() {
               perf_pid=$! ;;
     esac
     [ -n "$perf_pid" ] && sleep 0.5
-    e0=$(ticks "$e"); r0=$(ticks "$REDIS_PID")
+    e0=$(proc_ticks "$e"); r0=$(proc_ticks "$REDIS_PID")
     load "$scenario" "$WORK/$name.wrk" "$THREADS" "$CONNECTIONS" "$RUN"
-    e1=$(ticks "$e"); r1=$(ticks "$REDIS_PID")
+    e1=$(proc_ticks "$e"); r1=$(proc_ticks "$REDIS_PID")
     if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null; fi
-    stop "$e"
+    stop_gone "$e"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$scenario" "$round" "$WORK/$name.wrk" "$(( e1 - e0 ))" "$(( r1 - r0 ))" >>"$RUNS"
     log "$name: $(grep -E '^(answers|Requests/sec)' "$WORK/$name.wrk" | tr '\n' ' ')"
 }

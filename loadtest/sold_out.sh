@@ -25,6 +25,7 @@ set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
+. loadtest/lib.sh
 T=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/flashsale-target}
 ROUNDS=${SO_ROUNDS:-2}
 RUN=${SO_RUN_TIME:-15}
@@ -87,21 +88,8 @@ export RUN_RELAY=false FLASHSALE_ENV=dev
 # engine PORT MARKERS REDIS_URL LOG: starts an engine; echoes its pid once it is ready.
 engine() {
     LISTEN_ADDR=127.0.0.1:$1 SOLD_OUT_MARKERS=$2 REDIS_URL=$3 "$T/release/flashsale" serve >"$4" 2>&1 &
-    local pid=$! i
-    for i in $(seq 1 120); do
-        curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && { echo "$pid"; return 0; }
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.5
-    done
-    tail -20 "$4" >&2; kill "$pid" 2>/dev/null; return 1
-}
-# stop PID...: TERM, then wait until gone (engines started inside $(...) are not this shell's children).
-stop() {
-    local p i
-    for p in "$@"; do
-        kill "$p" 2>/dev/null || continue
-        for i in $(seq 1 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    done
+    local pid=$!
+    wait_ready "$1" "$pid" "$4" && echo "$pid"
 }
 PREP() { python3 loadtest/sold_out_prep.py "$@"; }
 A=http://127.0.0.1:$PORT
@@ -112,7 +100,7 @@ pid=$(engine "$PORT" true "$UNIX_URL" "$WORK/seed-engine.log") || { log "engine 
 PIDS+=("$pid")
 log "seeding $MEMBERS members"
 PREP members "$A" "$MEMBERS" "$NS" "$WORK/members.txt" || { log "seeding failed"; exit 1; }
-stop "$pid"
+stop_gone "$pid"
 
 # ----------------------------------------------------------------------------------------- restock
 for markers in true false; do
@@ -122,7 +110,7 @@ for markers in true false; do
     log "restock latency, markers $markers: $RESTOCK_ROUNDS rounds of coupons and of units"
     PREP restock-latency "$A" "$B" "$WORK/members.txt" "$RESTOCK_ROUNDS" "$WORK/restock-$markers.txt" \
         || { log "restock latency failed"; exit 1; }
-    stop "$a" "$b"
+    stop_gone "$a" "$b"
 done
 
 # --------------------------------------------------------------------------------------------- rush
@@ -153,20 +141,20 @@ rush() {
     PIDS+=("$e")
     if [ "$scenario" = coupon ]; then qty=$COUPONS; item=$(PREP coupon "$A" "$qty")
     else qty=$STOCK; item=$(PREP product "$A" "$qty"); fi
-    [ -n "$item" ] || { stop "$e"; log "$name: no item"; return 1; }
+    [ -n "$item" ] || { stop_gone "$e"; log "$name: no item"; return 1; }
     SO_SCENARIO=$scenario SO_ITEM=$item SO_MEMBERS=$WORK/members.txt SO_OUT=$WORK/$name SO_RUN=$name-$NS \
         wrk -t"$THREADS" -c"$THREADS" -d"${RUN}s" --timeout 10s -s loadtest/wrk/sold_out_rush.lua "$A" \
         >"$WORK/$name.wrk" 2>&1 &
     wrk_pid=$!
     sampler=$(cpu_sampler "$WORK/$name.cpu" "$e" "$REDIS_PID" "$wrk_pid")
     wait "$wrk_pid"; rc=$?
-    stop "$sampler"
+    stop_gone "$sampler"
     if [ $rc != 0 ] || [ ! -s "$WORK/$name.answers" ]; then
-        stop "$e"; log "$name: wrk failed: $(tail -3 "$WORK/$name.wrk" | tr '\n' ' ')"; return 1
+        stop_gone "$e"; log "$name: wrk failed: $(tail -3 "$WORK/$name.wrk" | tr '\n' ' ')"; return 1
     fi
     check=$(PREP "check-$scenario" "$A" "$item" "$qty" "$WORK/$name.answers"); rc=$?
     echo "$check" >"$WORK/$name.check"
-    stop "$e"
+    stop_gone "$e"
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$scenario" "$markers" "$( [ "$url" = "$TCP_URL" ] && echo tcp || echo unix)" "$round" "$rc" >>"$RUNS"
     log "$name: $(tail -1 "$WORK/$name.wrk") check: $( [ $rc = 0 ] && echo ok || echo "FAILED $check")"
 }
@@ -203,7 +191,7 @@ if [ "${SO_GOOSE:-1}" = 1 ]; then
             --engine-pid "$e" --redis-pid "$REDIS_PID" --max-p99-ms 100000 \
             "$scenario-rush" >"$WORK/goose-$scenario.out" 2>"$WORK/goose-$scenario.err" \
             || log "goose $scenario: exit $? (see $WORK/goose-$scenario.err)"
-        stop "$e"
+        stop_gone "$e"
     done
 fi
 
