@@ -237,7 +237,65 @@ pub fn problem_body_with(
     serde_json::to_string(&problem).unwrap_or_else(|_| String::from("{}"))
 }
 
-pub fn problem_response(status: StatusCode, body: String) -> Response {
+/// A problem without field whose body a herd hears over and over (COUPON_SOLD_OUT to everyone after
+/// a sell-out): rendered once and kept (see `repeated_problems`), the same bytes `problem_body_with`
+/// gives.
+pub fn repeated_problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: &str,
+    extensions: &ProblemExtensions,
+) -> Response {
+    if *extensions == ProblemExtensions::default() {
+        return problem_response(status, repeated_problems::body(status, code, detail));
+    }
+    problem_response(
+        status,
+        problem_body_with(status, code, detail, None, extensions),
+    )
+}
+
+/// Rendered bodies of problems without field or extensions, which depend only on (status, code,
+/// detail). Kept up to `KEPT_AT_MOST` bodies (details that name an id make more); past that they are
+/// rendered each time.
+mod repeated_problems {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{LazyLock, RwLock};
+
+    use axum::body::Bytes;
+    use axum::http::StatusCode;
+
+    const KEPT_AT_MOST: usize = 1024;
+
+    /// code -> detail -> (status, body)
+    type Kept = HashMap<String, HashMap<String, (StatusCode, Bytes)>>;
+    static KEPT: LazyLock<RwLock<Kept>> = LazyLock::new(Default::default);
+    static KEPT_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn body(status: StatusCode, code: &str, detail: &str) -> Bytes {
+        {
+            let kept = KEPT.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some((kept_status, body)) = kept.get(code).and_then(|by| by.get(detail)) {
+                if *kept_status == status {
+                    return body.clone();
+                }
+            }
+        }
+        let body = Bytes::from(super::problem_body(status, code, detail, None));
+        if KEPT_COUNT.load(Ordering::Relaxed) < KEPT_AT_MOST {
+            KEPT_COUNT.fetch_add(1, Ordering::Relaxed);
+            KEPT.write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(code.to_string())
+                .or_default()
+                .insert(detail.to_string(), (status, body.clone()));
+        }
+        body
+    }
+}
+
+pub fn problem_response(status: StatusCode, body: impl IntoResponse) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -284,6 +342,43 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
     use fred::error::{Error, ErrorKind};
+
+    #[tokio::test]
+    async fn a_kept_problem_body_is_the_rendered_one() {
+        let status = StatusCode::CONFLICT;
+        let rendered = problem_body(status, "COUPON_SOLD_OUT", "no coupons left", None);
+        for _ in 0..2 {
+            let response = repeated_problem_response(
+                status,
+                "COUPON_SOLD_OUT",
+                "no coupons left",
+                &ProblemExtensions::default(),
+            );
+            assert_eq!(response.status(), status);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            assert_eq!(body, rendered.as_bytes());
+        }
+        // Same code and detail under another status: rendered for that status, not the kept one.
+        let other = repeated_problem_response(
+            StatusCode::GONE,
+            "COUPON_SOLD_OUT",
+            "no coupons left",
+            &ProblemExtensions::default(),
+        );
+        let body = axum::body::to_bytes(other.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(
+            body,
+            problem_body(StatusCode::GONE, "COUPON_SOLD_OUT", "no coupons left", None).as_bytes()
+        );
+    }
 
     #[test]
     fn redis_out_of_reach_is_a_503_and_a_script_error_is_ours() {

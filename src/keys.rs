@@ -16,6 +16,10 @@
 use crate::ids::Entity;
 use crate::partition::Partition;
 
+/// Room for a key's part after the tag: the longest, an idempotency record, is `idem:<member id>:` and
+/// a 64-character digest.
+const KEY_REST_CAPACITY: usize = 96;
+
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
@@ -32,8 +36,25 @@ impl Keys {
         &self.prefix
     }
 
+    /// `prefix:{tag}:rest`, written into one allocation sized up front: `format!` with nested
+    /// arguments cannot estimate the length and grew the string several times (a coupon issue builds
+    /// four keys per request; this was 6% of its instructions).
     fn in_partition(&self, partition: Partition, rest: std::fmt::Arguments<'_>) -> String {
-        format!("{}:{{{}}}:{rest}", self.prefix, partition.tag())
+        use std::fmt::Write;
+        let tag = partition.tag();
+        let mut key = String::with_capacity(self.prefix.len() + tag.len() + 4 + KEY_REST_CAPACITY);
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(tag);
+        key.push_str("}:");
+        match rest.as_str() {
+            Some(text) => key.push_str(text),
+            // Writing into a String cannot fail.
+            None => {
+                let _ = key.write_fmt(rest);
+            }
+        }
+        key
     }
 
     // ------------------------------------------------------------------------------------ members

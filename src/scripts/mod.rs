@@ -2,7 +2,6 @@
 //! start (SCRIPT LOAD) and run by SHA; a NOSCRIPT answer (Redis restarted or flushed its script cache)
 //! reloads the script and runs it again.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use fred::prelude::*;
 use fred::types::Value;
 
-use crate::error::{problem_body_with, problem_response, ApiError, ProblemExtensions};
+use crate::error::{repeated_problem_response, ApiError, ProblemExtensions};
 use crate::keys::Keys;
 
 pub mod calls;
@@ -73,6 +72,15 @@ impl Script {
         Script::EmailRelease,
         Script::EmailClaimsDue,
     ];
+
+    /// How many scripts there are: the length of per-script tables indexed by `index`.
+    pub const COUNT: usize = Script::ALL.len();
+
+    /// The script's place in `ALL` (a unit test keeps the two in step): per-script tables are arrays
+    /// indexed by it, not hash maps, since every request looks them up.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The script's name: its file in `lua/` without `.lua`, and its metrics label.
     pub fn name(self) -> &'static str {
@@ -149,7 +157,8 @@ pub struct Durability {
 
 #[derive(Clone, Debug, Default)]
 pub struct Scripts {
-    shas: HashMap<Script, String>,
+    /// SHA1 of each script, by `Script::index`.
+    shas: Vec<String>,
     durability: Durability,
 }
 
@@ -157,7 +166,7 @@ impl Scripts {
     /// Loads every script; fails at start if any does not compile.
     /// On a cluster every primary gets every script (a script runs on the node of its slot).
     pub async fn load(redis: &Pool, durability: Durability) -> Result<Self, fred::error::Error> {
-        let mut shas = HashMap::new();
+        let mut shas = vec![String::new(); Script::COUNT];
         let client = redis.next();
         for script in Script::ALL {
             let sha: String = if client.is_clustered() {
@@ -165,14 +174,14 @@ impl Scripts {
             } else {
                 client.script_load(script.source()).await?
             };
-            shas.insert(script, sha);
+            shas[script.index()] = sha;
         }
         Ok(Self { shas, durability })
     }
 
     pub fn sha(&self, script: Script) -> &str {
         self.shas
-            .get(&script)
+            .get(script.index())
             .map(String::as_str)
             .unwrap_or_default()
     }
@@ -524,10 +533,7 @@ impl IntoResponse for ScriptReply {
             } => {
                 let status = status_of(status);
                 let extensions = ProblemExtensions::from_json(&extensions);
-                problem_response(
-                    status,
-                    problem_body_with(status, &code, &detail, None, &extensions),
-                )
+                repeated_problem_response(status, &code, &detail, &extensions)
             }
             Self::Replay {
                 status,
@@ -539,10 +545,7 @@ impl IntoResponse for ScriptReply {
                 let status = status_of(status);
                 let mut response = if problem {
                     let extensions = ProblemExtensions::from_json(&extensions);
-                    problem_response(
-                        status,
-                        problem_body_with(status, &body, &detail, None, &extensions),
-                    )
+                    repeated_problem_response(status, &body, &detail, &extensions)
                 } else {
                     json_response(status, body)
                 };
@@ -569,29 +572,26 @@ mod script_series {
     use std::sync::{OnceLock, RwLock};
 
     pub fn duration(script: Script) -> metrics::Histogram {
-        static CACHE: OnceLock<RwLock<HashMap<Script, metrics::Histogram>>> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        if let Some(h) = read(cache).get(&script) {
-            return h.clone();
-        }
-        let h = metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name());
-        write(cache).insert(script, h.clone());
-        h
+        static CACHE: [OnceLock<metrics::Histogram>; Script::COUNT] =
+            [const { OnceLock::new() }; Script::COUNT];
+        CACHE[script.index()]
+            .get_or_init(|| {
+                metrics::histogram!("flashsale_script_duration_seconds", "script" => script.name())
+            })
+            .clone()
     }
 
     /// Outcomes are the scripts' refusal codes and a few words: a bounded set.
     pub fn outcomes(script: Script, outcome: &str) -> metrics::Counter {
-        type ByOutcome = HashMap<Script, HashMap<String, metrics::Counter>>;
-        static CACHE: OnceLock<RwLock<ByOutcome>> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        if let Some(c) = read(cache).get(&script).and_then(|m| m.get(outcome)) {
+        type ByOutcome = RwLock<HashMap<String, metrics::Counter>>;
+        static CACHE: [OnceLock<ByOutcome>; Script::COUNT] =
+            [const { OnceLock::new() }; Script::COUNT];
+        let cache = CACHE[script.index()].get_or_init(Default::default);
+        if let Some(c) = read(cache).get(outcome) {
             return c.clone();
         }
         let c = metrics::counter!("flashsale_script_outcomes_total", "script" => script.name(), "outcome" => outcome.to_string());
-        write(cache)
-            .entry(script)
-            .or_default()
-            .insert(outcome.to_string(), c.clone());
+        write(cache).insert(outcome.to_string(), c.clone());
         c
     }
 
@@ -602,5 +602,17 @@ mod script_series {
     fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         lock.write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Script;
+
+    #[test]
+    fn every_script_sits_at_its_index_in_all() {
+        for (position, script) in Script::ALL.iter().enumerate() {
+            assert_eq!(script.index(), position, "{}", script.name());
+        }
     }
 }
