@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -52,8 +53,7 @@ pub fn with_http_layers(routes: Router, settings: &ServeSettings) -> Router {
         body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
     };
     let layered = ServiceBuilder::new()
-        .layer(middleware::from_fn(track_http))
-        .layer(middleware::from_fn(problem_for_framework_refusals))
+        .layer(middleware::from_fn(at_the_edge))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
@@ -67,7 +67,7 @@ pub fn with_http_layers(routes: Router, settings: &ServeSettings) -> Router {
             enforce_request_limits,
         ))
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .service(routes.route_layer(middleware::from_fn(remember_route)));
+        .service(routes.route_layer(RememberRouteLayer));
     Router::new().fallback_service(layered)
 }
 
@@ -75,11 +75,42 @@ pub fn with_http_layers(routes: Router, settings: &ServeSettings) -> Router {
 #[derive(Clone, Default)]
 struct RouteSlot(Arc<OnceLock<MatchedPath>>);
 
-async fn remember_route(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
-    if let (Some(matched), Some(slot)) = (matched, request.extensions().get::<RouteSlot>()) {
-        let _ = slot.0.set(matched);
+/// Fills the request's `RouteSlot` with the route template routing matched. A plain service passing
+/// the route's own future through, not `from_fn`: it sits on every route, and `from_fn` would box each
+/// request's future and clone the route for it.
+#[derive(Clone)]
+struct RememberRouteLayer;
+
+impl<S> tower::Layer<S> for RememberRouteLayer {
+    type Service = RememberRoute<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RememberRoute(inner)
     }
-    next.run(request).await
+}
+
+#[derive(Clone)]
+struct RememberRoute<S>(S);
+
+impl<S: tower::Service<Request>> tower::Service<Request> for RememberRoute<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let extensions = request.extensions();
+        if let (Some(matched), Some(slot)) = (
+            extensions.get::<MatchedPath>(),
+            extensions.get::<RouteSlot>(),
+        ) {
+            let _ = slot.0.set(matched.clone());
+        }
+        self.0.call(request)
+    }
 }
 
 /// The request counter and latency histogram of one (route, method, status).
@@ -138,19 +169,27 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Request count and latency by route template, method and status. Sits outside the timeout and
-/// catch-panic layers so 503s and 500s are counted; unmatched paths share the route "unmatched".
-async fn track_http(mut request: Request, next: Next) -> Response {
+/// The outermost layer, one `from_fn` for two jobs (each `from_fn` boxes every request's future):
+/// the framework's refusals rewritten as problems (`problem_for_framework_refusals`), then the request
+/// counted (`track_http`). Both sit outside the timeout and catch-panic layers, so 503s and 500s are
+/// rewritten and counted.
+async fn at_the_edge(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let slot = RouteSlot::default();
     request.extensions_mut().insert(slot.clone());
     let method = method_label(request.method());
-    let response = next.run(request).await;
+    let response = problem_for_framework_refusals(next.run(request).await);
+    track_http(&slot, method, started, &response);
+    response
+}
+
+/// Request count and latency by route template, method and status; unmatched paths share the route
+/// "unmatched".
+fn track_http(slot: &RouteSlot, method: &'static str, started: Instant, response: &Response) {
     let route = slot.0.get().map_or("unmatched", |matched| matched.as_str());
     let series = http_series(route, method, response.status().as_u16());
     series.requests.increment(1);
     series.duration.record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// Marks a refusal sent before the request body was read to its end: the connection cannot carry
@@ -199,8 +238,7 @@ fn framework_code(status: StatusCode) -> (&'static str, &'static str) {
 /// Every refusal is problem+json with a code: the framework's own (405 with an empty body, 503 from the
 /// timeout, text/plain rejections) are rewritten, keeping their headers (`Allow`). A 429 or 503 without
 /// `Retry-After` gets one.
-async fn problem_for_framework_refusals(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn problem_for_framework_refusals(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
