@@ -5,15 +5,18 @@
 -- Key names in the headers: `{P}` is the hash tag of the owner's partition (src/partition.rs); the
 -- engine builds every key and passes it in KEYS (src/scripts/calls.rs names each script's KEYS/ARGV).
 --
--- Reply protocol of every HTTP-facing script: { outcome, status, kind, body, detail }
---   outcome "ok"     : executed; status = HTTP status; kind "ok"; body = response JSON
---   outcome "err"    : refused by a business rule, nothing written but the idempotency record;
---                      kind "problem"; body = problem code (e.g. COUPON_SOLD_OUT); detail = human text;
---                      a 6th element, when present and not '', is a JSON object of problem extension
---                      members (e.g. {"remaining_allowance":1}) the engine adds to the problem body
---   outcome "replay" : the idempotency key was seen with the same fingerprint; status/kind/body/detail
---                      are the stored first result, to be sent back byte for byte
---   outcome "reused" : the idempotency key was seen with a different fingerprint (HTTP 422)
+-- Reply protocol of every HTTP-facing script: { outcome, status, ... }, as few elements as each outcome
+-- needs (the engine's RESP decoder pays per element, on every request):
+--   { "ok", status, body }        executed; status = HTTP status; body = response JSON
+--   { "err", status, code, detail [, ext] }
+--                                 refused by a business rule, nothing written but the idempotency
+--                                 record; code e.g. COUPON_SOLD_OUT; detail = human text; ext, when
+--                                 present, a JSON object of problem extension members (e.g.
+--                                 {"remaining_allowance":1}) the engine adds to the problem body
+--   { "replay", status, kind, body, detail, ext }
+--                                 the idempotency key was seen with the same fingerprint: the stored
+--                                 first result (kind "ok" or "problem"), sent back byte for byte
+--   { "reused", 422 }             the idempotency key was seen with a different fingerprint
 
 local IDEM = nil       -- idempotency record key of this call, or nil when the request carries none
 local IDEM_FP = nil    -- request fingerprint (sha256 of method, path and body, computed by the engine)
@@ -90,7 +93,7 @@ end
 -- A refusal that writes nothing at all, not even the idempotency record: for a member that does not
 -- exist (a stale token after a rebuild), where even the record under the member's keys is a write.
 local function refuse_unstored(status, code, detail)
-  return { 'err', status, 'problem', code, detail }
+  return { 'err', status, code, detail }
 end
 
 local function hgetall(key)
@@ -113,7 +116,7 @@ local function idem_begin(key, fp, ttl)
     return nil
   end
   if rec[1] ~= fp then
-    return { 'reused', 422, 'problem', 'IDEMPOTENCY_KEY_REUSED', '' }
+    return { 'reused', 422 }
   end
   return { 'replay', tonumber(rec[2]), rec[3], rec[4], rec[5] or '', rec[6] or '' }
 end
@@ -129,14 +132,17 @@ end
 local function ok(status, body_table)
   local body = json(body_table)
   idem_store(status, 'ok', body, '')
-  return { 'ok', status, 'ok', body, '' }
+  return { 'ok', status, body }
 end
 
 -- ext: '' / nil, or the problem's extension members as a JSON object text (stored with the record, so
 -- a replay answers them too).
 local function fail(status, code, detail, ext)
   idem_store(status, 'problem', code, detail, ext)
-  return { 'err', status, 'problem', code, detail, ext or '' }
+  if ext == nil or ext == '' then
+    return { 'err', status, code, detail }
+  end
+  return { 'err', status, code, detail, ext }
 end
 
 local function outbox(stream, event_id, event_type, aggregate, at, payload)

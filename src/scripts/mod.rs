@@ -461,15 +461,16 @@ impl ScriptReply {
         let text = |i: usize| parts.get(i).and_then(|v| v.as_string()).unwrap_or_default();
         let status = parts.get(1).and_then(|v| v.as_i64()).unwrap_or(500) as u16;
         Ok(match text(0).as_str() {
+            // Element layout per outcome: lua/lib/prelude.lua ("Reply protocol").
             "ok" => Self::Ok {
                 status,
-                body: text(3),
+                body: text(2),
             },
             "err" => Self::Refused {
                 status,
-                code: text(3),
-                detail: text(4),
-                extensions: text(5),
+                code: text(2),
+                detail: text(3),
+                extensions: text(4),
             },
             "replay" => Self::Replay {
                 status,
