@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
@@ -154,9 +154,18 @@ impl SoldOutMarkers {
         }
     }
 
-    /// Counts a request answered by a marker.
+    /// Counts a request answered by a marker. The two series are registered once: a registry lookup
+    /// builds and hashes the key on every call, and this runs for every request of the herd.
     pub fn count_hit(item: Item) {
-        metrics::counter!("flashsale_soldout_marker_hits_total", "kind" => item.kind())
+        static HITS: [OnceLock<metrics::Counter>; 2] = [const { OnceLock::new() }; 2];
+        let index = match item {
+            Item::Coupon(_) => 0,
+            Item::Product(_) => 1,
+        };
+        HITS[index]
+            .get_or_init(|| {
+                metrics::counter!("flashsale_soldout_marker_hits_total", "kind" => item.kind())
+            })
             .increment(1);
     }
 
