@@ -24,7 +24,8 @@
 #                      instructions per request under callgrind (wrk -t1 -c4 for CPU_CALLGRIND_TIME=20 s per
 #                      scenario): a count, not a time, the same for the same build and load whatever else
 #                      the machine does (wake-ups batch differently from run to run: one build's
-#                      counts spread by up to 3% within a sitting, 7% across sittings)
+#                      counts spread by up to 3% within a sitting, 7% across sittings); an idle run per
+#                      build (same time, no load) gives the background subtracted from each count
 #   CPU_PERF=stat      also count each run's engine syscalls and context switches (`perf stat`, software
 #                      events and tracepoints; <run>.perf-stat): counts, not times, so they hold on a noisy
 #                      machine
@@ -123,7 +124,10 @@ load() {
 }
 
 # instructions LABEL BIN SCENARIO: the engine's user-space instructions over a wrk run, counted by
-# callgrind from the load's first request (instrumentation switched on then) to its last.
+# callgrind from the load's first request (instrumentation switched on then) to its last. Scenario
+# `idle`: the same time without load (the engine's own timers: gauges, sweeps), subtracted from the
+# others' counts: under valgrind a run answers only some 30-90k requests, so the background's
+# instructions would otherwise add thousands to each request's.
 instructions() {
     local label=$1 bin=$2 scenario=$3 name=$1-$3-callgrind e dump
     WRAP=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.%p")
@@ -131,7 +135,11 @@ instructions() {
     WRAP=()
     PIDS+=("$e")
     callgrind_control -i on "$e" >/dev/null
-    load "$scenario" "$WORK/$name.wrk" 1 4 "${CPU_CALLGRIND_TIME:-20}"
+    if [ "$scenario" = idle ]; then
+        sleep "${CPU_CALLGRIND_TIME:-20}"; : >"$WORK/$name.wrk"
+    else
+        load "$scenario" "$WORK/$name.wrk" 1 4 "${CPU_CALLGRIND_TIME:-20}"
+    fi
     callgrind_control -d "$e" >/dev/null
     stop_gone "$e"
     dump=$WORK/$name.$e.1
@@ -176,7 +184,7 @@ done
 CALLGRIND=${CPU_CALLGRIND:-$(command -v valgrind >/dev/null && echo 1 || echo 0)}
 if [ "$CALLGRIND" = 1 ]; then
     command -v valgrind >/dev/null || { log "valgrind is not installed (apt-get install valgrind)"; exit 1; }
-    for scenario in coupon marker healthz; do
+    for scenario in idle coupon marker healthz; do
         for b in "${BINS[@]}"; do instructions "${b%%=*}" "${b#*=}" "$scenario" || exit 1; done
     done
 fi
@@ -242,18 +250,25 @@ if "before" in labels:
         a, b = pooled("this", scenario, "engine"), pooled("before", scenario, "engine")
         L.append(f"- {scenario}: engine CPU per request {a:.1f} µs vs {b:.1f} µs before = {a / b:.2f}x; "
                  f"requests/s {pooled('this', scenario, 'rate') / pooled('before', scenario, 'rate'):.2f}x.")
-counted = []
+counted, idle = [], {}
 for line in open(counts):
     label, scenario, wrk_path, ir = line.rstrip("\n").split("\t")
+    if scenario == "idle":
+        idle[label] = int(ir)
+        continue
     n, _, _ = answered(scenario, wrk_path)
-    counted.append(dict(label=label, scenario=scenario, n=n, per=int(ir) / max(n, 1)))
+    counted.append(dict(label=label, scenario=scenario, n=n, ir=int(ir),
+                        per=(int(ir) - idle.get(label, 0)) / max(n, 1)))
 if counted:
     L += ["User-space instructions per request, counted by callgrind (`CPU_CALLGRIND=1`): one run per build and "
           "scenario under valgrind, wrk -t1 -c4; a count, so it does not move with the machine's load (the kernel's "
-          "share, syscalls and wake-ups, is not in it).", "",
-          "| build | scenario | requests | instructions/req |", "|---|---|---:|---:|"]
+          "share, syscalls and wake-ups, is not in it). The engine's own background over the same time without "
+          "load (the idle run: gauges, sweeps) is subtracted before dividing by the requests.", "",
+          "| build | scenario | requests | instructions in the run | of which idle background | instructions/req |",
+          "|---|---|---:|---:|---:|---:|"]
     for r in counted:
-        L.append(f"| {name.get(r['label'], r['label'])} | {r['scenario']} | {r['n']:,} | {r['per']:,.0f} |")
+        L.append(f"| {name.get(r['label'], r['label'])} | {r['scenario']} | {r['n']:,} | {r['ir']:,} | "
+                 f"{idle.get(r['label'], 0):,} | {r['per']:,.0f} |")
     L.append("")
     per = {(r["label"], r["scenario"]): r["per"] for r in counted}
     for scenario in ("coupon", "marker", "healthz"):
