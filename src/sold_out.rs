@@ -163,9 +163,9 @@ impl SoldOutMarkers {
             Item::Product(_) => 1,
         };
         HITS[index]
-            .get_or_init(|| {
-                metrics::counter!("flashsale_soldout_marker_hits_total", "kind" => item.kind())
-            })
+            .get_or_init(
+                || metrics::counter!("flashsale_soldout_marker_hits_total", "kind" => item.kind()),
+            )
             .increment(1);
     }
 
