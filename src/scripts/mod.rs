@@ -186,18 +186,20 @@ impl Scripts {
             .unwrap_or_default()
     }
 
-    /// Runs `call` by SHA on `client` with the KEYS and ARGV it built (moved into the command, not
+    /// Runs `call` by SHA on `client` with the KEYS and ARGV it builds (moved into the command, not
     /// copied); on NOSCRIPT (a restart, or a failover to a replica that never loaded it) sends the
     /// source with KEYS and ARGV built again from `call`, which gives the same ones. EVAL goes to the
     /// node of the keys' slot (a SCRIPT LOAD would go to any node) and caches the script there again.
+    /// Returns the reply and the key naming the node to ask for replica confirmation
+    /// (`confirmation_key`).
     async fn run_on<C: ScriptCall>(
         &self,
         client: &Client,
         layout: &Keys,
         call: &C,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, fred::error::Error> {
+    ) -> Result<(Value, Option<String>), fred::error::Error> {
+        let (keys, args) = (call.keys(layout), call.args(layout));
+        let confirm_on = self.confirmation_key(&keys);
         let started = Instant::now();
         let result = match client
             .evalsha::<Value, _, _, _>(self.sha(C::SCRIPT), keys, args)
@@ -219,7 +221,7 @@ impl Scripts {
             other => other,
         };
         script_series::duration(C::SCRIPT).record(started.elapsed().as_secs_f64());
-        result
+        result.map(|value| (value, confirm_on))
     }
 
     /// The first of `keys`, when replicas must confirm what a call wrote: every key of a call shares
@@ -278,14 +280,8 @@ impl Scripts {
         wrote: impl Fn(&str) -> bool,
     ) -> Result<String, fred::error::Error> {
         let client = redis.next();
-        let layout = keys;
-        let (keys, args) = (call.keys(layout), call.args(layout));
-        let first_key = self.confirmation_key(&keys);
-        let outcome = self
-            .run_on(client, layout, call, keys, args)
-            .await?
-            .as_string()
-            .unwrap_or_default();
+        let (value, first_key) = self.run_on(client, keys, call).await?;
+        let outcome = value.as_string().unwrap_or_default();
         if let Some(first_key) = first_key {
             let started = Instant::now();
             let confirmed = replicated(client, &first_key, self.durability, !wrote(&outcome)).await;
@@ -316,8 +312,8 @@ impl Scripts {
         keys: &Keys,
         call: &C,
     ) -> Result<Value, fred::error::Error> {
-        self.run_on(redis.next(), keys, call, call.keys(keys), call.args(keys))
-            .await
+        let (value, _) = self.run_on(redis.next(), keys, call).await?;
+        Ok(value)
     }
 
     /// Runs a typed call whose writes a client's answer depends on (a stock hold): like `run_call`,
@@ -331,10 +327,7 @@ impl Scripts {
         wrote: impl Fn(&Value) -> bool,
     ) -> Result<Value, ApiError> {
         let client = redis.next();
-        let layout = keys;
-        let (keys, args) = (call.keys(layout), call.args(layout));
-        let first_key = self.confirmation_key(&keys);
-        let value = self.run_on(client, layout, call, keys, args).await?;
+        let (value, first_key) = self.run_on(client, keys, call).await?;
         if wrote(&value) {
             self.confirm_replicated(client, first_key.as_deref(), false)
                 .await?;
@@ -350,10 +343,7 @@ impl Scripts {
         call: &C,
     ) -> Result<ScriptReply, ApiError> {
         let client = redis.next();
-        let layout = keys;
-        let (keys, args) = (call.keys(layout), call.args(layout));
-        let first_key = self.confirmation_key(&keys);
-        let value = self.run_on(client, layout, call, keys, args).await?;
+        let (value, first_key) = self.run_on(client, keys, call).await?;
         let reply = ScriptReply::decode(value)?;
         // A replay answers a write made earlier, maybe not on a replica yet (its first answer was a
         // 503): it is confirmed too, after a fence since the replay itself wrote nothing.
