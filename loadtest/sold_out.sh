@@ -4,7 +4,7 @@
 #   restock    two engines (markers on, then off): an item sold out through engine A is restocked by
 #              one unit through engine B, then asked for on A until granted; the time from the
 #              restock's answer to that grant, p50/p99 over SO_RESTOCK_ROUNDS rounds, coupons and units
-#   rush       wrk (loadtest/wrk/sold_out_rush.lua, one connection per thread, every answer timed) on a
+#   rush       wrk (loadtest/wrk/sold_out_rush.lua, every answer timed by its echoed X-Request-Id) on a
 #              coupon rush and a stock rush that sell out about a third of the way in, markers off and on
 #              alternately, SO_ROUNDS rounds, same build: requests/s, p50/p99 and engine and Redis CPU
 #              per request before and after the sell-out, each run checked (issued = quantity, stock 0)
@@ -16,7 +16,8 @@
 # docs/sold-out-stock.svg (loadtest/sold_out_report.py).
 #
 # Environment (defaults):
-#   SO_ROUNDS=2 SO_RUN_TIME=15 (s per wrk run) SO_THREADS=16 (wrk threads = connections)
+#   SO_ROUNDS=2 SO_RUN_TIME=15 (s per wrk run) SO_THREADS=2 SO_CONNECTIONS=16 (wrk's; goose runs as
+#   many users as connections)
 #   SO_MEMBERS=20000 SO_COUPONS=6000 (coupon quantity) SO_STOCK=3000 (units)
 #   SO_RESTOCK_ROUNDS=200 SO_GOOSE=1 (0: skip goose) SO_CEILING=1 (0: skip)
 #   SO_PORT=18100 (engine A; B on the next port) SO_OUT=docs/benchmarks.md SO_DIR=.local/bench/sold-out-<time>
@@ -29,7 +30,8 @@ cd "$REPO"
 T=${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/flashsale-target}
 ROUNDS=${SO_ROUNDS:-2}
 RUN=${SO_RUN_TIME:-15}
-THREADS=${SO_THREADS:-16}
+THREADS=${SO_THREADS:-2}
+CONNECTIONS=${SO_CONNECTIONS:-16}
 MEMBERS=${SO_MEMBERS:-20000}
 COUPONS=${SO_COUPONS:-6000}
 STOCK=${SO_STOCK:-3000}
@@ -143,13 +145,13 @@ rush() {
     else qty=$STOCK; item=$(PREP product "$A" "$qty"); fi
     [ -n "$item" ] || { stop_gone "$e"; log "$name: no item"; return 1; }
     SO_SCENARIO=$scenario SO_ITEM=$item SO_MEMBERS=$WORK/members.txt SO_OUT=$WORK/$name SO_RUN=$name-$NS \
-        wrk -t"$THREADS" -c"$THREADS" -d"${RUN}s" --timeout 10s -s loadtest/wrk/sold_out_rush.lua "$A" \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"${RUN}s" --timeout 10s -s loadtest/wrk/sold_out_rush.lua "$A" \
         >"$WORK/$name.wrk" 2>&1 &
     wrk_pid=$!
     sampler=$(cpu_sampler "$WORK/$name.cpu" "$e" "$REDIS_PID" "$wrk_pid")
     wait "$wrk_pid"; rc=$?
     stop_gone "$sampler"
-    if [ $rc != 0 ] || [ ! -s "$WORK/$name.answers" ]; then
+    if [ $rc != 0 ] || [ ! -s "$WORK/$name.answers" ] || ! grep -q ' 0 unpaired answers' "$WORK/$name.wrk"; then
         stop_gone "$e"; log "$name: wrk failed: $(tail -3 "$WORK/$name.wrk" | tr '\n' ' ')"; return 1
     fi
     check=$(PREP "check-$scenario" "$A" "$item" "$qty" "$WORK/$name.answers"); rc=$?
@@ -186,7 +188,7 @@ if [ "${SO_GOOSE:-1}" = 1 ]; then
         e=$(engine "$PORT" true "$UNIX_URL" "$WORK/goose-$scenario.engine.log") || exit 1
         PIDS+=("$e")
         log "goose $scenario-rush, markers on"
-        "$T/release/flashsale-loadtest" --host "$A" --admin-key "$ADMIN_KEY" --users "$THREADS" \
+        "$T/release/flashsale-loadtest" --host "$A" --admin-key "$ADMIN_KEY" --users "$CONNECTIONS" \
             --run-time "${RUN}s" --report-dir "$WORK/goose" --progress-secs 0 --no-drain \
             --engine-pid "$e" --redis-pid "$REDIS_PID" --max-p99-ms 100000 \
             "$scenario-rush" >"$WORK/goose-$scenario.out" 2>"$WORK/goose-$scenario.err" \
@@ -197,5 +199,5 @@ fi
 
 python3 loadtest/sold_out_report.py "$WORK" "$OUT" \
     "$(git rev-parse --short HEAD 2>/dev/null)$( [ -n "$(git status --porcelain -- src lua loadtest)" ] && echo ' (dirty)')" \
-    "$THREADS" "$RUN" "$MEMBERS" "$COUPONS" "$STOCK" || { log "report failed"; exit 1; }
+    "$THREADS" "$CONNECTIONS" "$RUN" "$MEMBERS" "$COUPONS" "$STOCK" || { log "report failed"; exit 1; }
 log "done: $OUT (work dir $WORK)"

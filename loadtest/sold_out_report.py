@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The sold-out block of docs/benchmarks.md and its charts, from one loadtest/sold_out.sh work dir.
 
-usage: sold_out_report.py WORK BENCHMARKS_MD GIT THREADS RUN_SECS MEMBERS COUPONS STOCK
+usage: sold_out_report.py WORK BENCHMARKS_MD GIT THREADS CONNECTIONS RUN_SECS MEMBERS COUPONS STOCK
 
 Reads runs.tsv (name scenario markers link round check-exit), <name>.answers (`unix_ms latency_us
 answer` per answer, from loadtest/wrk/sold_out_rush.lua), <name>.cpu (`unix_ms engine redis wrk` CPU
@@ -19,7 +19,7 @@ import sys
 import time
 from collections import defaultdict
 
-work, bench_md, git, threads, run_secs, members, coupons, stock = sys.argv[1:9]
+work, bench_md, git, threads, connections, run_secs, members, coupons, stock = sys.argv[1:10]
 docs = os.path.dirname(os.path.abspath(bench_md))
 TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 BUCKET_MS = 250
@@ -169,8 +169,8 @@ L.append("")
 # ---- rushes
 L.append("### Coupon rush and stock rush with wrk, markers off and on")
 L.append("")
-L.append(f"wrk -t{threads} -c{threads} (one connection per thread, so every answer is timed: "
-         f"loadtest/wrk/sold_out_rush.lua), {run_secs} s per run, {members} members in turn. The coupon has "
+L.append(f"wrk -t{threads} -c{connections} (every answer timed, paired with its request by the "
+         f"X-Request-Id the engine echoes: loadtest/wrk/sold_out_rush.lua), {run_secs} s per run, {members} members in turn. The coupon has "
          f"{coupons} coupons (issue without a key), the product {stock} units (orders of one unit, a fresh "
          "Idempotency-Key each): each sells out about a third of the way in. Each run is split at its "
          "sell-out (the first refusal as sold out). Runs alternate off/on, a fresh engine and item each; "
@@ -213,9 +213,9 @@ if link_tcp:
     L.append("")
     L.append("The coupon rush with markers off: every request reaches Redis. Engine CPU per request that "
              "reaches Redis, before the sell-out (issues) and after (SOLD_OUT refusals). Target: engine CPU "
-             "<= 25 µs per coupon-issue request that reaches Redis. This rush holds one connection per wrk thread, "
-             "so requests share no wake-ups and cost several times more; the steady many-connection shape and "
-             "instruction counts per request are in docs/engine-cpu.md (`make engine-cpu`).")
+             "<= 25 µs per coupon-issue request that reaches Redis. The steady many-connection shape (wrk -t2 "
+             "-c32, no sell-out) and instruction counts per request are in docs/engine-cpu.md "
+             "(`make engine-cpu`).")
     L.append("")
     L.append("| link | phase | requests/s | p99 ms | engine µs/req | Redis µs/req |")
     L.append("|---|---|---|---|---|---|")
@@ -320,7 +320,7 @@ for scenario in ("coupon", "stock"):
         L.append(f"![{scenario} rush, markers off and on]({chart(scenario)})")
         L.append("")
 L.append("Reproduce: `make sold-out-bench` (or `bash loadtest/sold_out.sh`; knobs SO_ROUNDS, SO_RUN_TIME, "
-         "SO_THREADS, SO_COUPONS, SO_STOCK, SO_RESTOCK_ROUNDS in its header). Raw answers, CPU samples and "
+         "SO_THREADS, SO_CONNECTIONS, SO_COUPONS, SO_STOCK, SO_RESTOCK_ROUNDS in its header). Raw answers, CPU samples and "
          "engine logs stay in the work dir (.local/bench/sold-out-<time>).")
 L.append("<!-- sold-out:end -->")
 

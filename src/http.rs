@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -169,16 +169,24 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The outermost layer, one `from_fn` for two jobs (each `from_fn` boxes every request's future):
-/// the framework's refusals rewritten as problems (`problem_for_framework_refusals`), then the request
-/// counted (`track_http`). Both sit outside the timeout and catch-panic layers, so 503s and 500s are
-/// rewritten and counted.
+/// A client's (or proxy's) id for a request, echoed on its response so that the two can be paired in
+/// logs and by load generators that keep several requests in flight on one thread.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The outermost layer, one `from_fn` for three jobs (each `from_fn` boxes every request's future):
+/// the framework's refusals rewritten as problems (`problem_for_framework_refusals`), the request's
+/// `X-Request-Id` echoed, then the request counted (`track_http`). All sit outside the timeout and
+/// catch-panic layers, so 503s and 500s are rewritten, echoed and counted.
 async fn at_the_edge(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let slot = RouteSlot::default();
     request.extensions_mut().insert(slot.clone());
     let method = method_label(request.method());
-    let response = problem_for_framework_refusals(next.run(request).await);
+    let request_id = request.headers().get(X_REQUEST_ID).cloned();
+    let mut response = problem_for_framework_refusals(next.run(request).await);
+    if let Some(request_id) = request_id {
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+    }
     track_http(&slot, method, started, &response);
     response
 }

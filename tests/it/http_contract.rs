@@ -622,3 +622,49 @@ async fn the_limiters_forget_clients_whose_quota_refilled() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A request's `X-Request-Id` comes back on its answer, whatever the answer (a route's, a refusal by
+/// the framework or by auth), so clients and load generators can pair requests with answers; a
+/// request without one gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_echoed_on_every_answer() {
+    let app = spawn_app().await;
+    for (i, (method, path, want)) in [
+        (reqwest::Method::GET, "/healthz", 200),
+        (reqwest::Method::GET, "/no/such/path", 404),
+        (reqwest::Method::GET, "/api/v1/me/points", 401),
+        (reqwest::Method::POST, "/api/v1/coupons/1/issue", 401),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("{}-{i}", unique("rid"));
+        let response = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .header("X-Request-Id", &id)
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status().as_u16(), want, "{method} {path}");
+        assert_eq!(
+            response
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            Some(id.as_str()),
+            "{method} {path}"
+        );
+        let plain = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("request sent");
+        assert!(
+            plain.headers().get("x-request-id").is_none(),
+            "{method} {path}"
+        );
+    }
+    app.stop().await;
+}
