@@ -259,7 +259,7 @@ pub fn repeated_problem_response(
 /// detail). Kept up to `KEPT_AT_MOST` bodies (details that name an id make more); past that they are
 /// rendered each time.
 mod repeated_problems {
-    use std::collections::HashMap;
+    use foldhash::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{LazyLock, RwLock};
 

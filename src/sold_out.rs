@@ -20,8 +20,9 @@
 //! A request refused here did not execute: nothing is stored under its Idempotency-Key
 //! (docs/api.md), so the same key may succeed after a restock.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -84,6 +85,7 @@ const GENERATION_SLOTS: usize = 1024;
 pub struct SoldOutMarkers {
     entries: Mutex<HashMap<Item, Marker>>,
     generations: Box<[AtomicU64]>,
+    slot_hasher: foldhash::fast::RandomState,
     ttl: Duration,
     /// Off (`SOLD_OUT_MARKERS=false`): every request reaches Redis.
     enabled: bool,
@@ -94,6 +96,7 @@ impl SoldOutMarkers {
         Self {
             entries: Mutex::default(),
             generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            slot_hasher: Default::default(),
             ttl,
             enabled,
         }
@@ -104,9 +107,7 @@ impl SoldOutMarkers {
     }
 
     fn slot(&self, item: Item) -> &AtomicU64 {
-        let mut hasher = DefaultHasher::new();
-        item.hash(&mut hasher);
-        &self.generations[(hasher.finish() % GENERATION_SLOTS as u64) as usize]
+        &self.generations[(self.slot_hasher.hash_one(item) % GENERATION_SLOTS as u64) as usize]
     }
 
     /// Read before the Redis call whose answer may be noted.

@@ -559,7 +559,7 @@ impl IntoResponse for ScriptReply {
 /// from the labels on every call, and every request that reaches Redis made two of them.
 mod script_series {
     use super::Script;
-    use std::collections::HashMap;
+    use foldhash::HashMap;
     use std::sync::{OnceLock, RwLock};
 
     pub fn duration(script: Script) -> metrics::Histogram {

@@ -199,6 +199,28 @@ async fn every_refusal_is_problem_json_with_a_code() {
         (431, "HEADERS_TOO_LARGE"),
     );
 
+    // 431 by count: more headers than we answer, fewer than hyper's own limit (100, which would
+    // answer an empty 431 itself).
+    let mut crowded = client.get(format!("{}/api/v1/products", app.base));
+    for i in 0..80 {
+        crowded = crowded.header(format!("x-extra-{i}"), "1");
+    }
+    let r = crowded.send().await.expect("sent");
+    let status = r.status().as_u16();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_problem(
+        "431 by count",
+        status,
+        content_type.as_deref(),
+        &body,
+        (431, "HEADERS_TOO_LARGE"),
+    );
+
     // A number beyond any numeric type is out of range like any other: 422, not 400.
     let digits = "9".repeat(400);
     for amount in ["1e400", "-1e400", digits.as_str()] {
