@@ -104,6 +104,22 @@ fn assert_problem(
     }
 }
 
+/// `assert_problem` on a response sent outside the app's own request helpers.
+async fn assert_problem_response(
+    what: &str,
+    response: reqwest::Response,
+    want: (u16, &'static str),
+) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_problem(what, status, content_type.as_deref(), &body, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_is_problem_json_with_a_code() {
     let app = spawn_app().await;
@@ -184,20 +200,7 @@ async fn every_refusal_is_problem_json_with_a_code() {
         .send()
         .await
         .expect("sent");
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_problem(
-        "431",
-        status,
-        content_type.as_deref(),
-        &body,
-        (431, "HEADERS_TOO_LARGE"),
-    );
+    assert_problem_response("431", r, (431, "HEADERS_TOO_LARGE")).await;
 
     // 431 by count: more headers than we answer, fewer than hyper's own limit (100, which would
     // answer an empty 431 itself).
@@ -206,20 +209,7 @@ async fn every_refusal_is_problem_json_with_a_code() {
         crowded = crowded.header(format!("x-extra-{i}"), "1");
     }
     let r = crowded.send().await.expect("sent");
-    let status = r.status().as_u16();
-    let content_type = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert_problem(
-        "431 by count",
-        status,
-        content_type.as_deref(),
-        &body,
-        (431, "HEADERS_TOO_LARGE"),
-    );
+    assert_problem_response("431 by count", r, (431, "HEADERS_TOO_LARGE")).await;
 
     // A number beyond any numeric type is out of range like any other: 422, not 400.
     let digits = "9".repeat(400);
