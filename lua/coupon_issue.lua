@@ -1,7 +1,7 @@
 -- coupon_issue: first-come issue of one coupon to one member, decided in the COUPON's slot alone: the
 -- coupon's count and holders are the only state that must never be exceeded or doubled. The member's
 -- wallet entry follows as a saga step (coupon_wallet_add.lua, run from this script's event by
--- src/saga.rs), so the issue is one Redis call on one slot.
+-- src/pipeline/saga.rs), so the issue is one Redis call on one slot.
 -- KEYS[1] coupon hash           fs:{P}:coupon:ID
 -- KEYS[2] coupon holders hash   fs:{P}:coupon:ID:holders (member id -> issue event id|issued_at)
 -- KEYS[3] idempotency key       fs:{P}:idem:MEMBER:SHA in the coupon's partition (ignored when ARGV[3] is '0')

@@ -1,5 +1,5 @@
 -- coupon_wallet_add: the member-side step of a coupon issue (a saga step, run by the saga worker for
--- every coupon.issued event; src/saga.rs). The coupon's own slot already decided the issue
+-- every coupon.issued event; src/pipeline/saga.rs). The coupon's own slot already decided the issue
 -- (coupon_issue.lua); this puts the coupon in the member's wallet with the terms pay needs, so paying
 -- with it touches the member's slot only. Idempotent by coupon id: a second run (a redelivered event,
 -- two engines) changes nothing.

@@ -126,7 +126,7 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
 /// Creates the consumer groups (the relay's and the saga workers') on every partition's outbox stream
 /// (and the streams) when missing.
 pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
-    let groups = [RELAY_GROUP, crate::saga::SAGA_GROUP];
+    let groups = [RELAY_GROUP, crate::pipeline::saga::SAGA_GROUP];
     futures::future::try_join_all(crate::partition::Partition::all().flat_map(|p| {
         groups.map(|group| async move {
             let result: Result<(), fred::error::Error> = redis
@@ -205,7 +205,7 @@ impl Application {
         // topics once a broker answers (bounded here so a dead broker does not delay the start long).
         let kafka_up = match tokio::time::timeout(
             Duration::from_secs(5),
-            crate::kafka::ensure_topics(&settings.connections),
+            crate::pipeline::kafka::ensure_topics(&settings.connections),
         )
         .await
         {
@@ -219,7 +219,7 @@ impl Application {
                 false
             }
         };
-        let producer = crate::kafka::producer(&c.kafka_brokers, settings.relay.relay_linger_ms)?;
+        let producer = crate::pipeline::kafka::producer(&c.kafka_brokers, settings.relay.relay_linger_ms)?;
         let scripts = Scripts::load(&redis, settings.connections.durability())
             .await
             .context("loading Lua scripts")?;
@@ -277,8 +277,8 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::expiry::run(self.state.clone(), stop_rx.clone()));
-        tasks.spawn(crate::saga::run_all(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::pipeline::expiry::run(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::pipeline::saga::run_all(self.state.clone(), stop_rx.clone()));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
         if self.state.settings.sale_window_cache || self.state.settings.sold_out_markers {
             tasks.spawn(crate::invalidations::run(
@@ -304,7 +304,7 @@ impl Application {
                 .run(self.state.db.clone(), stop_rx.clone()),
         );
         if self.state.settings.run_relay {
-            let relay = crate::relay::Relay::run_all(
+            let relay = crate::pipeline::relay::Relay::run_all(
                 self.state.settings.connections.clone(),
                 self.state.settings.relay.clone(),
                 self.state.producer.clone(),

@@ -25,10 +25,10 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 
 async fn sample(state: &AppState) -> anyhow::Result<()> {
     let client = state.redis.next();
-    let (length, unforwarded) = crate::relay::outbox_backlog(client, &state.keys).await?;
+    let (length, unforwarded) = crate::pipeline::relay::outbox_backlog(client, &state.keys).await?;
     metrics::gauge!("flashsale_outbox_stream_length").set(length as f64);
     metrics::gauge!("flashsale_outbox_pending").set(unforwarded as f64);
-    crate::relay::sample_dead_letters(client, &state.keys).await;
+    crate::pipeline::relay::sample_dead_letters(client, &state.keys).await;
     let reservations = futures::future::try_join_all(
         crate::partition::Partition::all()
             .map(|p| client.zcard::<i64, _>(state.keys.reservations(p))),

@@ -11,7 +11,7 @@
 //!
 //! Cancel / expire: the member step (`order_cancel` / `order_expire`), then, inline, `stock_release`
 //! (the order was unpaid) or `stock_return` (it was paid) on each product, so a product read right
-//! after the answer shows the stock back. The saga worker (src/saga.rs) runs the same product steps
+//! after the answer shows the stock back. The saga worker (src/pipeline/saga.rs) runs the same product steps
 //! from the events (`order.cancelled`, `order.expired`; and `hold_confirm` for `order.reserved`,
 //! `stock_commit` for `order.paid`), so a crash between the steps is completed by any engine.
 //!

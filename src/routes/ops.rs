@@ -10,7 +10,7 @@ use crate::auth::Admin;
 use crate::domain::{query_number, ReconcilePage, ReconcileQuery};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
-use crate::reconcile::ScanCursor;
+use crate::pipeline::reconcile::ScanCursor;
 use crate::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process runs")))]
@@ -82,7 +82,7 @@ pub async fn reconcile(
             ApiError::validation("cursor", "must be a next_cursor this endpoint returned")
         })?),
     };
-    let page = crate::reconcile::reconcile_page(
+    let page = crate::pipeline::reconcile::reconcile_page(
         &state.redis,
         &state.db,
         &state.keys,

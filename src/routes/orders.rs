@@ -140,7 +140,7 @@ pub async fn pay(
             .hexists(state.keys.member_coupons(member), coupon_id.to_string())
             .await?;
         if !in_wallet {
-            crate::saga::complete_wallet(&state, member, coupon_id)
+            crate::pipeline::saga::complete_wallet(&state, member, coupon_id)
                 .await
                 .map_err(ApiError::Internal)?;
         }

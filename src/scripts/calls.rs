@@ -440,7 +440,7 @@ impl ScriptCall for CouponQuantityAdd {
     }
 }
 
-/// lua/coupon_wallet_add.lua: the member-side step of a coupon issue (src/saga.rs).
+/// lua/coupon_wallet_add.lua: the member-side step of a coupon issue (src/pipeline/saga.rs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CouponWalletAdd {
     pub member_id: i64,

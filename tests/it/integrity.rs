@@ -171,7 +171,7 @@ async fn password_hash_stays_out_of_the_pipeline_and_rebuild_restores_logins() {
         flashsale::signup::CLAIM_TTL_MS,
     )
     .await;
-    flashsale::rebuild::rebuild(
+    flashsale::pipeline::rebuild::rebuild(
         &app.redis,
         &app.state.db,
         &app.keys,
@@ -374,7 +374,7 @@ async fn a_signup_crashed_after_its_claim_is_released_by_the_sweep() {
     let r = login(&app, &waiting, PASSWORD).await;
     assert_eq!(r.status, 401, "{}", r.text);
     assert_eq!(r.code(), "INVALID_CREDENTIALS");
-    let report = flashsale::reconcile::reconcile(
+    let report = flashsale::pipeline::reconcile::reconcile(
         &app.redis,
         &app.state.db,
         &app.keys,

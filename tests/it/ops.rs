@@ -198,7 +198,7 @@ async fn admin_reconcile_answers_a_bounded_page_and_a_cursor() {
     assert_eq!(drift[0]["mysql"], serde_json::Value::Null);
 
     // The full scan (`flashsale reconcile`) agrees.
-    let full = flashsale::reconcile::reconcile(
+    let full = flashsale::pipeline::reconcile::reconcile(
         &app.redis,
         &app.state.db,
         &app.keys,
@@ -268,7 +268,7 @@ async fn read_as_relay(app: &common::TestApp, count: u64) -> Vec<String> {
 async fn outbox_backlog_is_counted_from_ids_when_xinfo_lag_is_wrong() {
     let app = spawn_app_with(|s| s.run_relay = false).await;
     let backlog = || async {
-        flashsale::relay::outbox_backlog(app.redis.next(), &app.keys)
+        flashsale::pipeline::relay::outbox_backlog(app.redis.next(), &app.keys)
             .await
             .expect("backlog")
             .1

@@ -191,7 +191,7 @@ async fn redis_rebuilt_from_mysql_reconciles_the_same() {
 
     // Lose this deployment's Redis data (FLUSHALL would also wipe other tests' and the dev stack's).
     common::cleanup_redis_keys(&app.settings.connections, &app.redis).await;
-    let lost = flashsale::reconcile::reconcile(
+    let lost = flashsale::pipeline::reconcile::reconcile(
         &app.redis,
         &app.state.db,
         &app.keys,
@@ -200,7 +200,7 @@ async fn redis_rebuilt_from_mysql_reconciles_the_same() {
     .await
     .unwrap();
     assert!(!lost.in_sync);
-    flashsale::rebuild::rebuild(
+    flashsale::pipeline::rebuild::rebuild(
         &app.redis,
         &app.state.db,
         &app.keys,

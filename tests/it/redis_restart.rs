@@ -92,7 +92,7 @@ async fn redis_kill9_and_aof_restart_leaves_no_false_backlog() {
     // linger, RELAY_LINGER_MS): the backlog reaches 0, it need not be 0 at this very moment.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, backlog) = flashsale::relay::outbox_backlog(app.redis.next(), &app.keys)
+        let (_, backlog) = flashsale::pipeline::relay::outbox_backlog(app.redis.next(), &app.keys)
             .await
             .expect("backlog");
         if backlog == 0 {

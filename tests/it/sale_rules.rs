@@ -529,7 +529,7 @@ async fn sale_rules_reach_mysql_reconcile_and_survive_a_rebuild() {
 
     // Redis lost and rebuilt from MySQL: the same rules and the same allowances.
     crate::common::cleanup_redis_keys(&app.settings.connections, &app.redis).await;
-    flashsale::rebuild::rebuild(
+    flashsale::pipeline::rebuild::rebuild(
         &app.redis,
         &app.state.db,
         &app.keys,

@@ -152,7 +152,7 @@ pub fn kill9(child: &mut Child) {
 pub async fn drain(app: &TestApp, timeout: Duration) -> ReconcileReport {
     let started = Instant::now();
     loop {
-        let report = flashsale::reconcile::reconcile(
+        let report = flashsale::pipeline::reconcile::reconcile(
             &app.redis,
             &app.state.db,
             &app.keys,

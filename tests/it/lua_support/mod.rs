@@ -662,7 +662,7 @@ impl Ctx {
         reply
     }
 
-    /// The saga step the engine's worker runs for a coupon.issued event (src/saga.rs), run here at once
+    /// The saga step the engine's worker runs for a coupon.issued event (src/pipeline/saga.rs), run here at once
     /// so the tests see the wallet entry; running it again changes nothing.
     pub async fn run_wallet_step(&self, event: &str) -> String {
         let Some(issued) = self
@@ -846,7 +846,7 @@ impl Ctx {
         totals
     }
 
-    /// Runs the saga worker's step (src/saga.rs) for every outbox entry of this test, in call order,
+    /// Runs the saga worker's step (src/pipeline/saga.rs) for every outbox entry of this test, in call order,
     /// as a worker would after a crash; every step is idempotent.
     pub async fn run_saga_steps(&self) {
         for e in self.events().await {
@@ -855,7 +855,7 @@ impl Ctx {
                 ("payload".to_string(), e.payload.to_string()),
             ]
             .into();
-            flashsale::saga::run_step(self.store(), &fields)
+            flashsale::pipeline::saga::run_step(self.store(), &fields)
                 .await
                 .expect("saga step");
         }

@@ -338,7 +338,7 @@ impl Relay {
             }
             // Stopping must not wait for an admin request to an unreachable broker to time out.
             let attempt = tokio::select! {
-                attempt = crate::kafka::ensure_topics(connections) => attempt,
+                attempt = crate::pipeline::kafka::ensure_topics(connections) => attempt,
                 _ = stop.changed() => return false,
             };
             match attempt {
@@ -530,7 +530,7 @@ impl Relay {
         if new_producer {
             tracing::error!("the Kafka producer is in a fatal state; replacing it");
             metrics::counter!("flashsale_relay_producer_replaced_total").increment(1);
-            self.producer = crate::kafka::producer(
+            self.producer = crate::pipeline::kafka::producer(
                 &self.connections.kafka_brokers,
                 self.linger.as_millis() as u64,
             )?;

@@ -367,7 +367,7 @@ async fn read(
         let mut parts = stream.into_array().into_iter();
         let _name = parts.next();
         if let Some(list) = parts.next() {
-            entries.extend(crate::relay::parse_entries(list));
+            entries.extend(crate::pipeline::relay::parse_entries(list));
         }
     }
     Ok(entries)
@@ -389,7 +389,7 @@ async fn claim(client: &Client, outbox: &str, consumer: &str) -> anyhow::Result<
         .into_array()
         .into_iter()
         .nth(1)
-        .map(crate::relay::parse_entries)
+        .map(crate::pipeline::relay::parse_entries)
         .unwrap_or_default())
 }
 

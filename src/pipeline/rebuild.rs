@@ -104,7 +104,7 @@ pub async fn rebuild(
     force: bool,
 ) -> anyhow::Result<RebuildReport> {
     // Events still in flight would be lost: their effects are in neither MySQL nor the new Redis.
-    match crate::reconcile::pending_events(redis, keys, connections).await {
+    match crate::pipeline::reconcile::pending_events(redis, keys, connections).await {
         Ok(0) => {}
         Ok(n) if !force => {
             anyhow::bail!("{n} events are still in flight; wait for the drain or pass --force")

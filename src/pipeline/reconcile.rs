@@ -27,7 +27,7 @@ use crate::config::ConnectionSettings;
 use crate::domain::{Drift, ReconcilePage, ReconcileReport};
 use crate::ids::Entity;
 use crate::keys::Keys;
-use crate::rebuild::{live_units_sql, SaleRules};
+use crate::pipeline::rebuild::{live_units_sql, SaleRules};
 
 const CONCURRENCY: usize = 256;
 /// Entities in scan order; a rows cursor names one of them.
@@ -138,8 +138,8 @@ pub async fn pending_events(
     keys: &Keys,
     c: &ConnectionSettings,
 ) -> anyhow::Result<i64> {
-    let (_, unforwarded) = crate::relay::outbox_backlog(redis.next(), keys).await?;
-    let lag = crate::kafka::group_lag(&c.kafka_brokers, &c.kafka_topic, &c.kafka_group).await?;
+    let (_, unforwarded) = crate::pipeline::relay::outbox_backlog(redis.next(), keys).await?;
+    let lag = crate::pipeline::kafka::group_lag(&c.kafka_brokers, &c.kafka_topic, &c.kafka_group).await?;
     Ok(unforwarded + lag)
 }
 
