@@ -33,11 +33,10 @@ export TOPOLOGY
 endif
 
 # What the tests connect to. DATABASE_URL is the server (no database): tests create their own databases.
-# On the cluster: every node of it (scripts/services.sh cluster-url), FLASHSALE_TOPOLOGY=cluster for the
-# tests to tell, and the dashboard check scrapes every engine and sink rather than the proxy.
+# On the cluster: every node of it (scripts/services.sh cluster-url; its redis-cluster:// scheme is how
+# the tests tell), and the dashboard check scrapes every engine and sink rather than the proxy.
 ifeq ($(TOPOLOGY),cluster)
 TEST_REDIS_URL ?= $(shell scripts/services.sh cluster-url)
-export FLASHSALE_TOPOLOGY := cluster
 ENGINE_ADDRS ?= 127.0.0.1:8091 127.0.0.1:8092
 SINK_ADDRS ?= 127.0.0.1:8081 127.0.0.1:8083
 export ENGINE_METRICS_URLS ?= $(addprefix http://,$(ENGINE_ADDRS))

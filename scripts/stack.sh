@@ -15,9 +15,10 @@
 # address of ENGINE_ADDRS (default "127.0.0.1:8091 127.0.0.1:8092"), one sink per address of SINK_ADDRS
 # (default "127.0.0.1:8081 127.0.0.1:8083"; one consumer group) and HAProxy on LISTEN_ADDR in front of
 # the engines (round robin, health check GET /readyz). The engines get the cluster in REDIS_URL,
-# ENGINE_INSTANCE=1, 2, ... and TRUSTED_PROXIES=127.0.0.1 (HAProxy's address; set TRUSTED_PROXIES to
-# override). `down`, `stop` and `status` cover whatever runs; `env` and `restart` follow the topology
-# `up` last started unless TOPOLOGY says otherwise.
+# RELAY_CONSUMER=engine-1, engine-2, ... (each relay's own name in the outbox's consumer group) and
+# TRUSTED_PROXIES=127.0.0.1 (HAProxy's address; set TRUSTED_PROXIES to override). `down`, `stop` and
+# `status` cover whatever runs; `env` and `restart` follow the topology `up` last started unless TOPOLOGY
+# says otherwise.
 #
 # Logs and pid files: $FLASHSALE_LOCAL/logs, $FLASHSALE_LOCAL/run (default <repo>/.local).
 # The generated JWT secret is kept in $FLASHSALE_LOCAL/env so restarts keep tokens valid.
@@ -324,7 +325,7 @@ start_engines() {
     for i in "${!ENGINE_LIST[@]}"; do
         addr=${ENGINE_LIST[$i]}
         start "engine-$((i + 1))" "$ENGINE_PAT" "$addr" ENGINE_ADDRS \
-            env LISTEN_ADDR="$addr" ENGINE_INSTANCE=$((i + 1)) "$BIN/flashsale" serve
+            env LISTEN_ADDR="$addr" RELAY_CONSUMER="engine-$((i + 1))" "$BIN/flashsale" serve
         [ "$i" -eq 0 ] || continue
         pid=$(cat "$RUN/engine-1.pid")
         wait_http engine-1 "$pid" "http://$(host_of "$addr"):$(port_of "$addr")/readyz" "$READY_TIMEOUT" \
