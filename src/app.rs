@@ -123,8 +123,6 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
     result
 }
 
-/// Creates the consumer groups (the relay's and the saga workers') on every partition's outbox stream
-/// (and the streams) when missing.
 pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
     let groups = [RELAY_GROUP, crate::pipeline::saga::SAGA_GROUP];
     futures::future::try_join_all(crate::partition::Partition::all().flat_map(|p| {
@@ -219,7 +217,8 @@ impl Application {
                 false
             }
         };
-        let producer = crate::pipeline::kafka::producer(&c.kafka_brokers, settings.relay.relay_linger_ms)?;
+        let producer =
+            crate::pipeline::kafka::producer(&c.kafka_brokers, settings.relay.relay_linger_ms)?;
         let scripts = Scripts::load(&redis, settings.connections.durability())
             .await
             .context("loading Lua scripts")?;
@@ -238,6 +237,7 @@ impl Application {
             ids,
             tokens: Tokens::new(&secret, settings.jwt_ttl_secs),
             auth_guard: crate::abuse::AuthGuard::new(&settings),
+            hot_path: crate::hot_path::choose(settings.hot_path),
             producer,
             dependencies: crate::dependencies::DependencyStatus::new(kafka_up),
             popular: Default::default(),
@@ -277,8 +277,14 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::pipeline::expiry::run(self.state.clone(), stop_rx.clone()));
-        tasks.spawn(crate::pipeline::saga::run_all(self.state.clone(), stop_rx.clone()));
+        tasks.spawn(crate::pipeline::expiry::run(
+            self.state.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(crate::pipeline::saga::run_all(
+            self.state.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(crate::gauges::run(self.state.clone(), stop_rx.clone()));
         if self.state.settings.sale_window_cache || self.state.settings.sold_out_markers {
             tasks.spawn(crate::invalidations::run(

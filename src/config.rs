@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HotPath {
+pub enum HotPathKind {
     /// Redis Lua scripts (the product).
     Redis,
     /// MySQL transactions with `SELECT ... FOR UPDATE` (the baseline this project replaces; benchmarks only).
@@ -121,7 +121,7 @@ pub struct ServeSettings {
     #[arg(long, env = "RUN_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub run_relay: bool,
     #[arg(long, env = "HOT_PATH", value_enum, default_value = "redis")]
-    pub hot_path: HotPath,
+    pub hot_path: HotPathKind,
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
     #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 16 * 1024)]

@@ -65,7 +65,8 @@ async fn probe(state: &AppState) {
             Ok(Ok(_))
         )
     };
-    let kafka = crate::pipeline::kafka::is_ready(&state.producer, &state.settings.connections.kafka_topic);
+    let kafka =
+        crate::pipeline::kafka::is_ready(&state.producer, &state.settings.connections.kafka_topic);
     let (redis, mysql, kafka) = tokio::join!(redis_up(state), mysql, kafka);
     let status = &state.dependencies;
     for (name, flag, up) in [

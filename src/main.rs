@@ -90,8 +90,10 @@ async fn main() -> anyhow::Result<()> {
             let redis = connect_redis(&connections).await?;
             let keys = Keys::new(connections.key_prefix.clone());
             flashsale::app::ensure_outbox_group(&redis, &keys).await?;
-            let producer =
-                flashsale::pipeline::kafka::producer(&connections.kafka_brokers, relay.relay_linger_ms)?;
+            let producer = flashsale::pipeline::kafka::producer(
+                &connections.kafka_brokers,
+                relay.relay_linger_ms,
+            )?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(flashsale::pipeline::relay::Relay::run_all(
                 connections.clone(),
@@ -99,7 +101,9 @@ async fn main() -> anyhow::Result<()> {
                 producer,
                 stop_rx.clone(),
             ));
-            let gauges = tokio::spawn(flashsale::pipeline::relay::sample_backlog(redis, keys, stop_rx));
+            let gauges = tokio::spawn(flashsale::pipeline::relay::sample_backlog(
+                redis, keys, stop_rx,
+            ));
             let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
             let router = axum::Router::new().route(
                 "/metrics",
@@ -117,7 +121,8 @@ async fn main() -> anyhow::Result<()> {
             let redis = connect_redis(&connections).await?;
             let db = connect_mysql(&connections).await?;
             let keys = Keys::new(connections.key_prefix.clone());
-            let report = flashsale::pipeline::reconcile::reconcile(&redis, &db, &keys, &connections).await?;
+            let report =
+                flashsale::pipeline::reconcile::reconcile(&redis, &db, &keys, &connections).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if !report.in_sync {
                 std::process::exit(1);
@@ -128,7 +133,8 @@ async fn main() -> anyhow::Result<()> {
             let redis = connect_redis(&connections).await?;
             let db = connect_mysql(&connections).await?;
             let keys = Keys::new(connections.key_prefix.clone());
-            let r = flashsale::pipeline::rebuild::rebuild(&redis, &db, &keys, &connections, force).await?;
+            let r = flashsale::pipeline::rebuild::rebuild(&redis, &db, &keys, &connections, force)
+                .await?;
             println!(
                 "rebuilt Redis from MySQL: {} members, {} products, {} coupons, {} orders",
                 r.members, r.products, r.coupons, r.orders

@@ -24,12 +24,14 @@ use axum::http::StatusCode;
 use fred::prelude::*;
 
 use crate::error::ApiError;
+use crate::ids::Entity;
 use crate::orders::Store;
 use crate::partition::Partition;
 use crate::scripts::calls::{
     ClaimRef, EmailClaim, EmailClaimsDue, EmailConfirm, EmailRelease, MemberSignup,
 };
 use crate::scripts::{Script, ScriptReply};
+use crate::state::{event_id, AppState, Now};
 
 /// How long a claim waits for its member (Redis ms): the member step refuses after the deadline.
 pub const CLAIM_TTL_MS: i64 = 30_000;
@@ -232,4 +234,97 @@ pub async fn sweep_email_claims(
         }
     }
     Ok(sweep)
+}
+
+/// Why sign-up could not run: MySQL (the credential store) is down, or the script's answer.
+pub enum RegisterError {
+    CredentialStoreDown(sqlx::Error),
+    Api(ApiError),
+}
+
+impl From<ApiError> for RegisterError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<crate::ids::IdsUnavailable> for RegisterError {
+    fn from(e: crate::ids::IdsUnavailable) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl From<fred::error::Error> for RegisterError {
+    fn from(e: fred::error::Error) -> Self {
+        Self::Api(e.into())
+    }
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::CredentialStoreDown(e) => {
+                ApiError::Internal(anyhow::anyhow!("writing member credentials: {e}"))
+            }
+            RegisterError::Api(e) => e,
+        }
+    }
+}
+
+/// Runs the sign-up saga (src/signup.rs); shared by sign-up and seeding. The password hash is written
+/// to MySQL (member_credentials, keyed by the new id) BEFORE the Redis steps, so it never travels in an
+/// event and rebuild-redis restores logins from there; a refused sign-up removes its credential row
+/// again (not after a Redis error: the member may exist, the claim sweep settles it).
+pub async fn register_member(
+    state: &AppState,
+    email: &str,
+    name: &str,
+    password_hash: &str,
+) -> Result<(i64, ScriptReply), RegisterError> {
+    let id = state.ids.next(Entity::Member).await?;
+    let written = sqlx::query(
+        "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) VALUES (?, ?, ?)",
+    )
+    .bind(id)
+    .bind(password_hash)
+    .bind(Now::read().at.naive_utc())
+    .execute(&state.db)
+    .await
+    .map_err(RegisterError::CredentialStoreDown)?;
+    if written.rows_affected() == 0 {
+        // Another member's credential holds this id (an id-allocation fault). Never overwrite it.
+        let reply = ScriptReply::Refused {
+            status: 409,
+            code: "CONFLICT".into(),
+            detail: "member id already in use".into(),
+            extensions: String::new(),
+        };
+        reply.note_entity_conflict(Script::MemberSignup, id);
+        return Ok((id, reply));
+    }
+    // The saga of single-slot steps: the address claimed in its partition, then the member in its
+    // own (src/signup.rs).
+    let signup = Signup {
+        member_id: id,
+        email,
+        name,
+        password_hash,
+        event_id: event_id(),
+    };
+    let reply = register(state.store(), &signup).await?;
+    reply.note_entity_conflict(Script::MemberSignup, id);
+    if let ScriptReply::Refused { code, .. } = &reply {
+        if code != "CONFLICT" {
+            // Best effort: an orphan row is harmless (rebuild joins from members), just untidy.
+            let _ = sqlx::query("DELETE FROM member_credentials WHERE member_id = ?")
+                .bind(id)
+                .execute(&state.db)
+                .await;
+        }
+    }
+    if lapsed(&reply) {
+        // Nothing was created (the claim is released): retryable, like a reserve whose holds lapsed.
+        return Err(RegisterError::Api(retry_lapsed()));
+    }
+    Ok((id, reply))
 }

@@ -25,6 +25,8 @@ pub struct Inner {
     pub ids: IdAllocator,
     pub tokens: Tokens,
     pub settings: ServeSettings,
+    /// Redis scripts or the MySQL row-lock baseline, chosen once at start (`HOT_PATH`).
+    pub hot_path: std::sync::Arc<dyn crate::hot_path::HotPath>,
     pub producer: FutureProducer,
     pub auth_guard: crate::abuse::AuthGuard,
     /// Last probe of Kafka, MySQL and Redis (reported by /readyz; only Redis decides readiness).

@@ -1,8 +1,9 @@
 //! The baseline this project replaces (`HOT_PATH=db-lock`, for benchmarks only): coupon issue and stock
 //! reservation as MySQL transactions with pessimistic row locks (`SELECT ... FOR UPDATE`), the way the
-//! original Spring service did it, served over the same HTTP stack. Products and coupons are created in
-//! MySQL directly in this mode; paying is not part of the baseline.
+//! original Spring service did it, served over the same HTTP stack. Products, coupons and seeded members
+//! live in MySQL in this mode, and pay (without coupons) spends the member's MySQL balance.
 
+use async_trait::async_trait;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,7 +15,10 @@ use crate::domain::{
 };
 use crate::error::{ApiError, ApiResult, ProblemExtensions};
 use crate::ids::Entity;
+use crate::scripts::calls::Idem;
 use crate::state::{rfc3339, rfc3339_ms, AppState, Now};
+
+use super::{HotPath, RedisScripts};
 
 fn naive_ms(ms: i64) -> Option<NaiveDateTime> {
     chrono::DateTime::from_timestamp_millis(ms).map(|at| at.naive_utc())
@@ -39,7 +43,7 @@ fn conflict(code: &str, detail: &str) -> ApiError {
     ApiError::problem(StatusCode::CONFLICT, code, detail)
 }
 
-pub async fn create_product(state: &AppState, id: i64, p: NewProduct) -> ApiResult<Response> {
+async fn create_product(state: &AppState, id: i64, p: NewProduct) -> ApiResult<Response> {
     sqlx::query("INSERT INTO products (id, name, price, stock, created_at, sale_starts_at, sale_ends_at, per_member_limit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(id)
         .bind(&p.name)
@@ -65,11 +69,7 @@ pub async fn create_product(state: &AppState, id: i64, p: NewProduct) -> ApiResu
 }
 
 /// PATCH of the sale rules, as one locked read-modify-write of the product row.
-pub async fn set_product_rules(
-    state: &AppState,
-    id: i64,
-    patch: RulesPatch,
-) -> ApiResult<Response> {
+async fn set_product_rules(state: &AppState, id: i64, patch: RulesPatch) -> ApiResult<Response> {
     let mut tx = state.db.begin().await?;
     let row: Option<(Option<NaiveDateTime>, Option<NaiveDateTime>, Option<i64>)> = sqlx::query_as(
         "SELECT sale_starts_at, sale_ends_at, CAST(per_member_limit AS SIGNED) FROM products WHERE id = ? FOR UPDATE",
@@ -110,7 +110,7 @@ pub async fn set_product_rules(
 }
 
 /// Units of a product the member holds in live (reserved or paid) orders.
-pub async fn live_units(state: &AppState, member: i64, product: i64) -> ApiResult<i64> {
+async fn live_units(state: &AppState, member: i64, product: i64) -> ApiResult<i64> {
     Ok(sqlx::query_scalar(LIVE_UNITS_SQL)
         .bind(member)
         .bind(product)
@@ -123,7 +123,7 @@ const LIVE_UNITS_SQL: &str =
      JOIN orders o ON o.id = i.order_id \
      WHERE o.member_id = ? AND i.product_id = ? AND o.status IN ('RESERVED', 'PAID')";
 
-pub async fn create_coupon(state: &AppState, id: i64, c: NewCoupon) -> ApiResult<Response> {
+async fn create_coupon(state: &AppState, id: i64, c: NewCoupon) -> ApiResult<Response> {
     sqlx::query(
         "INSERT INTO coupons (id, name, discount_type, discount_value, total_quantity, remaining, valid_from, valid_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
@@ -151,7 +151,7 @@ pub async fn create_coupon(state: &AppState, id: i64, c: NewCoupon) -> ApiResult
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn issue_coupon(state: &AppState, member: i64, coupon_id: i64) -> ApiResult<Response> {
+async fn issue_coupon(state: &AppState, member: i64, coupon_id: i64) -> ApiResult<Response> {
     let now = Now::read();
     let mut tx = state.db.begin().await?;
     let row: Option<(i64, NaiveDateTime, NaiveDateTime)> = sqlx::query_as(
@@ -205,11 +205,7 @@ pub async fn issue_coupon(state: &AppState, member: i64, coupon_id: i64) -> ApiR
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn create_order(
-    state: &AppState,
-    member: i64,
-    items: &[(i64, i64)],
-) -> ApiResult<Response> {
+async fn create_order(state: &AppState, member: i64, items: &[(i64, i64)]) -> ApiResult<Response> {
     let order_id = state.ids.next(Entity::Order).await?;
     let now = Now::read();
     let expires = now.at + Duration::seconds(state.settings.reservation_ttl_secs as i64);
@@ -320,7 +316,7 @@ pub async fn create_order(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-pub async fn get_order(state: &AppState, member: i64, order_id: i64) -> ApiResult<OrderView> {
+async fn get_order(state: &AppState, member: i64, order_id: i64) -> ApiResult<OrderView> {
     let row: Option<(i64, String, i64, NaiveDateTime, NaiveDateTime)> = sqlx::query_as(
         "SELECT member_id, status, total_amount, expires_at, created_at FROM orders WHERE id = ?",
     )
@@ -359,7 +355,7 @@ pub async fn get_order(state: &AppState, member: i64, order_id: i64) -> ApiResul
 }
 
 /// Seeded members for the baseline live in MySQL (their balance is what pay spends).
-pub async fn seed_members(
+async fn seed_members(
     state: &AppState,
     emails: &[String],
     hash: &str,
@@ -393,7 +389,7 @@ pub async fn seed_members(
     Ok(ids)
 }
 
-pub async fn pay_order(
+async fn pay_order(
     state: &AppState,
     member: i64,
     order_id: i64,
@@ -453,7 +449,7 @@ pub async fn pay_order(
     Ok((StatusCode::OK, Json(order)).into_response())
 }
 
-pub async fn get_product(state: &AppState, id: i64) -> ApiResult<ProductView> {
+async fn get_product(state: &AppState, id: i64) -> ApiResult<ProductView> {
     type Row = (
         String,
         i64,
@@ -482,7 +478,7 @@ pub async fn get_product(state: &AppState, id: i64) -> ApiResult<ProductView> {
     })
 }
 
-pub async fn get_coupon(state: &AppState, id: i64) -> ApiResult<CouponView> {
+async fn get_coupon(state: &AppState, id: i64) -> ApiResult<CouponView> {
     type Row = (String, String, i64, i64, i64, NaiveDateTime, NaiveDateTime);
     let row: Option<Row> = sqlx::query_as(
         "SELECT name, discount_type, discount_value, total_quantity, remaining, valid_from, valid_until FROM coupons WHERE id = ?",
@@ -504,10 +500,152 @@ pub async fn get_coupon(state: &AppState, id: i64) -> ApiResult<CouponView> {
     })
 }
 
-pub async fn balance(state: &AppState, member: i64) -> ApiResult<i64> {
+async fn balance(state: &AppState, member: i64) -> ApiResult<i64> {
     let balance: Option<i64> = sqlx::query_scalar("SELECT balance FROM members WHERE id = ?")
         .bind(member)
         .fetch_optional(&state.db)
         .await?;
     balance.ok_or_else(|| ApiError::NotFound("member not found".into()))
+}
+
+/// MySQL row locks (`HOT_PATH=db-lock`, the baseline). What the benchmarks compare runs in MySQL:
+/// products, coupons, coupon issue, order reserve, pay, reads and seeding. Restocks, cancel and points
+/// charge are not part of the baseline: they run the product's scripts, as they always did in this mode.
+pub struct RowLocks;
+
+#[async_trait]
+impl HotPath for RowLocks {
+    async fn create_product(
+        &self,
+        state: &AppState,
+        id: i64,
+        product: NewProduct,
+    ) -> ApiResult<Response> {
+        create_product(state, id, product).await
+    }
+
+    async fn set_product_rules(
+        &self,
+        state: &AppState,
+        id: i64,
+        patch: RulesPatch,
+    ) -> ApiResult<Response> {
+        set_product_rules(state, id, patch).await
+    }
+
+    async fn add_stock(&self, state: &AppState, id: i64, add: i64) -> ApiResult<Response> {
+        RedisScripts.add_stock(state, id, add).await
+    }
+
+    async fn product(
+        &self,
+        state: &AppState,
+        id: i64,
+        member: Option<i64>,
+    ) -> ApiResult<ProductView> {
+        let mut product = get_product(state, id).await?;
+        if let (Some(member), Some(limit)) = (member, product.per_member_limit) {
+            let live = live_units(state, member, id).await?;
+            product.remaining_allowance = Some((limit - live).max(0));
+        }
+        Ok(product)
+    }
+
+    async fn create_coupon(
+        &self,
+        state: &AppState,
+        id: i64,
+        coupon: NewCoupon,
+        _now: Now,
+    ) -> ApiResult<Response> {
+        create_coupon(state, id, coupon).await
+    }
+
+    async fn add_coupon_quantity(
+        &self,
+        state: &AppState,
+        id: i64,
+        add: i64,
+    ) -> ApiResult<Response> {
+        RedisScripts.add_coupon_quantity(state, id, add).await
+    }
+
+    async fn coupon(&self, state: &AppState, id: i64) -> ApiResult<CouponView> {
+        get_coupon(state, id).await
+    }
+
+    /// The baseline keeps no idempotency records: a resent issue answers COUPON_ALREADY_ISSUED.
+    async fn issue_coupon(
+        &self,
+        state: &AppState,
+        member: i64,
+        coupon: i64,
+        _idem: Idem,
+    ) -> ApiResult<Response> {
+        issue_coupon(state, member, coupon).await
+    }
+
+    async fn create_order(
+        &self,
+        state: &AppState,
+        member: i64,
+        _idem: Idem,
+        items: Vec<(i64, i64)>,
+    ) -> ApiResult<Response> {
+        create_order(state, member, &items).await
+    }
+
+    async fn pay_order(
+        &self,
+        state: &AppState,
+        member: i64,
+        order_id: i64,
+        _idem: Idem,
+        coupon: Option<i64>,
+    ) -> ApiResult<Response> {
+        pay_order(state, member, order_id, coupon).await
+    }
+
+    async fn cancel_order(
+        &self,
+        state: &AppState,
+        member: i64,
+        order_id: i64,
+        idem: Idem,
+    ) -> ApiResult<Response> {
+        RedisScripts
+            .cancel_order(state, member, order_id, idem)
+            .await
+    }
+
+    async fn order(&self, state: &AppState, member: i64, order_id: i64) -> ApiResult<OrderView> {
+        get_order(state, member, order_id).await
+    }
+
+    async fn balance(&self, state: &AppState, member: i64) -> ApiResult<i64> {
+        balance(state, member).await
+    }
+
+    async fn charge_points(
+        &self,
+        state: &AppState,
+        member: i64,
+        idem: Idem,
+        amount: i64,
+    ) -> ApiResult<Response> {
+        RedisScripts
+            .charge_points(state, member, idem, amount)
+            .await
+    }
+
+    /// Members and their balances live in MySQL in the baseline (pay spends them there).
+    async fn seed_members(
+        &self,
+        state: &AppState,
+        emails: Vec<String>,
+        password_hash: String,
+        balance: i64,
+    ) -> ApiResult<Vec<i64>> {
+        seed_members(state, &emails, &password_hash, balance).await
+    }
 }

@@ -139,7 +139,8 @@ pub async fn pending_events(
     c: &ConnectionSettings,
 ) -> anyhow::Result<i64> {
     let (_, unforwarded) = crate::pipeline::relay::outbox_backlog(redis.next(), keys).await?;
-    let lag = crate::pipeline::kafka::group_lag(&c.kafka_brokers, &c.kafka_topic, &c.kafka_group).await?;
+    let lag =
+        crate::pipeline::kafka::group_lag(&c.kafka_brokers, &c.kafka_topic, &c.kafka_group).await?;
     Ok(unforwarded + lag)
 }
 

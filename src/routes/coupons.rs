@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use fred::prelude::*;
 
@@ -16,13 +16,10 @@ use crate::domain::{
     AddCouponQuantityRequest, CouponView, CreateCouponRequest, IssuedCouponView, MyCouponView,
     MAX_COUPON_QUANTITY,
 };
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiResult, Problem};
 use crate::extract::ApiPath;
 use crate::ids::Entity;
-use crate::scripts::calls::{CouponCreate, CouponIssue, CouponQuantityAdd};
-use crate::scripts::ScriptReply;
-use crate::sold_out::Item;
-use crate::state::{event_id, rfc3339, AppState, Now};
+use crate::state::{AppState, Now};
 
 #[utoipa::path(operation_id = "create_coupon", post, path = "/api/v1/admin/coupons", tag = "admin", request_body = CreateCouponRequest,
     params(("X-Admin-Key" = String, Header, description = "admin key")),
@@ -40,41 +37,7 @@ pub async fn create(
     let now = Now::read();
     let coupon = parse_json::<CreateCouponRequest>(&body)?.parse(now.at)?;
     let id = state.ids.next(Entity::Coupon).await?;
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::create_coupon(&state, id, coupon).await;
-    }
-    let call = CouponCreate {
-        coupon_id: id,
-        name: coupon.name,
-        discount_type: coupon.discount_type.to_string(),
-        discount_value: coupon.discount_value,
-        total_quantity: coupon.total_quantity,
-        valid_from_ms: coupon.valid_from.timestamp_millis(),
-        valid_from: rfc3339(coupon.valid_from),
-        valid_until_ms: coupon.valid_until.timestamp_millis(),
-        valid_until: rfc3339(coupon.valid_until),
-        now: now.rfc3339(),
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    if matches!(reply, ScriptReply::Ok { .. }) {
-        // The catalog index (admin path only) lives in its own slot: written after the coupon.
-        let _: i64 = state
-            .redis
-            .zadd(
-                state.keys.coupons(),
-                None,
-                None,
-                false,
-                false,
-                (id as f64, id.to_string()),
-            )
-            .await?;
-    }
-    Ok(reply.into_response())
+    state.hot_path.create_coupon(&state, id, coupon, now).await
 }
 
 #[utoipa::path(operation_id = "add_coupon_quantity", post, path = "/api/v1/admin/coupons/{id}/quantity", tag = "admin", request_body = AddCouponQuantityRequest,
@@ -95,43 +58,7 @@ pub async fn add_quantity(
     let add = parse_json::<AddCouponQuantityRequest>(&body)?
         .add
         .in_range("add", 1, MAX_COUPON_QUANTITY)?;
-    let now = Now::read();
-    let call = CouponQuantityAdd {
-        coupon_id: id,
-        add,
-        quantity_limit: MAX_COUPON_QUANTITY,
-        now_ms: now.ms(),
-        now: now.rfc3339(),
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    if matches!(reply, ScriptReply::Ok { .. }) {
-        // The script told every engine; this one forgets at once, so its next answer sees them.
-        state.caches.sold_out.forget(Item::Coupon(id));
-    }
-    Ok(reply.into_response())
-}
-
-pub async fn load_coupon(state: &AppState, id: i64) -> ApiResult<Option<CouponView>> {
-    let h: HashMap<String, String> = state.redis.hgetall(state.keys.coupon(id)).await?;
-    Ok(coupon_from_hash(&h))
-}
-
-fn coupon_from_hash(h: &HashMap<String, String>) -> Option<CouponView> {
-    let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
-    Some(CouponView {
-        id: num("id")?,
-        name: h.get("name")?.clone(),
-        discount_type: h.get("discount_type")?.clone(),
-        discount_value: num("discount_value")?,
-        total_quantity: num("total_quantity")?,
-        remaining: num("remaining")?,
-        valid_from: h.get("valid_from")?.clone(),
-        valid_until: h.get("valid_until")?.clone(),
-    })
+    state.hot_path.add_coupon_quantity(&state, id, add).await
 }
 
 #[utoipa::path(operation_id = "get_coupon", get, path = "/api/v1/coupons/{id}", tag = "coupons",
@@ -144,13 +71,7 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<CouponView>> {
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::get_coupon(&state, id).await.map(Json);
-    }
-    load_coupon(&state, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound("coupon not found".into()))
+    state.hot_path.coupon(&state, id).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/api/v1/coupons/{id}/issue", tag = "coupons", security(("bearer" = [])),
@@ -172,34 +93,7 @@ pub async fn issue(
     body: Bytes,
 ) -> ApiResult<Response> {
     let idem = Idempotent::from_request(&headers, &method, &uri, &body, false)?;
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::issue_coupon(&state, member, id).await;
-    }
-    let item = Item::Coupon(id);
-    if crate::sold_out::refused_by_marker(&state, item, 1, || {
-        idem.digest
-            .as_deref()
-            .map(|digest| state.keys.coupon_idempotency(id, member, digest))
-    })
-    .await?
-    {
-        return Ok(item.refusal().into_response());
-    }
-    let ticket = state.caches.sold_out.ticket(item);
-    let call = CouponIssue {
-        coupon_id: id,
-        member_id: member,
-        idem,
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    if matches!(&reply, ScriptReply::Refused { code, .. } if code == "COUPON_SOLD_OUT") {
-        state.caches.sold_out.note(ticket, 0);
-    }
-    Ok(reply.into_response())
+    state.hot_path.issue_coupon(&state, member, id, idem).await
 }
 
 #[utoipa::path(get, path = "/api/v1/me/coupons", tag = "coupons", security(("bearer" = [])),
@@ -225,8 +119,11 @@ pub async fn mine(
         })
         .collect();
     ids.sort();
-    let coupons =
-        futures::future::try_join_all(ids.iter().map(|(id, _)| load_coupon(&state, *id))).await?;
+    let coupons = futures::future::try_join_all(
+        ids.iter()
+            .map(|(id, _)| crate::hot_path::load_coupon(&state, *id)),
+    )
+    .await?;
     Ok(Json(
         ids.iter()
             .zip(coupons)

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fred::prelude::*;
-use futures::{StreamExt, TryStreamExt};
 
 use super::parse_json;
 use crate::auth::{hash_password, verify_password, Admin};
@@ -17,51 +16,13 @@ use crate::domain::{
     SignupRequest, TokenView, MAX_BALANCE, MAX_SEED,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::idempotency::IdempotencyKey;
-use crate::ids::Entity;
-use crate::scripts::calls::{Idem, PointsCharge};
-use crate::scripts::{Script, ScriptReply};
-use crate::state::{event_id, AppState, Now};
+use crate::signup::{register_member, RegisterError};
+use crate::state::AppState;
 
 /// Counts an attempt against the client's quota (the address behind a trusted proxy).
 fn rate_limit(state: &AppState, peer: &SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     let client = state.auth_guard.client_ip(*peer, headers);
     state.auth_guard.check_client(client)
-}
-
-/// Why sign-up could not run: MySQL (the credential store) is down, or the script's answer.
-enum RegisterError {
-    CredentialStoreDown(sqlx::Error),
-    Api(ApiError),
-}
-
-impl From<ApiError> for RegisterError {
-    fn from(e: ApiError) -> Self {
-        Self::Api(e)
-    }
-}
-
-impl From<crate::ids::IdsUnavailable> for RegisterError {
-    fn from(e: crate::ids::IdsUnavailable) -> Self {
-        Self::Api(e.into())
-    }
-}
-
-impl From<fred::error::Error> for RegisterError {
-    fn from(e: fred::error::Error) -> Self {
-        Self::Api(e.into())
-    }
-}
-
-impl From<RegisterError> for ApiError {
-    fn from(e: RegisterError) -> Self {
-        match e {
-            RegisterError::CredentialStoreDown(e) => {
-                ApiError::Internal(anyhow::anyhow!("writing member credentials: {e}"))
-            }
-            RegisterError::Api(e) => e,
-        }
-    }
 }
 
 /// 503 + Retry-After: sign-up needs MySQL for the credential; every other sale path only needs Redis.
@@ -76,64 +37,6 @@ fn credential_store_down(e: &sqlx::Error) -> Response {
         axum::http::HeaderValue::from_static("5"),
     );
     response
-}
-
-/// Runs the sign-up saga (src/signup.rs); shared by sign-up and seeding. The password hash is written
-/// to MySQL (member_credentials, keyed by the new id) BEFORE the Redis steps, so it never travels in an
-/// event and rebuild-redis restores logins from there; a refused sign-up removes its credential row
-/// again (not after a Redis error: the member may exist, the claim sweep settles it).
-async fn register(
-    state: &AppState,
-    email: &str,
-    name: &str,
-    password_hash: &str,
-) -> Result<(i64, ScriptReply), RegisterError> {
-    let id = state.ids.next(Entity::Member).await?;
-    let written = sqlx::query(
-        "INSERT IGNORE INTO member_credentials (member_id, password_hash, created_at) VALUES (?, ?, ?)",
-    )
-    .bind(id)
-    .bind(password_hash)
-    .bind(Now::read().at.naive_utc())
-    .execute(&state.db)
-    .await
-    .map_err(RegisterError::CredentialStoreDown)?;
-    if written.rows_affected() == 0 {
-        // Another member's credential holds this id (an id-allocation fault). Never overwrite it.
-        let reply = ScriptReply::Refused {
-            status: 409,
-            code: "CONFLICT".into(),
-            detail: "member id already in use".into(),
-            extensions: String::new(),
-        };
-        reply.note_entity_conflict(Script::MemberSignup, id);
-        return Ok((id, reply));
-    }
-    // The saga of single-slot steps: the address claimed in its partition, then the member in its
-    // own (src/signup.rs).
-    let signup = crate::signup::Signup {
-        member_id: id,
-        email,
-        name,
-        password_hash,
-        event_id: event_id(),
-    };
-    let reply = crate::signup::register(state.store(), &signup).await?;
-    reply.note_entity_conflict(Script::MemberSignup, id);
-    if let ScriptReply::Refused { code, .. } = &reply {
-        if code != "CONFLICT" {
-            // Best effort: an orphan row is harmless (rebuild joins from members), just untidy.
-            let _ = sqlx::query("DELETE FROM member_credentials WHERE member_id = ?")
-                .bind(id)
-                .execute(&state.db)
-                .await;
-        }
-    }
-    if crate::signup::lapsed(&reply) {
-        // Nothing was created (the claim is released): retryable, like a reserve whose holds lapsed.
-        return Err(RegisterError::Api(crate::signup::retry_lapsed()));
-    }
-    Ok((id, reply))
 }
 
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = SignupRequest,
@@ -166,7 +69,7 @@ pub async fn signup(
     let permit = state.auth_guard.hash_permit().await?;
     let hash = hash_password(signup.password).await?;
     drop(permit);
-    match register(&state, &signup.email, &signup.name, &hash).await {
+    match register_member(&state, &signup.email, &signup.name, &hash).await {
         Ok((_, reply)) => Ok(reply.into_response()),
         Err(RegisterError::CredentialStoreDown(e)) => Ok(credential_store_down(&e)),
         Err(RegisterError::Api(e)) => Err(e),
@@ -256,71 +159,23 @@ pub async fn seed_members(
     let permit = state.auth_guard.hash_permit().await?;
     let hash = hash_password(SEED_PASSWORD.to_string()).await?;
     drop(permit);
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        // The baseline keeps everything in MySQL, members and their balances included.
-        let emails: Vec<String> = (0..count)
-            .map(|n| format!("{prefix}-{n}@seed.flashsale.test"))
-            .collect();
-        let ids = crate::dblock::seed_members(&state, &emails, &hash, balance).await?;
-        let members = ids
-            .into_iter()
-            .zip(emails)
-            .map(|(id, email)| {
-                Ok(SeededMember {
-                    id,
-                    email,
-                    access_token: state.tokens.issue(id)?,
-                })
-            })
-            .collect::<ApiResult<Vec<_>>>()?;
-        return Ok((StatusCode::CREATED, Json(SeededMembers { members })).into_response());
-    }
-    let members: Vec<SeededMember> = futures::stream::iter(0..count)
-        .map(|n| {
-            let state = state.clone();
-            let hash = hash.clone();
-            let email = format!("{prefix}-{n}@seed.flashsale.test");
-            async move {
-                let (id, reply) = register(&state, &email, "seeded member", &hash).await?;
-                let id = match reply {
-                    ScriptReply::Ok { .. } => id,
-                    ScriptReply::Refused { ref code, .. } if code == "EMAIL_TAKEN" => state
-                        .redis
-                        .get::<Option<i64>, _>(state.keys.email(&email))
-                        .await?
-                        .unwrap_or(id),
-                    other => {
-                        return Err(ApiError::Internal(anyhow::anyhow!(
-                            "seeding {email}: {other:?}"
-                        )))
-                    }
-                };
-                if balance > 0 {
-                    // Keyed per member, so seeding the same prefix again does not charge twice.
-                    let call = PointsCharge {
-                        member_id: id,
-                        idem: Idem {
-                            digest: Some(IdempotencyKey::internal("seed-balance").digest()),
-                            fingerprint: format!("seed:{balance}"),
-                        },
-                        amount: balance,
-                        balance_limit: MAX_BALANCE,
-                        event_id: event_id(),
-                    };
-                    state
-                        .scripts
-                        .invoke(&state.redis, &state.keys, &call)
-                        .await?;
-                }
-                Ok::<_, ApiError>(SeededMember {
-                    id,
-                    email,
-                    access_token: state.tokens.issue(id)?,
-                })
-            }
-        })
-        .buffered(64)
-        .try_collect()
+    let emails: Vec<String> = (0..count)
+        .map(|n| format!("{prefix}-{n}@seed.flashsale.test"))
+        .collect();
+    let ids = state
+        .hot_path
+        .seed_members(&state, emails.clone(), hash, balance)
         .await?;
+    let members = ids
+        .into_iter()
+        .zip(emails)
+        .map(|(id, email)| {
+            Ok(SeededMember {
+                id,
+                email,
+                access_token: state.tokens.issue(id)?,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok((StatusCode::CREATED, Json(SeededMembers { members })).into_response())
 }

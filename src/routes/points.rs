@@ -3,16 +3,14 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
-use fred::prelude::*;
 
 use super::{parse_json, Idempotent};
 use crate::auth::AuthMember;
-use crate::domain::{BalanceView, ChargeRequest, PointsHistoryEntry, MAX_BALANCE, MAX_CHARGE};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::scripts::calls::PointsCharge;
-use crate::state::{event_id, AppState};
+use crate::domain::{BalanceView, ChargeRequest, PointsHistoryEntry, MAX_CHARGE};
+use crate::error::{ApiResult, Problem};
+use crate::state::AppState;
 
 #[utoipa::path(get, path = "/api/v1/me/points", tag = "points", security(("bearer" = [])),
     responses(
@@ -23,15 +21,7 @@ pub async fn balance(
     State(state): State<AppState>,
     AuthMember(member): AuthMember,
 ) -> ApiResult<Json<BalanceView>> {
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        let balance = crate::dblock::balance(&state, member).await?;
-        return Ok(Json(BalanceView { balance }));
-    }
-    let balance: Option<i64> = state
-        .redis
-        .hget(state.keys.member(member), "balance")
-        .await?;
-    let balance = balance.ok_or_else(|| ApiError::NotFound("member not found".into()))?;
+    let balance = state.hot_path.balance(&state, member).await?;
     Ok(Json(BalanceView { balance }))
 }
 
@@ -57,18 +47,10 @@ pub async fn charge(
     let amount = parse_json::<ChargeRequest>(&body)?
         .amount
         .in_range("amount", 1, MAX_CHARGE)?;
-    let call = PointsCharge {
-        member_id: member,
-        idem,
-        amount,
-        balance_limit: MAX_BALANCE,
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    Ok(reply.into_response())
+    state
+        .hot_path
+        .charge_points(&state, member, idem, amount)
+        .await
 }
 
 #[utoipa::path(get, path = "/api/v1/me/points/history", tag = "points", security(("bearer" = [])),

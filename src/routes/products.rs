@@ -1,10 +1,8 @@
 //! Products: admin create and restock (Lua), listing, one product, and the popular ranking.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use fred::prelude::*;
 
@@ -14,13 +12,10 @@ use crate::domain::{
     query_number, AddStockRequest, CreateProductRequest, ListProductsQuery, PatchProductRequest,
     PopularProduct, PopularQuery, ProductPage, ProductView, MAX_STOCK,
 };
-use crate::error::{ApiError, ApiResult, Problem};
+use crate::error::{ApiResult, Problem};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::ids::Entity;
-use crate::orders::Store;
-use crate::scripts::calls::{ProductCreate, ProductRulesSet, ProductStockAdd};
-use crate::scripts::ScriptReply;
-use crate::state::{event_id, rfc3339_ms, AppState, Now};
+use crate::state::{AppState, Now};
 
 #[utoipa::path(operation_id = "create_product", post, path = "/api/v1/admin/products", tag = "admin", request_body = CreateProductRequest,
     params(("X-Admin-Key" = String, Header, description = "admin key")),
@@ -37,20 +32,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let product = parse_json::<CreateProductRequest>(&body)?.parse()?;
     let id = state.ids.next(Entity::Product).await?;
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::create_product(&state, id, product).await;
-    }
-    let call = ProductCreate {
-        product_id: id,
-        name: product.name,
-        price: product.price,
-        stock: product.stock,
-        rules: product.rules,
-        created_at: Now::read().rfc3339(),
-        event_id: event_id(),
-    };
-    let reply = create_in_redis(state.store(), &call).await?;
-    Ok(reply.into_response())
+    state.hot_path.create_product(&state, id, product).await
 }
 
 #[utoipa::path(operation_id = "set_product_rules", patch, path = "/api/v1/admin/products/{id}", tag = "admin", request_body = PatchProductRequest,
@@ -69,34 +51,7 @@ pub async fn set_rules(
     body: Bytes,
 ) -> ApiResult<Response> {
     let patch = parse_json_object::<PatchProductRequest>(&body)?.parse()?;
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        return crate::dblock::set_product_rules(&state, id, patch).await;
-    }
-    let now = Now::read();
-    let call = ProductRulesSet {
-        product_id: id,
-        starts_ms: patch.starts_ms,
-        ends_ms: patch.ends_ms,
-        per_member_limit: patch.per_member_limit,
-        now_ms: now.ms(),
-        now: now.rfc3339(),
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    if matches!(reply, ScriptReply::Ok { .. }) {
-        // Every engine (this one too) forgets the window it cached for this product.
-        state.caches.forget(crate::sold_out::Item::Product(id));
-        crate::invalidations::publish_product_changed(
-            &state.redis,
-            &state.keys.invalidations(),
-            id,
-        )
-        .await;
-    }
-    Ok(reply.into_response())
+    state.hot_path.set_product_rules(&state, id, patch).await
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/products/{id}/stock", tag = "admin", request_body = AddStockRequest,
@@ -116,89 +71,7 @@ pub async fn add_stock(
     let add = parse_json::<AddStockRequest>(&body)?
         .add
         .in_range("add", 1, MAX_STOCK)?;
-    let now = Now::read();
-    let call = ProductStockAdd {
-        product_id: id,
-        add,
-        stock_limit: MAX_STOCK,
-        now_ms: now.ms(),
-        now: now.rfc3339(),
-        event_id: event_id(),
-    };
-    let reply = state
-        .scripts
-        .invoke(&state.redis, &state.keys, &call)
-        .await?;
-    if matches!(reply, ScriptReply::Ok { .. }) {
-        // The script told every engine; this one forgets at once, so its next answer sees the units.
-        state.caches.forget(crate::sold_out::Item::Product(id));
-    }
-    Ok(reply.into_response())
-}
-
-/// Creates a product in Redis as two single-slot steps: the listing index entry first (its own
-/// `{catalog}` slot is not the product's), then product_create. A crash in between leaves an id
-/// without a product, which every reader of the index skips (`list`, the stock gauges) and
-/// rebuild-redis drops; the other order could leave a product missing from the listing. A refused
-/// create (CONFLICT: the id is another product's) leaves the index as it was: that product's entry.
-pub async fn create_in_redis(store: Store<'_>, call: &ProductCreate) -> ApiResult<ScriptReply> {
-    let id = call.product_id;
-    let _: i64 = store
-        .redis
-        .zadd(
-            store.keys.products(),
-            None,
-            None,
-            false,
-            false,
-            (id as f64, id.to_string()),
-        )
-        .await?;
-    store.scripts.invoke(store.redis, store.keys, call).await
-}
-
-pub async fn load_products(state: &AppState, ids: &[i64]) -> ApiResult<HashMap<i64, ProductView>> {
-    let reads = ids.iter().map(|id| {
-        let key = state.keys.product(*id);
-        async move {
-            state
-                .redis
-                .hmget::<Vec<Option<String>>, _, _>(
-                    key,
-                    vec![
-                        "id",
-                        "name",
-                        "price",
-                        "stock",
-                        "sale_starts_ms",
-                        "sale_ends_ms",
-                        "per_member_limit",
-                    ],
-                )
-                .await
-        }
-    });
-    let rows = futures::future::try_join_all(reads).await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|row| product_from_fields(&row))
-        .map(|p| (p.id, p))
-        .collect())
-}
-
-fn product_from_fields(row: &[Option<String>]) -> Option<ProductView> {
-    let get = |i: usize| row.get(i).cloned().flatten();
-    let number = |i: usize| get(i).and_then(|v| v.parse::<i64>().ok());
-    Some(ProductView {
-        id: get(0)?.parse().ok()?,
-        name: get(1)?,
-        price: get(2)?.parse().ok()?,
-        stock: get(3)?.parse().ok()?,
-        sale_starts_at: number(4).map(rfc3339_ms),
-        sale_ends_at: number(5).map(rfc3339_ms),
-        per_member_limit: number(6),
-        remaining_allowance: None,
-    })
+    state.hot_path.add_stock(&state, id, add).await
 }
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "products", params(ListProductsQuery),
@@ -226,7 +99,7 @@ pub async fn list(
     let ids: Vec<i64> = ids.into_iter().take(limit as usize).collect();
     // An id without a product (a create that crashed after its index step) is skipped; the cursor
     // still moves past it.
-    let products = load_products(&state, &ids).await?;
+    let products = crate::hot_path::load_products(&state, &ids).await?;
     let items: Vec<ProductView> = ids
         .iter()
         .filter_map(|id| products.get(id).cloned())
@@ -253,26 +126,8 @@ pub async fn get(
     member: Option<AuthMember>,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<ProductView>> {
-    if state.settings.hot_path == crate::config::HotPath::DbLock {
-        let mut product = crate::dblock::get_product(&state, id).await?;
-        if let (Some(AuthMember(member)), Some(limit)) = (member, product.per_member_limit) {
-            let live = crate::dblock::live_units(&state, member, id).await?;
-            product.remaining_allowance = Some((limit - live).max(0));
-        }
-        return Ok(Json(product));
-    }
-    let mut product = load_products(&state, &[id])
-        .await?
-        .remove(&id)
-        .ok_or_else(|| ApiError::NotFound("product not found".into()))?;
-    if let (Some(AuthMember(member)), Some(limit)) = (member, product.per_member_limit) {
-        let live: Option<i64> = state
-            .redis
-            .hget(state.keys.product_bought(id), member)
-            .await?;
-        product.remaining_allowance = Some((limit - live.unwrap_or(0)).max(0));
-    }
-    Ok(Json(product))
+    let member = member.map(|AuthMember(member)| member);
+    state.hot_path.product(&state, id, member).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/products/popular", tag = "products", params(PopularQuery),
@@ -297,7 +152,7 @@ pub async fn popular(
     .await?;
     let ranked: Vec<(i64, i64)> = merged.iter().take(limit as usize).copied().collect();
     let ids: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
-    let products = load_products(&state, &ids).await?;
+    let products = crate::hot_path::load_products(&state, &ids).await?;
     Ok(Json(
         ranked
             .into_iter()

@@ -4,13 +4,13 @@
 use crate::common;
 
 use common::spawn_app_with;
-use flashsale::config::HotPath;
+use flashsale::config::HotPathKind;
 use futures::future::join_all;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn db_lock_baseline_keeps_the_same_promises() {
-    let app = spawn_app_with(|s| s.hot_path = HotPath::DbLock).await;
+    let app = spawn_app_with(|s| s.hot_path = HotPathKind::DbLock).await;
     let coupon = app.create_coupon("FIXED", 100, 20).await;
     let product = app.create_product(500, 30).await;
     let members = app.seed_members(200, 10_000).await;

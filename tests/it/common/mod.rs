@@ -12,7 +12,9 @@ pub mod proxy;
 pub mod redis;
 
 use flashsale::app::Application;
-use flashsale::config::{ConnectionSettings, HotPath, IdSettings, RelaySettings, ServeSettings};
+use flashsale::config::{
+    ConnectionSettings, HotPathKind, IdSettings, RelaySettings, ServeSettings,
+};
 use flashsale::keys::Keys;
 use flashsale::state::AppState;
 use fred::prelude::*;
@@ -96,7 +98,7 @@ pub fn serve_settings(connections: ConnectionSettings) -> ServeSettings {
         sold_out_markers: true,
         sold_out_marker_ttl_ms: 1_000,
         run_relay: false,
-        hot_path: HotPath::Redis,
+        hot_path: HotPathKind::Redis,
         request_timeout_ms: 30_000,
         body_limit_bytes: 16 * 1024,
         auth_rate_per_sec: 100_000,

@@ -577,7 +577,7 @@ impl Ctx {
             event_id: event.into(),
         };
         self.calls.lock().expect("calls").push(call.args(&self.k));
-        flashsale::routes::products::create_in_redis(self.store(), &call)
+        flashsale::hot_path::create_product_in_redis(self.store(), &call)
             .await
             .unwrap_or_else(|e| panic!("product_create: {e:?}"))
     }
