@@ -123,7 +123,34 @@ async fn apply_migrations(pool: &MySqlPool) -> anyhow::Result<()> {
     result
 }
 
+/// Owners map to partitions by `partition::PARTITIONS`; data written with another count would put
+/// every owner's keys under tags this build never reads. The first start records the count, every later
+/// start (engine, relay, rebuild) compares and refuses a mismatch: changing it is an explicit migration.
+pub async fn ensure_partition_layout(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
+    let ours = crate::partition::PARTITIONS.to_string();
+    let key = keys.layout();
+    let _: Option<String> = redis
+        .set(&key, ours.as_str(), None, Some(SetOptions::NX), false)
+        .await
+        .context("recording the partition layout")?;
+    let stored: Option<String> = redis
+        .get(&key)
+        .await
+        .context("reading the partition layout")?;
+    match stored {
+        Some(stored) if stored == ours => Ok(()),
+        stored => anyhow::bail!(
+            "the data under this KEY_PREFIX was written with {} partitions ({key}); this build uses {ours}. \
+             Moving owners between partitions is an explicit migration, not a restart",
+            stored.as_deref().unwrap_or("an unknown number of")
+        ),
+    }
+}
+
+/// Creates the consumer groups (the relay's and the saga workers') on every partition's outbox stream
+/// (and the streams) when missing.
 pub async fn ensure_outbox_group(redis: &Pool, keys: &Keys) -> anyhow::Result<()> {
+    ensure_partition_layout(redis, keys).await?;
     let groups = [RELAY_GROUP, crate::pipeline::saga::SAGA_GROUP];
     futures::future::try_join_all(crate::partition::Partition::all().flat_map(|p| {
         groups.map(|group| async move {

@@ -334,3 +334,37 @@ fn a_signups_steps_follow_their_owners() {
         .contains(&keys.products()));
     }
 }
+
+/// The partition count is fixed for the life of the data: the first start records it, and an engine
+/// refuses to start on data written with another count (the owners' keys would sit under tags it
+/// never reads).
+#[tokio::test]
+async fn an_engine_refuses_data_written_with_another_partition_count() {
+    use fred::prelude::*;
+
+    let app = crate::common::spawn_app().await;
+    let recorded: Option<String> = app.redis.get(app.keys.layout()).await.expect("GET");
+    assert_eq!(
+        recorded.as_deref(),
+        Some(flashsale::partition::PARTITIONS.to_string().as_str())
+    );
+
+    let connections = crate::common::isolated_connections();
+    let redis = flashsale::app::connect_redis(&connections)
+        .await
+        .expect("redis");
+    let keys = Keys::new(connections.key_prefix.clone());
+    let _: () = redis
+        .set(keys.layout(), "32", None, None, false)
+        .await
+        .expect("SET");
+    let refused = flashsale::app::Application::build(crate::common::serve_settings(connections))
+        .await
+        .err()
+        .expect("an engine on a 32-partition layout must not start");
+    assert!(
+        format!("{refused:#}").contains("written with 32 partitions"),
+        "{refused:#}"
+    );
+    let _: i64 = redis.del(keys.layout()).await.expect("DEL");
+}
