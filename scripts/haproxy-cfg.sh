@@ -46,6 +46,9 @@ defaults
     # HAProxy's own 503 (no engine ready, or none free within the queue timeout) in the engines' contract
     # (docs/api.md): problem+json, code SERVICE_UNAVAILABLE, with Retry-After
     http-error status 503 content-type application/problem+json hdr Retry-After 1 string '{"type":"https://flashsale.dev/problems/service-unavailable","title":"Service Unavailable","status":503,"detail":"no engine is ready to take the request","code":"SERVICE_UNAVAILABLE"}'
+    # and its 502: the engine closed the connection before answering (it died with the request in
+    # flight). The request may have run: retry with the same Idempotency-Key to get its answer.
+    http-error status 502 content-type application/problem+json hdr Retry-After 1 string '{"type":"https://flashsale.dev/problems/bad-gateway","title":"Bad Gateway","status":502,"detail":"the engine closed the connection before answering; retry with the same Idempotency-Key","code":"BAD_GATEWAY"}'
 
 frontend api
     bind ${bind}

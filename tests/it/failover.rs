@@ -1,8 +1,8 @@
 //! Issue 9 item 6: a coupon rush and a stock rush on a private Redis Cluster (3 primaries, 3 replicas,
-//! one-second node timeout) through two engines, while the primary that owns the hot product is
-//! killed (-9) and its replica takes over, then one engine and one of two sinks are killed (-9).
-//! Clients behave like the ones behind HAProxy: each request goes to one engine or the other, and a
-//! 503 or a refused connection is retried, on the other engine, with the same Idempotency-Key.
+//! one-second node timeout) through HAProxy (configured by scripts/haproxy-cfg.sh, as `make up
+//! TOPOLOGY=cluster` does) to two engines, while the primary that owns the hot product is killed (-9)
+//! and its replica takes over, then one engine and one of two sinks are killed (-9). Clients retry a
+//! 503 (and HAProxy's 502 for a request the killed engine had in flight) with the same Idempotency-Key.
 //!
 //! Then: no coupon over-issued and one per member, stock never negative and sold + remaining =
 //! initial, every acknowledged order, issue and payment in MySQL (nothing overwritten: each balance is
@@ -21,6 +21,7 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 
 use common::cluster::PrivateCluster;
+use common::haproxy::PrivateHaproxy;
 use common::pipeline::{assert_exactly_once, count, platform, start_engine, start_sink, Done};
 use common::{isolated_connections, serve_settings, spawn_with_settings, unique};
 
@@ -43,12 +44,11 @@ impl Log {
     }
 }
 
-/// One request as a client behind a load balancer sends it: to engine `first % 2`, then alternating,
-/// retried with the same Idempotency-Key on a 503 or a failed connection until a final answer.
+/// One request as a client sends it through the load balancer, retried with the same Idempotency-Key
+/// on a 502, a 503 or a failed connection until a final answer.
 async fn send(
     http: &reqwest::Client,
-    engines: &[String; 2],
-    first: usize,
+    proxy: &str,
     path: &str,
     token: &str,
     body: Value,
@@ -56,10 +56,9 @@ async fn send(
 ) -> (u16, Value) {
     let key = unique("k");
     let deadline = Instant::now() + Duration::from_secs(60);
-    for attempt in 0.. {
-        let base = &engines[(first + attempt) % 2];
+    loop {
         let sent = http
-            .post(format!("{base}{path}"))
+            .post(format!("{proxy}{path}"))
             .bearer_auth(token)
             .header("Idempotency-Key", &key)
             .json(&body)
@@ -83,7 +82,6 @@ async fn send(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    unreachable!()
 }
 
 /// What one member got: issued the coupon, and its paid orders' quantities.
@@ -122,21 +120,21 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
         coupon = app.create_coupon("FIXED", 10, COUPONS).await;
     }
     let people = app.seed_members(MEMBERS, BALANCE).await;
-    let engines = [app.base.clone(), base_b];
+    // Health checks as in `make up TOPOLOGY=cluster` (every second; out after 2 failures).
+    let proxy = PrivateHaproxy::start(&[&app.base, &base_b], 1_000).await;
+    let proxy = proxy.base.as_str();
     let http = reqwest::Client::new();
     let log = Log::default();
     let stop = AtomicBool::new(false);
 
-    let rush = join_all(people.iter().enumerate().map(|(i, (_, token))| {
-        let (http, engines, log, stop) = (&http, &engines, &log, &stop);
+    let rush = join_all(people.iter().map(|(_, token)| {
+        let (http, log, stop) = (&http, &log, &stop);
         async move {
             let mut outcome = Outcome::default();
             let issue = format!("/api/v1/coupons/{coupon}/issue");
-            let mut turn = i;
             while !stop.load(Ordering::Relaxed) {
-                turn += 1;
                 // Every round asks for the coupon again (a new key): one 201 per member at most.
-                let (status, body) = send(http, engines, turn, &issue, token, json!({}), log).await;
+                let (status, body) = send(http, proxy, &issue, token, json!({}), log).await;
                 match (status, body["code"].as_str()) {
                     (201, _) => {
                         assert!(!outcome.issued, "a second coupon for one member");
@@ -149,8 +147,7 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
                     _ => panic!("issue: {status} {body}"),
                 }
                 let items = json!({"items": [{"product_id": product, "quantity": 1}]});
-                let (status, body) =
-                    send(http, engines, turn, "/api/v1/orders", token, items, log).await;
+                let (status, body) = send(http, proxy, "/api/v1/orders", token, items, log).await;
                 if status != 201 {
                     assert_eq!(body["code"], "OUT_OF_STOCK", "order: {status} {body}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -159,8 +156,7 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
                 let order = body["id"].as_i64().expect("order id");
                 outcome.orders.push(order);
                 let path = format!("/api/v1/orders/{order}/pay");
-                let (status, body) =
-                    send(http, engines, turn + 1, &path, token, json!({}), log).await;
+                let (status, body) = send(http, proxy, &path, token, json!({}), log).await;
                 assert_eq!(status, 200, "pay: {body}");
                 outcome.paid.push(order);
             }
@@ -170,6 +166,7 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
 
     let mut failover_started = None;
     let mut failover_ended = None;
+    let mut engine_killed = None;
     let chaos = async {
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         cluster.kill9(hot);
@@ -193,6 +190,7 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
         cluster.wait_healthy().await;
         failover_ended = Some(Instant::now());
         tokio::time::sleep(Duration::from_millis(1_000)).await;
+        engine_killed = Some(Instant::now());
         common::pipeline::kill9(&mut engine_b);
         common::pipeline::kill9(&mut sink_b);
         tokio::time::sleep(Duration::from_millis(2_000)).await;
@@ -204,23 +202,39 @@ async fn a_primary_an_engine_and_a_sink_killed_mid_rush_lose_nothing() {
         failover_ended.expect("taken over"),
     );
 
-    // The only 5xx: 503s from the kill to a few seconds after the replica took over.
+    // The only 5xx: 503s from the kill to a few seconds after the replica took over, and HAProxy's
+    // 502s for the requests the killed engine had in flight (until its health check takes it out).
     let window_end = ended + Duration::from_secs(5);
+    let engine_killed = engine_killed.expect("engine killed");
     let answers = std::mem::take(&mut *log.answers.lock().expect("log"));
     for (at, status, text) in answers.iter() {
-        if *status >= 500 {
-            assert_eq!(*status, 503, "a 5xx other than 503: {text}");
-            assert!(
+        match *status {
+            503 => assert!(
                 *at >= started && *at <= window_end,
                 "a 503 outside the failover window ({:?} after the kill): {text}",
                 at.saturating_duration_since(started)
-            );
+            ),
+            502 => {
+                assert!(
+                    *at >= engine_killed && *at <= engine_killed + Duration::from_secs(5),
+                    "a 502 other than for the killed engine's requests ({:?} after its kill): {text}",
+                    at.saturating_duration_since(engine_killed)
+                );
+                assert!(
+                    text.contains("BAD_GATEWAY"),
+                    "HAProxy's 502 is problem+json: {text}"
+                );
+            }
+            status if status >= 500 => panic!("a 5xx other than 502/503: {status} {text}"),
+            _ => {}
         }
     }
-    let unavailable = answers.iter().filter(|(_, s, _)| *s == 503).count();
+    let count_of = |wanted: u16| answers.iter().filter(|(_, s, _)| *s == wanted).count();
     println!(
-        "{} answers, {unavailable} of them 503; failover took {:?}",
+        "{} answers through HAProxy, {} of them 503 and {} 502; failover took {:?}",
         answers.len(),
+        count_of(503),
+        count_of(502),
         ended - started
     );
 

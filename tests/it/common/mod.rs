@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub mod cluster;
+pub mod haproxy;
 pub mod kafka;
 pub mod pipeline;
 pub mod proxy;
