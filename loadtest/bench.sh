@@ -311,15 +311,16 @@ ceiling_suite() {
             valid_from 1970-01-01T00:00:00.000Z valid_until "$exp" created_at 1970-01-01T00:00:00.000Z >/dev/null
     }
     product() { # stock
-        cceil DEL "$PK" "$PK:holds" "$CPFX:{$ptag}:holds:pending" >/dev/null
+        cceil DEL "$PK" "$PK:holds" "$PK:bought" "$CPFX:{$ptag}:holds:pending" >/dev/null
         cceil HSET "$PK" id "$P" name ceiling price 1000 stock "$1" created_at 1970-01-01T00:00:00.000Z >/dev/null
     }
     # CouponIssue: coupon, holders, idempotency record (coupon's partition; unused without a key, as in
     # the coupon rush), the coupon partition's outbox; ARGV fp, ttl, '0', member, event id.
     local ISSUE=(EVALSHA "$sha_issue" 4 "$CK" "$CK:holders" "$CPFX:{$ctag}:idem:__rand_int__:none"
         "$CPFX:{$ctag}:outbox" fp 90000 0 __rand_int__ "evt-__rand_int__")
-    # StockHold: product, holds, the product partition's pending holds; ARGV product, order, member, qty, ttl.
-    local HOLD=(EVALSHA "$sha_hold" 3 "$PK" "$PK:holds" "$CPFX:{$ptag}:holds:pending" "$P" __rand_int__ __rand_int__ 1 30000)
+    # StockHold: product, holds, the product partition's pending holds, the product's units per member
+    # (sale rules); ARGV product, order, member, qty, ttl.
+    local HOLD=(EVALSHA "$sha_hold" 4 "$PK" "$PK:holds" "$CPFX:{$ptag}:holds:pending" "$PK:bought" "$P" __rand_int__ __rand_int__ 1 30000)
     # OrderReserve: order, reservations, idempotency record, outbox (all the member's partition), member;
     # ARGV fp, ttl, member, order, reservation ttl, event id, hold deadline, then product, qty, unit price.
     local RESERVE=(EVALSHA "$sha_reserve" 5 "$CPFX:{$mtag}:order:__rand_int__" "$CPFX:{$mtag}:reservations"
