@@ -23,7 +23,7 @@ use crate::scripts::calls::{
     CouponCreate, CouponIssue, CouponQuantityAdd, Idem, OrderPay, PointsCharge, ProductCreate,
     ProductRulesSet, ProductStockAdd,
 };
-use crate::scripts::{Script, ScriptReply};
+use crate::scripts::{Script, ScriptCall, ScriptReply};
 use crate::sold_out::Item;
 use crate::state::{event_id, rfc3339, rfc3339_ms, AppState, Now};
 
@@ -101,15 +101,7 @@ impl HotPath for RedisScripts {
             now: now.rfc3339(),
             event_id: event_id(),
         };
-        let reply = state
-            .scripts
-            .invoke(&state.redis, &state.keys, &call)
-            .await?;
-        if matches!(reply, ScriptReply::Ok { .. }) {
-            // The script told every engine; this one forgets at once, so its next answer sees the units.
-            state.caches.forget(Item::Product(id));
-        }
-        Ok(reply.into_response())
+        Ok(give_back(state, &call).await?.into_response())
     }
 
     async fn product(
@@ -188,15 +180,7 @@ impl HotPath for RedisScripts {
             now: now.rfc3339(),
             event_id: event_id(),
         };
-        let reply = state
-            .scripts
-            .invoke(&state.redis, &state.keys, &call)
-            .await?;
-        if matches!(reply, ScriptReply::Ok { .. }) {
-            // The script told every engine; this one forgets at once, so its next answer sees them.
-            state.caches.sold_out.forget(Item::Coupon(id));
-        }
-        Ok(reply.into_response())
+        Ok(give_back(state, &call).await?.into_response())
     }
 
     async fn coupon(&self, state: &AppState, id: i64) -> ApiResult<CouponView> {
@@ -438,6 +422,20 @@ impl HotPath for RedisScripts {
             .try_collect()
             .await
     }
+}
+
+/// Runs a call that gives units or coupons back (`ScriptCall::gives_back`). Its script told every
+/// engine on the invalidation channel; this one forgets its marker and cached window at once, so its
+/// next answer sees what came back.
+async fn give_back<C: ScriptCall>(state: &AppState, call: &C) -> ApiResult<ScriptReply> {
+    let reply = state
+        .scripts
+        .invoke(&state.redis, &state.keys, call)
+        .await?;
+    if let (ScriptReply::Ok { .. }, Some(item)) = (&reply, call.gives_back()) {
+        state.caches.forget(item);
+    }
+    Ok(reply)
 }
 
 /// Creates a product in Redis as two single-slot steps: the listing index entry first (its own
